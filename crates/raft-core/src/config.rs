@@ -1,0 +1,86 @@
+//! Configuration of one Raft node.
+
+use raft_proto::{LogIndex, NodeId};
+
+use crate::error::{Error, Result};
+
+/// Everything that tunes one node. Times are in ticks: the caller decides how long a tick is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id. Must not be 0.
+    pub id: NodeId,
+    /// A follower that hears nothing from a leader for a randomized timeout in
+    /// `[election_ticks, 2 * election_ticks)` campaigns (§5.2).
+    pub election_ticks: u32,
+    /// The leader sends heartbeats every `heartbeat_ticks`. Must be less than `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Run a pre-vote round before a real election, so that a node cut off from the cluster
+    /// cannot raise the term and depose a healthy leader when it returns (§9.6 of the
+    /// dissertation).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within `election_ticks` steps down, and
+    /// followers that heard from a leader within `election_ticks` refuse to vote (§6.2).
+    pub check_quorum: bool,
+    /// The most append messages in flight to one follower in the replicate state.
+    pub inflight_msgs_max: usize,
+    /// The most entries in one append message.
+    pub append_entries_max: usize,
+    /// The most bytes of entries in one append message (at least one entry is always sent).
+    pub msg_bytes_max: usize,
+    /// The most entries handed to the application for applying in one `Ready`.
+    pub apply_entries_max: usize,
+    /// The leader refuses proposals while this many entries wait for commit.
+    pub uncommitted_entries_max: u64,
+    /// The index the application's state machine has already applied. Entries up to it are
+    /// not handed out for applying again after a restart.
+    pub applied: LogIndex,
+    /// The seed of the node's random source (election timeouts). Give each node its own.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A configuration with the defaults for `id`.
+    pub fn new(id: NodeId) -> Config {
+        Config {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            inflight_msgs_max: 256,
+            append_entries_max: 1024,
+            msg_bytes_max: 1 << 20,
+            apply_entries_max: 4096,
+            uncommitted_entries_max: 1 << 16,
+            applied: LogIndex(0),
+            seed: id.0,
+        }
+    }
+
+    /// Checks the bounds that the rest of the core relies on.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |why: &str| Err(Error::Config(why.to_string()));
+        if self.id == NodeId(0) {
+            return fail("id must not be 0");
+        }
+        if self.heartbeat_ticks == 0 {
+            return fail("heartbeat_ticks must be at least 1");
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return fail("election_ticks must be greater than heartbeat_ticks");
+        }
+        if self.inflight_msgs_max == 0 {
+            return fail("inflight_msgs_max must be at least 1");
+        }
+        if self.append_entries_max == 0 {
+            return fail("append_entries_max must be at least 1");
+        }
+        if self.apply_entries_max == 0 {
+            return fail("apply_entries_max must be at least 1");
+        }
+        if self.uncommitted_entries_max == 0 {
+            return fail("uncommitted_entries_max must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+//! Errors of the core.
+
+use raft_proto::{LogIndex, NodeId};
+
+/// Why a storage read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The requested index lies before the first index the store keeps: a snapshot replaced it.
+    #[error("index {0} is compacted")]
+    Compacted(LogIndex),
+    /// The requested index lies after the last index the store has.
+    #[error("index {0} is not available")]
+    Unavailable(LogIndex),
+    /// The store failed. The core treats this as fatal.
+    #[error("storage failed: {0}")]
+    Other(String),
+}
+
+/// Why the core refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Only the leader takes proposals. `leader` is the leader this node knows of, if any.
+    #[error("not the leader (leader is {leader:?})")]
+    NotLeader {
+        /// The current leader as far as this node knows.
+        leader: Option<NodeId>,
+    },
+    /// The leader already holds `uncommitted_entries_max` uncommitted entries.
+    #[error("too many uncommitted entries ({uncommitted}); retry after some commit")]
+    Busy {
+        /// How many entries are waiting for commit.
+        uncommitted: u64,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Reading the log failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The result type of the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

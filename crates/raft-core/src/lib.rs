@@ -1,0 +1,56 @@
+//! A deterministic, sans-I/O Raft consensus core.
+//!
+//! [`RawNode`] holds one server's Raft state and role logic (follower, pre-candidate,
+//! candidate, leader). It does no I/O, reads no clock, starts no thread and uses no global
+//! randomness: time advances with [`RawNode::tick`], randomness comes from
+//! [`Config::seed`], and everything the node wants done comes out of [`RawNode::ready`] as a
+//! [`Ready`] whose contract is written on the type. Reads of the durable log go through the
+//! [`Storage`] trait.
+//!
+//! ```
+//! use raft_core::{Config, MemStorage, RawNode, Role, StorageMut};
+//! use raft_proto::{Membership, NodeId};
+//!
+//! // A one-node cluster elects itself once its vote is durable.
+//! let mut store = MemStorage::new(Membership::with_voters([NodeId(1)]));
+//! let mut node = RawNode::new(Config::new(NodeId(1)), store.clone()).unwrap();
+//! node.campaign();
+//! while node.has_ready() {
+//!     let ready = node.ready();
+//!     store.append(&ready.entries).unwrap();
+//!     if let Some(hs) = ready.hard_state {
+//!         store.set_hard_state(hs).unwrap();
+//!     }
+//!     node.advance(&ready);
+//! }
+//! assert_eq!(node.role(), Role::Leader);
+//! let index = node.propose("x".into()).unwrap();
+//! assert!(node.has_ready());
+//! # let _ = index;
+//! ```
+//!
+//! Safety properties of the paper are asserted where they can be checked locally, with
+//! messages naming the property (Election Safety, Leader Append-Only, Log Matching, Leader
+//! Completeness, State Machine Safety); the simulator in [`testing`] checks them globally
+//! after every step.
+
+mod config;
+mod error;
+mod log;
+mod node;
+mod progress;
+pub mod quorum;
+mod raft;
+mod rng;
+mod storage;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::Config;
+pub use error::{Error, Result, StorageError};
+pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
+pub use progress::{Progress, ProgressState};
+pub use raft::Role;
+pub use rng::Rng;
+pub use storage::{limit_bytes, InitialState, MemStorage, Storage, StorageMut};

@@ -1,0 +1,266 @@
+//! [`RawNode`]: the public face of the core, and the [`Ready`] contract.
+
+use bytes::Bytes;
+use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, Term};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::raft::{Raft, Role};
+use crate::storage::Storage;
+
+/// Volatile state an application may want to observe: who leads, and in which role we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// Our role.
+    pub role: Role,
+    /// The leader we know of.
+    pub leader: Option<NodeId>,
+}
+
+/// Everything the node needs from the application after some input.
+///
+/// # Contract
+/// For each `Ready`, in this order:
+/// 1. Send `messages` now. They do not depend on this Ready being durable: they are the
+///    leader's appends and heartbeats (a leader may send entries before its own copy is
+///    durable, §10.2.1 of the dissertation) and vote requests.
+/// 2. Append `entries` to stable storage (if `entries[0].index` is at or below the stored last
+///    index, discard the stored suffix from there first), then persist `hard_state` if set.
+///    Entries before the hard state: the hard state's commit index may name them.
+/// 3. Once both are durable, send `persisted_messages` (votes and append acknowledgements
+///    promise that something is on disk) and call [`RawNode::on_persisted`] with
+///    [`Ready::persist_ack`].
+/// 4. Apply `committed_entries` to the state machine in order, then call
+///    [`RawNode::on_applied`] with the last one's index.
+///
+/// Several Readies may be outstanding at once, as long as each one's step 2 completes in the
+/// order the Readies were handed out. A synchronous application does 1 to 4 and then calls
+/// [`RawNode::advance`], which is steps 3 and 4's acknowledgements in one.
+#[derive(Debug, Default)]
+#[must_use = "a Ready must be persisted, sent, applied and acknowledged"]
+pub struct Ready {
+    /// Set when the role or the known leader changed since the last Ready.
+    pub soft_state: Option<SoftState>,
+    /// Set when term, vote or commit index changed since the last Ready.
+    pub hard_state: Option<HardState>,
+    /// Entries to append durably.
+    pub entries: Vec<Entry>,
+    /// Messages to send at once.
+    pub messages: Vec<Message>,
+    /// Messages to send only after `entries` and `hard_state` are durable.
+    pub persisted_messages: Vec<Message>,
+    /// Committed entries to apply, in order. They are durable locally.
+    pub committed_entries: Vec<Entry>,
+}
+
+/// What [`RawNode::on_persisted`] acknowledges: the durable end of one [`Ready`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistAck {
+    /// The index and term of the Ready's last entry.
+    pub last_entry: Option<(LogIndex, Term)>,
+    /// The Ready's hard state.
+    pub hard_state: Option<HardState>,
+}
+
+impl Ready {
+    /// The acknowledgement to pass to [`RawNode::on_persisted`] once this Ready is durable.
+    pub fn persist_ack(&self) -> PersistAck {
+        PersistAck {
+            last_entry: self.entries.last().map(|e| (e.index, e.term)),
+            hard_state: self.hard_state,
+        }
+    }
+
+    /// The index of the last committed entry to apply, if any.
+    pub fn last_committed_index(&self) -> Option<LogIndex> {
+        self.committed_entries.last().map(|e| e.index)
+    }
+}
+
+/// A read-only summary of a node.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Term, vote and commit index.
+    pub hard_state: HardState,
+    /// Role and known leader.
+    pub soft_state: SoftState,
+    /// The last index of the log, durable or not.
+    pub last_index: LogIndex,
+    /// The last index known durable.
+    pub persisted_index: LogIndex,
+    /// The last index the application reported applied.
+    pub applied_index: LogIndex,
+    /// The configuration in force.
+    pub membership: Membership,
+}
+
+/// One Raft node as a deterministic state machine: no I/O, no clock, no threads.
+///
+/// Inputs are [`tick`](Self::tick), [`step`](Self::step), [`propose`](Self::propose) and
+/// [`campaign`](Self::campaign); outputs come out of [`ready`](Self::ready).
+pub struct RawNode<S> {
+    raft: Raft<S>,
+    prev_soft: SoftState,
+    prev_hard: HardState,
+}
+
+impl<S: Storage> RawNode<S> {
+    /// A node started from what `storage` holds.
+    pub fn new(config: Config, storage: S) -> Result<Self> {
+        let raft = Raft::new(config, storage)?;
+        let prev_hard = raft.hard_state();
+        Ok(RawNode {
+            prev_soft: SoftState {
+                role: raft.role,
+                leader: raft.leader,
+            },
+            prev_hard,
+            raft,
+        })
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Hands the node a message from a peer. Messages from older terms, duplicates and
+    /// reordered messages are all safe to deliver.
+    pub fn step(&mut self, message: Message) {
+        self.raft.step(message);
+    }
+
+    /// Proposes a command. On the leader, returns the index the entry will have; elsewhere,
+    /// [`Error::NotLeader`](crate::Error::NotLeader) with the leader this node knows.
+    pub fn propose(&mut self, command: Bytes) -> Result<LogIndex> {
+        self.raft.propose(vec![command])
+    }
+
+    /// Proposes several commands as consecutive entries; returns the last one's index.
+    pub fn propose_batch(&mut self, commands: Vec<Bytes>) -> Result<LogIndex> {
+        self.raft.propose(commands)
+    }
+
+    /// Starts an election now instead of waiting for the election timeout.
+    pub fn campaign(&mut self) {
+        self.raft.campaign();
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.raft.role,
+            leader: self.raft.leader,
+        }
+    }
+
+    /// Whether [`ready`](Self::ready) has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        self.soft_state() != self.prev_soft
+            || self.raft.hard_state() != self.prev_hard
+            || self.raft.log.has_unhanded()
+            || !self.raft.msgs.is_empty()
+            || !self.raft.msgs_after_persist.is_empty()
+            || self.raft.log.has_next_committed()
+    }
+
+    /// Takes what the application must persist, send and apply. See [`Ready`].
+    pub fn ready(&mut self) -> Ready {
+        let soft = self.soft_state();
+        let hard = self.raft.hard_state();
+        let mut ready = Ready {
+            entries: self.raft.log.take_unhanded(),
+            messages: std::mem::take(&mut self.raft.msgs),
+            persisted_messages: std::mem::take(&mut self.raft.msgs_after_persist),
+            committed_entries: self.raft.log.take_committed(self.raft.cfg.apply_entries_max),
+            ..Ready::default()
+        };
+        if soft != self.prev_soft {
+            ready.soft_state = Some(soft);
+            self.prev_soft = soft;
+        }
+        if hard != self.prev_hard {
+            ready.hard_state = Some(hard);
+            self.prev_hard = hard;
+        }
+        ready
+    }
+
+    /// The entries and hard state of a Ready are durable.
+    pub fn on_persisted(&mut self, ack: PersistAck) {
+        self.raft.on_persisted(ack.last_entry, ack.hard_state);
+    }
+
+    /// The state machine applied every committed entry up to `index`.
+    pub fn on_applied(&mut self, index: LogIndex) {
+        self.raft.log.applied_to(index);
+    }
+
+    /// Acknowledges a Ready that was fully persisted and applied.
+    pub fn advance(&mut self, ready: &Ready) {
+        self.on_persisted(ready.persist_ack());
+        if let Some(index) = ready.last_committed_index() {
+            self.on_applied(index);
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.raft.id
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.raft.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.raft.term
+    }
+
+    /// The leader we know of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> LogIndex {
+        self.raft.log.committed
+    }
+
+    /// The last index of the log.
+    pub fn last_index(&self) -> LogIndex {
+        self.raft.log.last_index()
+    }
+
+    /// The term of the entry at `index`, if the log has it.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.raft.log.term(index)
+    }
+
+    /// The leader's replication progress for `peer` (`None` on non-leaders).
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.raft.progress.get(&peer)
+    }
+
+    /// A summary of the node.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.raft.id,
+            hard_state: self.raft.hard_state(),
+            soft_state: self.soft_state(),
+            last_index: self.raft.log.last_index(),
+            persisted_index: self.raft.log.persisted,
+            applied_index: self.raft.log.applied,
+            membership: self.raft.membership.clone(),
+        }
+    }
+
+    /// The storage the node reads from.
+    pub fn storage(&self) -> &S {
+        &self.raft.log.storage
+    }
+}

@@ -1,0 +1,721 @@
+//! The role logic: follower, pre-candidate, candidate and leader (§5 of the paper).
+//!
+//! Term handling happens once, in [`Raft::step`]; then a per-role function handles the message.
+//! Outgoing messages are queued in two lists: `msgs` may be sent at once, `msgs_after_persist`
+//! only after the entries and hard state produced by the same step are durable.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use raft_proto::{
+    AppendRequest, AppendResponse, ConflictHint, Entry, EntryPayload, HardState, HeartbeatRequest,
+    HeartbeatResponse, LogIndex, Membership, Message, MessageBody, NodeId, Term, VoteRequest,
+    VoteResponse,
+};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::log::RaftLog;
+use crate::progress::{Progress, ProgressState};
+use crate::quorum::{self, VoteResult};
+use crate::rng::Rng;
+use crate::storage::Storage;
+
+/// The role a node plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows a leader; campaigns when it hears from none.
+    Follower,
+    /// Asks whether it could win before raising its term.
+    PreCandidate,
+    /// Campaigns in a new term.
+    Candidate,
+    /// Serves the term.
+    Leader,
+}
+
+pub(crate) struct Raft<S> {
+    pub(crate) id: NodeId,
+    pub(crate) term: Term,
+    pub(crate) vote: Option<NodeId>,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) log: RaftLog<S>,
+    pub(crate) membership: Membership,
+    /// The leader's progress for every member but itself.
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Votes received in the current (pre-)campaign, including our own once it is durable.
+    votes: BTreeMap<NodeId, bool>,
+    /// A candidate counts its own vote only once the vote is durable (see `on_persisted`).
+    self_vote_pending: bool,
+    /// Ticks since the last election timeout reset (follower: since we heard from a leader).
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_ticks: u32,
+    pub(crate) cfg: Config,
+    rng: Rng,
+    pub(crate) msgs: Vec<Message>,
+    pub(crate) msgs_after_persist: Vec<Message>,
+}
+
+impl<S: Storage> Raft<S> {
+    pub(crate) fn new(cfg: Config, storage: S) -> Result<Self> {
+        cfg.validate()?;
+        let init = storage.initial_state()?;
+        let log = RaftLog::new(storage, init.hard_state.commit, cfg.applied)?;
+        let mut raft = Raft {
+            id: cfg.id,
+            term: init.hard_state.term,
+            vote: init.hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            membership: init.membership,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            self_vote_pending: false,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: cfg.election_ticks,
+            rng: Rng::new(cfg.seed),
+            cfg,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+        };
+        raft.reset_election_timer();
+        Ok(raft)
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
+    }
+
+    fn is_voter(&self) -> bool {
+        self.membership.is_voter(self.id)
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let jitter = self.rng.below(u64::from(self.cfg.election_ticks)) as u32;
+        self.randomized_election_ticks = self.cfg.election_ticks + jitter;
+    }
+
+    /// Moves to `term`, forgetting the vote of the old term.
+    fn set_term(&mut self, term: Term) {
+        assert!(term >= self.term, "terms never go back ({} -> {term})", self.term);
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+    }
+
+    // ----- role transitions -------------------------------------------------------------
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.set_term(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.self_vote_pending = false;
+        self.reset_election_timer();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader, "a leader does not pre-campaign");
+        // A pre-campaign changes neither term nor vote.
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        self.self_vote_pending = false;
+        self.reset_election_timer();
+    }
+
+    fn become_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader, "a leader does not campaign");
+        let term = self.term.next();
+        self.set_term(term);
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes.clear();
+        // Our own vote counts once it is durable, so that a crash cannot make us vote twice in
+        // this term (Election Safety).
+        self.self_vote_pending = true;
+        self.reset_election_timer();
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
+        // Leader Completeness: a winner's log holds every committed entry, in particular
+        // everything up to its own commit index.
+        assert!(self.log.committed <= self.log.last_index(), "Leader Completeness");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.votes.clear();
+        self.reset_election_timer();
+        let next = self.log.last_index().next();
+        self.progress = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|&id| id != self.id)
+            .map(|id| {
+                let mut pr = Progress::new(next);
+                pr.recent_active = true;
+                (id, pr)
+            })
+            .collect();
+        // A no-op of our term lets entries of earlier terms commit (§5.4.2, §8).
+        self.append_own(vec![EntryPayload::Noop]);
+        self.broadcast_append();
+    }
+
+    // ----- inputs -----------------------------------------------------------------------
+
+    pub(crate) fn tick(&mut self) {
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => {
+                if self.election_elapsed >= self.randomized_election_ticks {
+                    self.election_elapsed = 0;
+                    if self.is_voter() {
+                        self.campaign();
+                    }
+                }
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let id = self.id;
+                let progress = &self.progress;
+                let active = quorum::is_quorum(&self.membership, |n| {
+                    n == id || progress.get(&n).is_some_and(|p| p.recent_active)
+                });
+                for pr in self.progress.values_mut() {
+                    pr.recent_active = false;
+                }
+                if !active {
+                    // §6.2: a leader that cannot reach a quorum steps down, so clients look
+                    // for the leader elsewhere.
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Starts an election now (with a pre-vote round first when enabled).
+    pub(crate) fn campaign(&mut self) {
+        if self.role == Role::Leader || !self.is_voter() {
+            return;
+        }
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+            self.check_votes();
+            if self.role == Role::PreCandidate {
+                self.send_vote_requests(MessageBodyKind::PreVote, false);
+            }
+        } else {
+            self.start_election(false);
+        }
+    }
+
+    fn start_election(&mut self, transfer: bool) {
+        self.become_candidate();
+        self.send_vote_requests(MessageBodyKind::Vote, transfer);
+    }
+
+    fn send_vote_requests(&mut self, kind: MessageBodyKind, transfer: bool) {
+        let req = VoteRequest {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            transfer,
+        };
+        let term = match kind {
+            MessageBodyKind::PreVote => self.term.next(),
+            MessageBodyKind::Vote => self.term,
+        };
+        let voters: Vec<NodeId> = self
+            .membership
+            .voters
+            .union(&self.membership.voters_outgoing)
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
+        for to in voters {
+            let body = match kind {
+                MessageBodyKind::PreVote => MessageBody::PreVote(req.clone()),
+                MessageBodyKind::Vote => MessageBody::Vote(req.clone()),
+            };
+            self.msgs.push(Message { from: self.id, to, term, body });
+        }
+    }
+
+    pub(crate) fn propose(&mut self, commands: Vec<Bytes>) -> Result<LogIndex> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader { leader: self.leader });
+        }
+        let uncommitted = self.log.last_index().0 - self.log.committed.0;
+        if uncommitted + commands.len() as u64 > self.cfg.uncommitted_entries_max {
+            return Err(Error::Busy { uncommitted });
+        }
+        let last = self.append_own(commands.into_iter().map(EntryPayload::Normal).collect());
+        self.broadcast_append();
+        Ok(last)
+    }
+
+    /// Appends entries of the current term to the leader's own log. Leader Append-Only: the
+    /// leader never overwrites or deletes its entries, it only appends.
+    fn append_own(&mut self, payloads: Vec<EntryPayload>) -> LogIndex {
+        let mut index = self.log.last_index();
+        let term = self.term;
+        let entries: Vec<Entry> = payloads
+            .into_iter()
+            .map(|payload| {
+                index = index.next();
+                Entry { term, index, payload }
+            })
+            .collect();
+        self.log.append(entries);
+        index
+    }
+
+    /// The application made the log durable up to (`index`, `term`) and the hard state up to
+    /// `hard_state`.
+    pub(crate) fn on_persisted(&mut self, last: Option<(LogIndex, Term)>, hard_state: Option<HardState>) {
+        if let Some((index, term)) = last {
+            self.log.stable_to(index, term);
+        }
+        if self.self_vote_pending
+            && self.role == Role::Candidate
+            && hard_state.is_some_and(|hs| hs.term == self.term && hs.vote == Some(self.id))
+        {
+            self.self_vote_pending = false;
+            self.votes.insert(self.id, true);
+            self.check_votes();
+        }
+        if self.role == Role::Leader {
+            // The leader counts itself toward commit only for what is durable (§10.2.1 of
+            // the dissertation).
+            self.maybe_commit();
+        }
+    }
+
+    // ----- step -------------------------------------------------------------------------
+
+    pub(crate) fn step(&mut self, m: Message) {
+        if m.to != self.id {
+            return;
+        }
+        if m.term > self.term {
+            match &m.body {
+                // A pre-vote request carries the term the sender would campaign in; it must
+                // not move our term.
+                MessageBody::PreVote(_) => {}
+                // A granted pre-vote response echoes our future term.
+                MessageBody::PreVoteResponse(r) if r.granted => {}
+                MessageBody::Vote(req) if self.in_lease() && !req.transfer => {
+                    // We heard from a leader within the election timeout: ignore the
+                    // disruptive candidate entirely (§6 of the dissertation).
+                    return;
+                }
+                MessageBody::Append(_) | MessageBody::Heartbeat(_) | MessageBody::InstallSnapshot(_) => {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            self.step_stale(m);
+            return;
+        }
+
+        match m.body {
+            MessageBody::PreVote(req) => self.handle_vote_request(m.from, m.term, req, true),
+            MessageBody::Vote(req) => self.handle_vote_request(m.from, m.term, req, false),
+            _ => match self.role {
+                Role::Follower => self.step_follower(m),
+                Role::PreCandidate | Role::Candidate => self.step_candidate(m),
+                Role::Leader => self.step_leader(m),
+            },
+        }
+    }
+
+    /// A message from an older term (§5.1: it is rejected).
+    fn step_stale(&mut self, m: Message) {
+        match m.body {
+            // Tell a stale leader about the newer term so it steps down. With pre-vote and
+            // check-quorum a node never raises its term alone, so this cannot disrupt a
+            // healthy cluster.
+            MessageBody::Append(_) | MessageBody::Heartbeat(_) => {
+                let body = MessageBody::AppendResponse(AppendResponse {
+                    success: false,
+                    index: LogIndex(0),
+                    hint: None,
+                });
+                self.send_later(m.from, body);
+            }
+            MessageBody::PreVote(_) => {
+                let body = MessageBody::PreVoteResponse(VoteResponse { granted: false });
+                self.send_later(m.from, body);
+            }
+            _ => {}
+        }
+    }
+
+    fn in_lease(&self) -> bool {
+        (self.cfg.check_quorum || self.cfg.pre_vote)
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    fn handle_vote_request(&mut self, from: NodeId, term: Term, req: VoteRequest, pre: bool) {
+        let up_to_date = self.log.is_up_to_date(req.last_log_index, req.last_log_term);
+        let can_vote = if pre {
+            term > self.term && (!self.in_lease() || req.transfer)
+        } else {
+            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none())
+        };
+        let granted = can_vote && up_to_date;
+        if granted && !pre {
+            // Election Safety: one vote per term, persisted before the reply.
+            assert!(self.vote.is_none() || self.vote == Some(from), "Election Safety: double vote");
+            assert_eq!(term, self.term);
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        let response = VoteResponse { granted };
+        let (body, reply_term) = if pre {
+            (MessageBody::PreVoteResponse(response), if granted { term } else { self.term })
+        } else {
+            (MessageBody::VoteResponse(response), self.term)
+        };
+        self.msgs_after_persist.push(Message {
+            from: self.id,
+            to: from,
+            term: reply_term,
+            body,
+        });
+    }
+
+    fn step_follower(&mut self, m: Message) {
+        match m.body {
+            MessageBody::Append(req) => {
+                self.hear_from_leader(m.from);
+                self.handle_append(m.from, req);
+            }
+            MessageBody::Heartbeat(req) => {
+                self.hear_from_leader(m.from);
+                self.handle_heartbeat(m.from, req);
+            }
+            MessageBody::TimeoutNow => {
+                if self.is_voter() {
+                    self.start_election(true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn hear_from_leader(&mut self, leader: NodeId) {
+        self.election_elapsed = 0;
+        self.leader = Some(leader);
+    }
+
+    fn step_candidate(&mut self, m: Message) {
+        match m.body {
+            // A leader of our term exists: follow it (§5.2).
+            MessageBody::Append(_) | MessageBody::Heartbeat(_) => {
+                let term = self.term;
+                self.become_follower(term, Some(m.from));
+                self.step_follower(m);
+            }
+            MessageBody::PreVoteResponse(r) if self.role == Role::PreCandidate => {
+                if m.term == self.term.next() || !r.granted {
+                    self.votes.entry(m.from).or_insert(r.granted);
+                    self.check_votes();
+                }
+            }
+            MessageBody::VoteResponse(r) if self.role == Role::Candidate => {
+                self.votes.entry(m.from).or_insert(r.granted);
+                self.check_votes();
+            }
+            _ => {}
+        }
+    }
+
+    fn check_votes(&mut self) {
+        let votes = &self.votes;
+        match quorum::joint_vote(&self.membership, |id| votes.get(&id).copied()) {
+            VoteResult::Won => match self.role {
+                Role::PreCandidate => self.start_election(false),
+                Role::Candidate => self.become_leader(),
+                _ => {}
+            },
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            VoteResult::Pending => {}
+        }
+    }
+
+    fn handle_append(&mut self, from: NodeId, req: AppendRequest) {
+        if req.prev_log_index < self.log.committed {
+            // Everything up to our commit index matches the leader already.
+            let index = self.log.committed;
+            self.send_later(from, append_ok(index));
+            return;
+        }
+        if !self.log.match_term(req.prev_log_index, req.prev_log_term) {
+            let hint = self.conflict_hint(req.prev_log_index);
+            let body = MessageBody::AppendResponse(AppendResponse {
+                success: false,
+                index: req.prev_log_index,
+                hint: Some(hint),
+            });
+            self.send_later(from, body);
+            return;
+        }
+        let last_new = req.prev_log_index.plus(req.entries.len() as u64);
+        // Log Matching: skip the entries we already have; truncate at the first conflict.
+        let conflict = req
+            .entries
+            .iter()
+            .position(|e| !self.log.match_term(e.index, e.term));
+        if let Some(at) = conflict {
+            self.log.truncate_and_append(&req.entries[at..]);
+        }
+        self.log.commit_to(req.leader_commit.min(last_new));
+        self.send_later(from, append_ok(last_new));
+    }
+
+    fn conflict_hint(&self, rejected: LogIndex) -> ConflictHint {
+        let last = self.log.last_index();
+        if rejected > last {
+            return ConflictHint {
+                conflict_term: None,
+                conflict_index: last.next(),
+            };
+        }
+        ConflictHint {
+            conflict_term: self.log.term(rejected),
+            conflict_index: self.log.first_index_of_term(rejected),
+        }
+    }
+
+    fn handle_heartbeat(&mut self, from: NodeId, req: HeartbeatRequest) {
+        // The leader caps the commit index at our match index, so we hold that entry; the cap
+        // at our last index only guards against a restart that lost unacknowledged entries.
+        self.log.commit_to(req.leader_commit.min(self.log.last_index()));
+        let body = MessageBody::HeartbeatResponse(HeartbeatResponse { context: req.context });
+        self.send_later(from, body);
+    }
+
+    fn step_leader(&mut self, m: Message) {
+        let from = m.from;
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        match m.body {
+            MessageBody::AppendResponse(r) => self.handle_append_response(from, r),
+            MessageBody::HeartbeatResponse(_) => {
+                let inflight_max = self.cfg.inflight_msgs_max;
+                let pr = self.progress.get_mut(&from).expect("checked above");
+                pr.probe_sent = false;
+                if pr.state == ProgressState::Replicate && pr.inflight.len() >= inflight_max {
+                    // An ack may have been lost: let one more append through so the window
+                    // cannot stall for good.
+                    pr.inflight.pop_front();
+                }
+                if pr.match_index < self.log.last_index() {
+                    self.send_append(from, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, r: AppendResponse) {
+        let pr = self.progress.get_mut(&from).expect("caller checked");
+        if r.success {
+            let moved = pr.acked(r.index);
+            if pr.state == ProgressState::Probe {
+                // The follower's log matches ours up to its match index: stream from there.
+                pr.become_replicate();
+            }
+            if moved {
+                self.maybe_commit();
+            }
+            self.send_appends_while_open(from);
+            return;
+        }
+        // A rejection. Ignore it unless it answers the latest probe (or, when streaming, it
+        // rejects something past the match index): older ones are stale.
+        let stale = match pr.state {
+            ProgressState::Probe => r.index != pr.next_index.prev(),
+            ProgressState::Replicate => r.index <= pr.match_index,
+        };
+        if stale {
+            return;
+        }
+        let next = match r.hint {
+            Some(ConflictHint {
+                conflict_term: Some(term),
+                conflict_index,
+            }) => {
+                // If we have entries of the conflicting term, resume after our last one of
+                // them; otherwise skip the follower's whole term.
+                let ours = self.log.last_index_with_term_at_most(r.index, term);
+                if self.log.term(ours) == Some(term) {
+                    ours.next()
+                } else {
+                    conflict_index
+                }
+            }
+            Some(ConflictHint {
+                conflict_term: None,
+                conflict_index,
+            }) => conflict_index,
+            None => r.index,
+        };
+        let pr = self.progress.get_mut(&from).expect("caller checked");
+        pr.become_probe();
+        pr.next_index = next.min(r.index).max(pr.match_index.next());
+        self.send_append(from, true);
+    }
+
+    // ----- leader sending ---------------------------------------------------------------
+
+    fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in peers {
+            self.send_appends_while_open(id);
+        }
+    }
+
+    /// Sends appends to `to` until its window is full or it has everything.
+    fn send_appends_while_open(&mut self, to: NodeId) {
+        while self.send_append(to, false) {}
+    }
+
+    /// Sends one append to `to` if flow control allows. With `allow_empty`, an append without
+    /// entries is sent when there is nothing new (a probe of `next_index - 1`). Returns whether
+    /// entries were sent and more may follow.
+    fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let inflight_max = self.cfg.inflight_msgs_max;
+        let Some(pr) = self.progress.get(&to) else { return false };
+        if pr.is_paused(inflight_max) {
+            return false;
+        }
+        let next = pr.next_index;
+        if next > last && !allow_empty {
+            return false;
+        }
+        let prev_log_index = next.prev();
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            // The entries the follower needs were compacted; snapshot transfer brings it up
+            // to date. Until that exists, it cannot be served from the log.
+            return false;
+        };
+        let entries = match self.log.entries(next, last, self.cfg.append_entries_max, self.cfg.msg_bytes_max) {
+            Ok(e) => e,
+            Err(_) => return false,
+        };
+        let sent_last = entries.last().map_or(prev_log_index, |e| e.index);
+        let more = !entries.is_empty() && sent_last < last;
+        let pr = self.progress.get_mut(&to).expect("checked above");
+        pr.sent(sent_last, inflight_max);
+        let body = MessageBody::Append(AppendRequest {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.log.committed,
+        });
+        self.msgs.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+        more && pr.state == ProgressState::Replicate
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let commit = self.log.committed;
+        let msgs: Vec<Message> = self
+            .progress
+            .iter()
+            .map(|(&to, pr)| Message {
+                from: self.id,
+                to,
+                term: self.term,
+                body: MessageBody::Heartbeat(HeartbeatRequest {
+                    leader_commit: commit.min(pr.match_index),
+                    context: 0,
+                }),
+            })
+            .collect();
+        self.msgs.extend(msgs);
+    }
+
+    /// Advances the commit index to what a quorum has durably, if that entry is of the current
+    /// term (§5.4.2, Figure 8: entries of older terms commit only indirectly).
+    fn maybe_commit(&mut self) {
+        let own = self.log.persisted;
+        let id = self.id;
+        let progress = &self.progress;
+        let index = quorum::joint_index(&self.membership, |n| {
+            if n == id {
+                own
+            } else {
+                progress.get(&n).map_or(LogIndex(0), |p| p.match_index)
+            }
+        });
+        if index > self.log.committed && self.log.term(index) == Some(self.term) {
+            self.log.commit_to(index);
+        }
+    }
+
+    fn send_later(&mut self, to: NodeId, body: MessageBody) {
+        self.msgs_after_persist.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum MessageBodyKind {
+    PreVote,
+    Vote,
+}
+
+fn append_ok(index: LogIndex) -> MessageBody {
+    MessageBody::AppendResponse(AppendResponse {
+        success: true,
+        index,
+        hint: None,
+    })
+}

@@ -1,0 +1,5 @@
+//! Test support, behind the `testing` feature: the storage conformance suite every store
+//! must pass, and the deterministic cluster simulator.
+
+pub mod conformance;
+pub mod sim;

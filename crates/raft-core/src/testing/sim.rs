@@ -1,0 +1,866 @@
+//! The deterministic cluster simulator.
+//!
+//! A cluster of [`RawNode`]s in one process, driven by one seed. Time is virtual: an event
+//! queue orders ticks, message deliveries and disk completions. The network drops, duplicates,
+//! reorders and delays messages and makes symmetric and one-way partitions; nodes crash and lose
+//! everything not yet durable, then restart from their durable storage. Clients propose
+//! throughout. After every event the [`Checker`] verifies Raft's safety properties across the
+//! whole cluster; once faults stop, liveness is checked too. The same seed replays the same run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use raft_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, Message, NodeId, Term};
+
+use crate::{Config, MemStorage, PersistAck, RawNode, Ready, Rng, Role, Storage, StorageMut};
+
+/// Virtual time units per tick. Message and disk latencies are drawn in these units, so a
+/// message may overtake another sent in the same tick.
+pub const UNITS_PER_TICK: u64 = 10;
+
+/// Fault rates and durations of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: the same seed and configuration give the same run.
+    pub seed: u64,
+    /// Cluster size (3 or 5 are typical).
+    pub nodes: usize,
+    /// Ticks of the faulty phase.
+    pub fault_ticks: u64,
+    /// Ticks the cluster gets, once faults stop, to elect a leader and commit and apply a
+    /// final set of proposals on every node.
+    pub liveness_ticks: u64,
+    /// Probability that a message is lost.
+    pub drop_rate: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate_rate: f64,
+    /// Maximum message latency in time units (latencies are uniform in `1..=max`).
+    pub latency_units_max: u64,
+    /// Maximum time a disk write takes, in time units.
+    pub disk_units_max: u64,
+    /// Per tick: probability that a new partition starts (when none is active).
+    pub partition_rate: f64,
+    /// Per tick: probability that a node crashes.
+    pub crash_rate: f64,
+    /// Per tick: probability that the current leader crashes (Figure 8 style churn).
+    pub leader_crash_rate: f64,
+    /// A crashed node restarts after 1 to this many ticks.
+    pub down_ticks_max: u64,
+    /// Instead of a timed restart, crashed nodes stay down until a majority is down; then a
+    /// random one restarts (the churn of the MIT course's Figure 8 test).
+    pub restart_only_for_quorum: bool,
+    /// Per tick: probability that a client proposes a command.
+    pub propose_rate: f64,
+    /// Print every event.
+    pub verbose: bool,
+    /// The configuration template of every node (`id` and `seed` are set per node).
+    pub node: Config,
+}
+
+impl SimConfig {
+    /// The fault mix for `seed`. Seeds cycle through five profiles so that every range of
+    /// seeds covers each: a mixed default, churn (frequent crashes and partitions, one entry
+    /// per append), a lossy and slow network, frequent partitions with a window of one
+    /// message, and Figure 8 (leaders crash soon after they start replicating).
+    pub fn new(seed: u64) -> SimConfig {
+        let mut node = Config::new(NodeId(1));
+        node.election_ticks = 10;
+        node.heartbeat_ticks = 2;
+        node.append_entries_max = 8;
+        node.inflight_msgs_max = 4;
+        let mut cfg = SimConfig {
+            seed,
+            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            fault_ticks: 600,
+            liveness_ticks: 400,
+            drop_rate: 0.05,
+            duplicate_rate: 0.02,
+            latency_units_max: 25,
+            disk_units_max: 15,
+            partition_rate: 0.01,
+            crash_rate: 0.004,
+            leader_crash_rate: 0.0,
+            down_ticks_max: 40,
+            restart_only_for_quorum: false,
+            propose_rate: 0.6,
+            verbose: false,
+            node,
+        };
+        match (seed / 2) % 5 {
+            0 => {}
+            1 => {
+                cfg.node.append_entries_max = 1;
+                cfg.crash_rate = 0.02;
+                cfg.partition_rate = 0.03;
+                cfg.latency_units_max = 40;
+            }
+            2 => {
+                cfg.drop_rate = 0.25;
+                cfg.duplicate_rate = 0.1;
+                cfg.latency_units_max = 60;
+                cfg.disk_units_max = 40;
+            }
+            3 => {
+                cfg.partition_rate = 0.05;
+                cfg.node.append_entries_max = 2;
+                cfg.node.inflight_msgs_max = 1;
+            }
+            _ => {
+                // Figure 8 of the paper: leaders crash soon after they start replicating, so
+                // logs diverge across terms and entries of older terms get re-replicated.
+                cfg.nodes = 5;
+                cfg.node.append_entries_max = 1;
+                cfg.leader_crash_rate = 0.25;
+                cfg.restart_only_for_quorum = true;
+                cfg.crash_rate = 0.0;
+                cfg.partition_rate = 0.0;
+                cfg.drop_rate = 0.02;
+                cfg.latency_units_max = 30;
+                cfg.propose_rate = 1.0;
+            }
+        }
+        cfg
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Events processed.
+    pub steps: u64,
+    /// Distinct terms that had a leader.
+    pub leaders: usize,
+    /// The highest index committed.
+    pub committed: u64,
+    /// Proposals accepted by a leader.
+    pub proposals: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages lost to drops, partitions or crashed receivers.
+    pub lost: u64,
+}
+
+/// A violated property, with where it happened.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    /// The seed that reproduces it.
+    pub seed: u64,
+    /// The event number at which it was detected.
+    pub step: u64,
+    /// The virtual time, in ticks.
+    pub tick: u64,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed at step {} (tick {}): {}",
+            self.seed, self.step, self.tick, self.reason
+        )
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(NodeId),
+    Deliver(Message),
+    DiskDone(NodeId, u64),
+    Restart(NodeId),
+    HealPartition,
+}
+
+/// A write a node handed out and the disk has not finished.
+struct PendingWrite {
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    persisted_messages: Vec<Message>,
+    committed_entries: Vec<Entry>,
+    ack: PersistAck,
+}
+
+struct SimNode {
+    /// `None` while crashed.
+    raw: Option<RawNode<MemStorage>>,
+    /// What survives a crash.
+    durable: MemStorage,
+    pending: VecDeque<PendingWrite>,
+    /// Disk writes complete in order: the time the last one completes.
+    disk_busy_until: u64,
+    /// Bumped at each crash so that events of an earlier life are ignored.
+    incarnation: u64,
+    /// The state machine: the last applied index, rebuilt from the log after a restart.
+    applied: LogIndex,
+}
+
+/// The global safety checker. Every method returns the violated property on failure.
+#[derive(Default)]
+pub struct Checker {
+    /// Election Safety: the leader of each term.
+    leaders: HashMap<Term, NodeId>,
+    /// Log Matching: every (index, term) ever written, with the term before it and the payload.
+    written: HashMap<(LogIndex, Term), (Term, EntryPayload)>,
+    /// The committed log: the term of each committed index (index 1 at position 0).
+    committed: Vec<Term>,
+}
+
+impl Checker {
+    fn committed_index(&self) -> LogIndex {
+        LogIndex(self.committed.len() as u64)
+    }
+
+    fn committed_term(&self, index: LogIndex) -> Option<Term> {
+        index
+            .0
+            .checked_sub(1)
+            .and_then(|i| self.committed.get(i as usize).copied())
+    }
+
+    /// Log Matching: the same index and term always mean the same entry after the same prefix.
+    fn entry_written(&mut self, node: NodeId, entry: &Entry, prev_term: Term) -> Result<(), String> {
+        match self.written.get(&(entry.index, entry.term)) {
+            Some((p, payload)) => {
+                if *p != prev_term || *payload != entry.payload {
+                    return Err(format!(
+                        "Log Matching: {node} wrote {}@{} after term {prev_term} with {:?}, \
+                         but it was written before after term {p} with {payload:?}",
+                        entry.index, entry.term, entry.payload
+                    ));
+                }
+            }
+            None => {
+                self.written
+                    .insert((entry.index, entry.term), (prev_term, entry.payload.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Election Safety: at most one leader per term.
+    fn leader_seen(&mut self, node: NodeId, term: Term) -> Result<(), String> {
+        let first = *self.leaders.entry(term).or_insert(node);
+        if first != node {
+            return Err(format!("Election Safety: {first} and {node} both led term {term}"));
+        }
+        Ok(())
+    }
+
+    /// Records a node's commit index and checks it agrees with everything committed before.
+    fn commit_seen(&mut self, node: NodeId, commit: LogIndex, term_at: impl Fn(LogIndex) -> Option<Term>) -> Result<(), String> {
+        let known = self.committed_index();
+        for i in known.0 + 1..=commit.0 {
+            let t = term_at(LogIndex(i))
+                .ok_or_else(|| format!("{node} committed {i} but has no entry there"))?;
+            self.committed.push(t);
+        }
+        let check = commit.min(known);
+        if check > LogIndex(0) {
+            let expected = self.committed_term(check).expect("within the committed log");
+            if term_at(check) != Some(expected) {
+                return Err(format!(
+                    "State Machine Safety: {node} committed {check} with term {:?}, \
+                     but term {expected} was committed there",
+                    term_at(check)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader Completeness: a leader of term T holds every committed entry of a term <= T.
+    fn leader_complete(&self, node: NodeId, term: Term, term_at: impl Fn(LogIndex) -> Option<Term>) -> Result<(), String> {
+        let upto = self.committed.partition_point(|&t| t <= term);
+        if upto == 0 {
+            return Ok(());
+        }
+        let index = LogIndex(upto as u64);
+        let expected = self.committed[upto - 1];
+        if term_at(index) != Some(expected) {
+            return Err(format!(
+                "Leader Completeness: {node}, leader of {term}, has {:?} at committed index {index} (committed term {expected})",
+                term_at(index)
+            ));
+        }
+        Ok(())
+    }
+
+    /// State Machine Safety: nodes apply the same entries in the same order, exactly once.
+    fn applied(&self, node: NodeId, previous: LogIndex, entry: &Entry) -> Result<(), String> {
+        if entry.index != previous.next() {
+            return Err(format!(
+                "State Machine Safety: {node} applied {} right after {previous}",
+                entry.index
+            ));
+        }
+        match self.committed_term(entry.index) {
+            Some(t) if t == entry.term => {}
+            other => {
+                return Err(format!(
+                    "State Machine Safety: {node} applied {}@{} but the committed term there is {other:?}",
+                    entry.index, entry.term
+                ))
+            }
+        }
+        match self.written.get(&(entry.index, entry.term)) {
+            Some((_, payload)) if *payload == entry.payload => Ok(()),
+            _ => Err(format!(
+                "State Machine Safety: {node} applied {}@{} with a payload never written there",
+                entry.index, entry.term
+            )),
+        }
+    }
+}
+
+/// A simulated cluster.
+pub struct Cluster {
+    cfg: SimConfig,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    /// Directed links that currently lose every message.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Whether the faulty phase is over.
+    quiet: bool,
+    checker: Checker,
+    next_command: u64,
+    report: SimReport,
+    log: String,
+}
+
+impl Cluster {
+    /// A cluster of `cfg.nodes` voters, all followers at term 0.
+    pub fn new(cfg: SimConfig) -> Cluster {
+        let ids: Vec<NodeId> = (1..=cfg.nodes as u64).map(NodeId).collect();
+        let membership = Membership::with_voters(ids.iter().copied());
+        let mut cluster = Cluster {
+            rng: Rng::new(cfg.seed),
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            quiet: false,
+            checker: Checker::default(),
+            next_command: 0,
+            report: SimReport {
+                seed: cfg.seed,
+                ..SimReport::default()
+            },
+            log: String::new(),
+            cfg,
+        };
+        for &id in &ids {
+            let node = SimNode {
+                raw: None,
+                durable: MemStorage::new(membership.clone()),
+                pending: VecDeque::new(),
+                disk_busy_until: 0,
+                incarnation: 0,
+                applied: LogIndex(0),
+            };
+            cluster.nodes.insert(id, node);
+            cluster.start_node(id);
+            // Stagger the tick phases so nodes do not tick in lockstep.
+            let phase = cluster.rng.below(UNITS_PER_TICK);
+            cluster.schedule(phase, Event::Tick(id));
+        }
+        cluster
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let mut config = self.cfg.node.clone();
+        config.id = id;
+        let node = self.nodes.get_mut(&id).expect("known node");
+        config.seed = self.cfg.seed ^ (id.0 << 32) ^ node.incarnation.wrapping_mul(0x9E37_79B9);
+        node.raw = Some(RawNode::new(config, node.durable.clone()).expect("valid config"));
+        node.applied = LogIndex(0);
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.queue.insert((self.now + delay, self.seq), event);
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.verbose {
+            let _ = writeln!(self.log, "[{:>6}.{}] {}", self.now / UNITS_PER_TICK, self.now % UNITS_PER_TICK, line());
+            print!("{}", self.log);
+            self.log.clear();
+        }
+    }
+
+    /// The current virtual time in ticks.
+    pub fn tick_now(&self) -> u64 {
+        self.now / UNITS_PER_TICK
+    }
+
+    /// The node that is leader of the highest term, among the live nodes.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.raw.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+
+    /// The node's raft state, if it is up.
+    pub fn node(&self, id: NodeId) -> Option<&RawNode<MemStorage>> {
+        self.nodes.get(&id).and_then(|n| n.raw.as_ref())
+    }
+
+    /// What the node's state machine has applied.
+    pub fn applied(&self, id: NodeId) -> LogIndex {
+        self.nodes[&id].applied
+    }
+
+    /// The node's durable storage.
+    pub fn durable(&self, id: NodeId) -> &MemStorage {
+        &self.nodes[&id].durable
+    }
+
+    /// The ids of all nodes.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The highest index known committed anywhere.
+    pub fn committed_index(&self) -> LogIndex {
+        self.checker.committed_index()
+    }
+
+    /// Cuts every link between `group` and the other nodes, both ways.
+    pub fn partition(&mut self, group: &[NodeId]) {
+        let ids = self.ids();
+        for &a in group {
+            for &b in &ids {
+                if !group.contains(&b) {
+                    self.blocked.insert((a, b));
+                    self.blocked.insert((b, a));
+                }
+            }
+        }
+    }
+
+    /// Cuts the link from `from` to `to` only.
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Crashes a node: it loses its volatile state and every write not yet durable.
+    pub fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.raw.take().is_some() {
+            node.pending.clear();
+            node.incarnation += 1;
+            node.disk_busy_until = 0;
+            self.report.crashes += 1;
+            self.trace(|| format!("{id} crashes"));
+        }
+    }
+
+    /// Restarts a crashed node from its durable storage.
+    pub fn restart(&mut self, id: NodeId) -> Result<(), String> {
+        if self.nodes[&id].raw.is_none() {
+            self.start_node(id);
+            self.trace(|| format!("{id} restarts"));
+            self.drain(id)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes a fresh command on `id`. Returns the index if `id` accepted it as leader.
+    pub fn propose(&mut self, id: NodeId) -> Result<Option<LogIndex>, String> {
+        self.next_command += 1;
+        let command = Bytes::copy_from_slice(&self.next_command.to_be_bytes());
+        let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) else {
+            return Ok(None);
+        };
+        let index = raw.propose(command).ok();
+        if let Some(index) = index {
+            self.report.proposals += 1;
+            self.trace(|| format!("{id} accepts command at {index}"));
+        }
+        self.drain(id)?;
+        Ok(index)
+    }
+
+    /// Makes `id` campaign now.
+    pub fn campaign(&mut self, id: NodeId) -> Result<(), String> {
+        if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+            raw.campaign();
+        }
+        self.drain(id)
+    }
+
+    /// Runs events until virtual time reaches `ticks` more ticks from now, checking every
+    /// invariant after each event.
+    pub fn run_ticks(&mut self, ticks: u64) -> Result<(), String> {
+        let until = self.now + ticks * UNITS_PER_TICK;
+        while let Some((&(at, seq), _)) = self.queue.first_key_value() {
+            if at > until {
+                break;
+            }
+            let event = self.queue.remove(&(at, seq)).expect("present");
+            self.now = at;
+            self.report.steps += 1;
+            self.handle(event)?;
+            self.check()?;
+        }
+        self.now = until;
+        Ok(())
+    }
+
+    /// Runs until `done` holds or `ticks_max` ticks pass; returns whether it held.
+    pub fn run_until(&mut self, ticks_max: u64, mut done: impl FnMut(&Cluster) -> bool) -> Result<bool, String> {
+        for _ in 0..ticks_max {
+            if done(self) {
+                return Ok(true);
+            }
+            self.run_ticks(1)?;
+        }
+        Ok(done(self))
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Tick(id) => {
+                self.schedule(UNITS_PER_TICK, Event::Tick(id));
+                if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+                    raw.tick();
+                    self.drain(id)?;
+                }
+            }
+            Event::Deliver(msg) => {
+                let to = msg.to;
+                if self.nodes[&to].raw.is_none() {
+                    self.report.lost += 1;
+                    return Ok(());
+                }
+                self.report.delivered += 1;
+                if self.cfg.verbose {
+                    let line = format!("{} -> {} {} {:?}", msg.from, msg.to, msg.term, msg.body);
+                    self.trace(|| line);
+                }
+                let raw = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()).expect("checked");
+                raw.step(msg);
+                self.drain(to)?;
+            }
+            Event::DiskDone(id, incarnation) => {
+                if self.nodes[&id].incarnation == incarnation {
+                    self.complete_write(id)?;
+                    self.drain(id)?;
+                }
+            }
+            Event::Restart(id) => self.restart(id)?,
+            Event::HealPartition => {
+                self.heal();
+                self.trace(|| "partition heals".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every Ready the node has: registers its entries, sends its immediate messages and
+    /// queues its write.
+    fn drain(&mut self, id: NodeId) -> Result<(), String> {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+            if !raw.has_ready() {
+                return Ok(());
+            }
+            let ready: Ready = raw.ready();
+            for (i, e) in ready.entries.iter().enumerate() {
+                let prev_term = if i > 0 {
+                    ready.entries[i - 1].term
+                } else {
+                    raw.term_at(e.index.prev())
+                        .ok_or_else(|| format!("{id} handed out {} without the entry before it", e.index))?
+                };
+                self.checker.entry_written(id, e, prev_term)?;
+            }
+            if let Some(soft) = ready.soft_state {
+                self.trace(|| format!("{id} is now {:?} (leader {:?})", soft.role, soft.leader));
+            }
+            let ack = ready.persist_ack();
+            let delay = 1 + self.rng.below(self.cfg.disk_units_max);
+            let node = self.nodes.get_mut(&id).expect("known node");
+            let done_at = node.disk_busy_until.max(self.now + delay);
+            node.disk_busy_until = done_at;
+            let incarnation = node.incarnation;
+            node.pending.push_back(PendingWrite {
+                entries: ready.entries,
+                hard_state: ready.hard_state,
+                persisted_messages: ready.persisted_messages,
+                committed_entries: ready.committed_entries,
+                ack,
+            });
+            for m in ready.messages {
+                self.send(m);
+            }
+            self.schedule(done_at - self.now, Event::DiskDone(id, incarnation));
+        }
+    }
+
+    /// The oldest write of `id` becomes durable.
+    fn complete_write(&mut self, id: NodeId) -> Result<(), String> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(write) = node.pending.pop_front() else { return Ok(()) };
+        node.durable.append(&write.entries).map_err(|e| e.to_string())?;
+        if let Some(hs) = write.hard_state {
+            node.durable.set_hard_state(hs).map_err(|e| e.to_string())?;
+        }
+        let raw = node.raw.as_mut().expect("a node with pending writes is up");
+        raw.on_persisted(write.ack);
+        let mut applied = node.applied;
+        for e in &write.committed_entries {
+            self.checker.applied(id, applied, e)?;
+            applied = e.index;
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.applied = applied;
+        if let Some(last) = write.committed_entries.last() {
+            node.raw.as_mut().expect("up").on_applied(last.index);
+        }
+        for m in write.persisted_messages {
+            self.send(m);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, m: Message) {
+        if self.blocked.contains(&(m.from, m.to)) {
+            self.report.lost += 1;
+            return;
+        }
+        if !self.quiet && self.rng.chance(self.cfg.drop_rate) {
+            self.report.lost += 1;
+            return;
+        }
+        if !self.quiet && self.rng.chance(self.cfg.duplicate_rate) {
+            let delay = 1 + self.rng.below(self.cfg.latency_units_max);
+            self.schedule(delay, Event::Deliver(m.clone()));
+        }
+        let delay = 1 + self.rng.below(self.cfg.latency_units_max);
+        self.schedule(delay, Event::Deliver(m));
+    }
+
+    /// Checks every global invariant.
+    pub fn check(&mut self) -> Result<(), String> {
+        let ids = self.ids();
+        for id in ids {
+            let node = &self.nodes[&id];
+            let Some(raw) = node.raw.as_ref() else { continue };
+            if raw.role() == Role::Leader {
+                self.checker.leader_seen(id, raw.term())?;
+            }
+            self.checker.commit_seen(id, raw.commit_index(), |i| raw.term_at(i))?;
+            if raw.role() == Role::Leader {
+                self.checker.leader_complete(id, raw.term(), |i| raw.term_at(i))?;
+            }
+        }
+        self.check_durability()
+    }
+
+    /// No committed entry is lost to crashes: a majority holds the last committed one durably.
+    fn check_durability(&self) -> Result<(), String> {
+        let index = self.checker.committed_index();
+        let Some(term) = self.checker.committed_term(index) else { return Ok(()) };
+        let holders = self
+            .nodes
+            .values()
+            .filter(|n| n.durable.term(index).ok() == Some(term))
+            .count();
+        if holders <= self.nodes.len() / 2 {
+            return Err(format!(
+                "durability: committed entry {index}@{term} is durable on only {holders} of {} nodes",
+                self.nodes.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) -> Result<(), String> {
+        let ids = self.ids();
+        if self.blocked.is_empty() && self.rng.chance(self.cfg.partition_rate) {
+            self.report.partitions += 1;
+            let kind = self.rng.below(3);
+            let a = ids[self.rng.below(ids.len() as u64) as usize];
+            match kind {
+                0 => {
+                    // Isolate the leader if there is one, else a random node.
+                    let victim = self.leader().unwrap_or(a);
+                    self.partition(&[victim]);
+                    self.trace(|| format!("partition isolates {victim}"));
+                }
+                1 => {
+                    let group: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(0.5)).collect();
+                    self.trace(|| format!("partition splits off {group:?}"));
+                    self.partition(&group);
+                }
+                _ => {
+                    let b = ids[self.rng.below(ids.len() as u64) as usize];
+                    if a != b {
+                        self.block(a, b);
+                        self.trace(|| format!("one-way partition {a} -/-> {b}"));
+                    }
+                }
+            }
+            let heal_in = (5 + self.rng.below(60)) * UNITS_PER_TICK;
+            self.schedule(heal_in, Event::HealPartition);
+        }
+        let leader = self.leader();
+        for id in ids {
+            let rate = if Some(id) == leader {
+                self.cfg.crash_rate + self.cfg.leader_crash_rate
+            } else {
+                self.cfg.crash_rate
+            };
+            if self.nodes[&id].raw.is_some() && self.rng.chance(rate) {
+                self.crash(id);
+                if !self.cfg.restart_only_for_quorum {
+                    let back_in = (1 + self.rng.below(self.cfg.down_ticks_max)) * UNITS_PER_TICK;
+                    self.schedule(back_in, Event::Restart(id));
+                }
+            }
+        }
+        if self.cfg.restart_only_for_quorum {
+            let down: Vec<NodeId> = self.ids().into_iter().filter(|id| self.nodes[id].raw.is_none()).collect();
+            if self.nodes.len() - down.len() <= self.nodes.len() / 2 {
+                let pick = down[self.rng.below(down.len() as u64) as usize];
+                self.restart(pick)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The faulty phase, then the quiet phase with its liveness check.
+    pub fn run(mut self) -> Result<SimReport, SimFailure> {
+        match self.run_phases() {
+            Ok(()) => {
+                self.report.leaders = self.checker.leaders.len();
+                self.report.committed = self.checker.committed_index().0;
+                Ok(self.report)
+            }
+            Err(reason) => Err(SimFailure {
+                seed: self.cfg.seed,
+                step: self.report.steps,
+                tick: self.tick_now(),
+                reason,
+            }),
+        }
+    }
+
+    fn run_phases(&mut self) -> Result<(), String> {
+        for _ in 0..self.cfg.fault_ticks {
+            self.inject_faults()?;
+            if self.rng.chance(self.cfg.propose_rate) {
+                let target = self.leader().unwrap_or_else(|| {
+                    let ids = self.ids();
+                    ids[self.rng.below(ids.len() as u64) as usize]
+                });
+                self.propose(target)?;
+            }
+            self.run_ticks(1)?;
+        }
+        self.settle()
+    }
+
+    /// Liveness: with faults stopped, a leader is elected and a final set of proposals is
+    /// committed and applied on every node within `liveness_ticks`.
+    fn settle(&mut self) -> Result<(), String> {
+        self.quiet = true;
+        self.heal();
+        self.queue.retain(|_, e| !matches!(e, Event::HealPartition));
+        for id in self.ids() {
+            self.restart(id)?;
+        }
+        self.trace(|| "faults stop".to_string());
+        let deadline = self.tick_now() + self.cfg.liveness_ticks;
+        let markers = 3;
+        let mut accepted: Vec<(NodeId, Term, LogIndex)> = Vec::new();
+        while self.tick_now() < deadline {
+            // Forget markers whose leader lost its term before committing them.
+            accepted.retain(|&(id, term, index)| {
+                let raw = self.node(id).expect("all nodes are up");
+                (raw.role() == Role::Leader && raw.term() == term) || raw.commit_index() >= index
+            });
+            if accepted.len() < markers {
+                if let Some(leader) = self.leader() {
+                    let term = self.node(leader).expect("up").term();
+                    if let Some(index) = self.propose(leader)? {
+                        accepted.push((leader, term, index));
+                    }
+                }
+            }
+            let target = accepted.iter().map(|a| a.2).max().unwrap_or(LogIndex(0));
+            if accepted.len() == markers && self.ids().iter().all(|&id| self.applied(id) >= target) {
+                return Ok(());
+            }
+            self.run_ticks(1)?;
+        }
+        let states: Vec<String> = self
+            .ids()
+            .iter()
+            .map(|&id| {
+                let raw = self.node(id).expect("up");
+                format!(
+                    "{id}: {:?} term {} commit {} last {} applied {}",
+                    raw.role(),
+                    raw.term(),
+                    raw.commit_index(),
+                    raw.last_index(),
+                    self.applied(id)
+                )
+            })
+            .collect();
+        Err(format!(
+            "liveness: {} ticks after faults stopped, {} of {markers} final proposals are applied everywhere; {}",
+            self.cfg.liveness_ticks,
+            accepted.len(),
+            states.join("; ")
+        ))
+    }
+}
+
+/// Runs one seed. A panic inside the core (a failed assertion) is reported as a failure too.
+pub fn run_seed(cfg: SimConfig) -> Result<SimReport, SimFailure> {
+    let seed = cfg.seed;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let cluster = Cluster::new(cfg);
+        cluster.run()
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".to_string());
+            Err(SimFailure {
+                seed,
+                step: 0,
+                tick: 0,
+                reason: format!("panic (replay with --verbose for the step): {reason}"),
+            })
+        }
+    }
+}

@@ -1,0 +1,4 @@
+use clap::Args;
+#[derive(Args)]
+pub struct CoreArgs {}
+pub fn run(_a: CoreArgs) -> bool { true }

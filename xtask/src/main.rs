@@ -1,0 +1,41 @@
+//! `cargo xtask`: the project's automation. Run `cargo xtask --help`.
+
+mod bench_core;
+mod sim;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Simulation, benchmarks and local clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the deterministic cluster simulator over many seeds, or replay one.
+    Sim(sim::SimArgs),
+    /// Run a benchmark and print a table with percentiles.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// 3 raft-core nodes in one process, in-memory storage, messages by function call.
+    Core(bench_core::CoreArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Command::Sim(args) => sim::run(args),
+        Command::Bench { which: Bench::Core(args) } => bench_core::run(args),
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+}

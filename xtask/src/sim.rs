@@ -1,0 +1,116 @@
+//! `cargo xtask sim`: many seeds in parallel, or one seed replayed step by step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Args;
+use raft_core::testing::sim::{run_seed, SimConfig, SimReport};
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// How many seeds to run (starting at --start).
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Replay this one seed (with --verbose, every event is printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print every event of the run.
+    #[arg(long)]
+    verbose: bool,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Ticks of the faulty phase of each run.
+    #[arg(long)]
+    fault_ticks: Option<u64>,
+}
+
+pub fn run(args: SimArgs) -> bool {
+    let configure = |seed: u64| {
+        let mut cfg = SimConfig::new(seed);
+        cfg.verbose = args.verbose;
+        if let Some(t) = args.fault_ticks {
+            cfg.fault_ticks = t;
+        }
+        cfg
+    };
+    if let Some(seed) = args.seed {
+        return match run_seed(configure(seed)) {
+            Ok(r) => {
+                print_report(&r);
+                true
+            }
+            Err(f) => {
+                eprintln!("FAIL {f}");
+                false
+            }
+        };
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let next = AtomicU64::new(args.start);
+    let end = args.start + args.seeds;
+    let failures = Mutex::new(Vec::new());
+    let totals = Mutex::new(SimReport::default());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    break;
+                }
+                match run_seed(configure(seed)) {
+                    Ok(r) => {
+                        let mut t = totals.lock().unwrap();
+                        t.steps += r.steps;
+                        t.leaders += r.leaders;
+                        t.committed += r.committed;
+                        t.proposals += r.proposals;
+                        t.crashes += r.crashes;
+                        t.partitions += r.partitions;
+                        t.delivered += r.delivered;
+                        t.lost += r.lost;
+                    }
+                    Err(f) => {
+                        eprintln!("FAIL {f}");
+                        failures.lock().unwrap().push(f.seed);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    let t = totals.into_inner().unwrap();
+    println!(
+        "{} seeds ({}..{}) in {:.1}s on {threads} threads: {} failed",
+        args.seeds,
+        args.start,
+        end,
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    println!(
+        "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} crashes, {} partitions, {} messages delivered, {} lost",
+        t.steps, t.leaders, t.committed, t.proposals, t.crashes, t.partitions, t.delivered, t.lost
+    );
+    if !failures.is_empty() {
+        let mut sorted = failures.clone();
+        sorted.sort_unstable();
+        println!("failing seeds: {sorted:?}");
+        println!("replay one with: cargo xtask sim --seed {} --verbose", sorted[0]);
+    }
+    failures.is_empty()
+}
+
+fn print_report(r: &SimReport) {
+    println!(
+        "seed {}: ok; {} steps, {} leader terms, {} committed, {} proposals, {} crashes, {} partitions, {} delivered, {} lost",
+        r.seed, r.steps, r.leaders, r.committed, r.proposals, r.crashes, r.partitions, r.delivered, r.lost
+    );
+}
