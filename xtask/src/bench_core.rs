@@ -1,4 +1,6 @@
 use clap::Args;
 #[derive(Args)]
 pub struct CoreArgs {}
-pub fn run(_a: CoreArgs) -> bool { true }
+pub fn run(_a: CoreArgs) -> bool {
+    true
+}

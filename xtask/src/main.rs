@@ -6,7 +6,10 @@ mod sim;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Simulation, benchmarks and local clusters")]
+#[command(
+    name = "cargo xtask",
+    about = "Simulation, benchmarks and local clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +36,9 @@ fn main() {
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Sim(args) => sim::run(args),
-        Command::Bench { which: Bench::Core(args) } => bench_core::run(args),
+        Command::Bench {
+            which: Bench::Core(args),
+        } => bench_core::run(args),
     };
     if !ok {
         std::process::exit(1);

@@ -103,7 +103,10 @@ pub fn run(args: SimArgs) -> bool {
         let mut sorted = failures.clone();
         sorted.sort_unstable();
         println!("failing seeds: {sorted:?}");
-        println!("replay one with: cargo xtask sim --seed {} --verbose", sorted[0]);
+        println!(
+            "replay one with: cargo xtask sim --seed {} --verbose",
+            sorted[0]
+        );
     }
     failures.is_empty()
 }

@@ -29,7 +29,11 @@ pub(crate) struct RaftLog<S> {
 }
 
 impl<S: Storage> RaftLog<S> {
-    pub(crate) fn new(storage: S, committed: LogIndex, applied: LogIndex) -> Result<Self, StorageError> {
+    pub(crate) fn new(
+        storage: S,
+        committed: LogIndex,
+        applied: LogIndex,
+    ) -> Result<Self, StorageError> {
         let last = storage.last_index()?;
         let first = storage.first_index()?;
         assert!(
@@ -37,7 +41,10 @@ impl<S: Storage> RaftLog<S> {
             "the persisted commit index {committed} is past the durable log's last index {last}"
         );
         let applied = applied.max(first.prev());
-        assert!(applied <= committed, "applied {applied} is past the commit index {committed}");
+        assert!(
+            applied <= committed,
+            "applied {applied} is past the commit index {committed}"
+        );
         Ok(RaftLog {
             storage,
             unstable: Vec::new(),
@@ -65,7 +72,8 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn last_term(&self) -> Term {
-        self.term(self.last_index()).expect("the last entry always has a term")
+        self.term(self.last_index())
+            .expect("the last entry always has a term")
     }
 
     /// The term at `index`, or `None` when the index is compacted or past the end.
@@ -142,7 +150,11 @@ impl<S: Storage> RaftLog<S> {
     /// Appends entries that directly follow the last index (the leader's own proposals).
     pub(crate) fn append(&mut self, entries: Vec<Entry>) {
         if let Some(first) = entries.first() {
-            assert_eq!(first.index, self.last_index().next(), "appended entries must follow the last index");
+            assert_eq!(
+                first.index,
+                self.last_index().next(),
+                "appended entries must follow the last index"
+            );
             if self.unstable.is_empty() {
                 self.unstable_offset = first.index;
             }
@@ -160,9 +172,13 @@ impl<S: Storage> RaftLog<S> {
             "State Machine Safety: truncating at {at} would discard committed entries (commit index {})",
             self.committed
         );
-        assert!(at <= self.last_index().next(), "append at {at} leaves a gap");
+        assert!(
+            at <= self.last_index().next(),
+            "append at {at} leaves a gap"
+        );
         if at >= self.unstable_offset {
-            self.unstable.truncate((at.0 - self.unstable_offset.0) as usize);
+            self.unstable
+                .truncate((at.0 - self.unstable_offset.0) as usize);
         } else {
             self.unstable.clear();
             self.unstable_offset = at;
@@ -250,7 +266,9 @@ impl<S: Storage> RaftLog<S> {
     /// The first index of the run of entries that share the term at `index`, going back no
     /// further than the first index kept.
     pub(crate) fn first_index_of_term(&self, index: LogIndex) -> LogIndex {
-        let Some(term) = self.term(index) else { return index };
+        let Some(term) = self.term(index) else {
+            return index;
+        };
         let floor = self.first_index();
         let mut i = index;
         while i > floor && self.term(i.prev()) == Some(term) {

@@ -174,7 +174,10 @@ impl<S: Storage> RawNode<S> {
             entries: self.raft.log.take_unhanded(),
             messages: std::mem::take(&mut self.raft.msgs),
             persisted_messages: std::mem::take(&mut self.raft.msgs_after_persist),
-            committed_entries: self.raft.log.take_committed(self.raft.cfg.apply_entries_max),
+            committed_entries: self
+                .raft
+                .log
+                .take_committed(self.raft.cfg.apply_entries_max),
             ..Ready::default()
         };
         if soft != self.prev_soft {

@@ -20,7 +20,10 @@ pub enum VoteResult {
 
 /// The votes `granted(id)` reports (`Some(true)` granted, `Some(false)` refused, `None` not
 /// heard) counted over one set of voters. An empty set wins: it places no constraint.
-pub fn majority_vote(voters: &BTreeSet<NodeId>, granted: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+pub fn majority_vote(
+    voters: &BTreeSet<NodeId>,
+    granted: impl Fn(NodeId) -> Option<bool>,
+) -> VoteResult {
     if voters.is_empty() {
         return VoteResult::Won;
     }
@@ -55,7 +58,10 @@ pub fn joint_vote(membership: &Membership, granted: impl Fn(NodeId) -> Option<bo
 
 /// The highest index that a majority of `voters` has (per `match_index`). An empty set gives
 /// `LogIndex(u64::MAX)`, so that it never constrains a joint configuration.
-pub fn majority_index(voters: &BTreeSet<NodeId>, match_index: impl Fn(NodeId) -> LogIndex) -> LogIndex {
+pub fn majority_index(
+    voters: &BTreeSet<NodeId>,
+    match_index: impl Fn(NodeId) -> LogIndex,
+) -> LogIndex {
     if voters.is_empty() {
         return LogIndex(u64::MAX);
     }
@@ -145,6 +151,9 @@ mod tests {
         assert_eq!(joint_vote(&m, yes(&[1, 2, 4])), VoteResult::Won);
         assert_eq!(joint_vote(&m, yes(&[2, 3, 4, 5, 9])), VoteResult::Won);
         assert_eq!(joint_vote(&m, yes(&[2, 3, 9])), VoteResult::Lost);
-        assert!(!is_quorum(&Membership::with_voters(ids(&[1, 2, 3])), |id| id.0 == 9 || id.0 == 1));
+        assert!(!is_quorum(
+            &Membership::with_voters(ids(&[1, 2, 3])),
+            |id| id.0 == 9 || id.0 == 1
+        ));
     }
 }

@@ -107,7 +107,11 @@ impl<S: Storage> Raft<S> {
 
     /// Moves to `term`, forgetting the vote of the old term.
     fn set_term(&mut self, term: Term) {
-        assert!(term >= self.term, "terms never go back ({} -> {term})", self.term);
+        assert!(
+            term >= self.term,
+            "terms never go back ({} -> {term})",
+            self.term
+        );
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -152,10 +156,17 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_leader(&mut self) {
-        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
         // Leader Completeness: a winner's log holds every committed entry, in particular
         // everything up to its own commit index.
-        assert!(self.log.committed <= self.log.last_index(), "Leader Completeness");
+        assert!(
+            self.log.committed <= self.log.last_index(),
+            "Leader Completeness"
+        );
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
@@ -265,13 +276,20 @@ impl<S: Storage> Raft<S> {
                 MessageBodyKind::PreVote => MessageBody::PreVote(req.clone()),
                 MessageBodyKind::Vote => MessageBody::Vote(req.clone()),
             };
-            self.msgs.push(Message { from: self.id, to, term, body });
+            self.msgs.push(Message {
+                from: self.id,
+                to,
+                term,
+                body,
+            });
         }
     }
 
     pub(crate) fn propose(&mut self, commands: Vec<Bytes>) -> Result<LogIndex> {
         if self.role != Role::Leader {
-            return Err(Error::NotLeader { leader: self.leader });
+            return Err(Error::NotLeader {
+                leader: self.leader,
+            });
         }
         let uncommitted = self.log.last_index().0 - self.log.committed.0;
         if uncommitted + commands.len() as u64 > self.cfg.uncommitted_entries_max {
@@ -291,7 +309,11 @@ impl<S: Storage> Raft<S> {
             .into_iter()
             .map(|payload| {
                 index = index.next();
-                Entry { term, index, payload }
+                Entry {
+                    term,
+                    index,
+                    payload,
+                }
             })
             .collect();
         self.log.append(entries);
@@ -300,7 +322,11 @@ impl<S: Storage> Raft<S> {
 
     /// The application made the log durable up to (`index`, `term`) and the hard state up to
     /// `hard_state`.
-    pub(crate) fn on_persisted(&mut self, last: Option<(LogIndex, Term)>, hard_state: Option<HardState>) {
+    pub(crate) fn on_persisted(
+        &mut self,
+        last: Option<(LogIndex, Term)>,
+        hard_state: Option<HardState>,
+    ) {
         if let Some((index, term)) = last {
             self.log.stable_to(index, term);
         }
@@ -337,7 +363,9 @@ impl<S: Storage> Raft<S> {
                     // disruptive candidate entirely (§6 of the dissertation).
                     return;
                 }
-                MessageBody::Append(_) | MessageBody::Heartbeat(_) | MessageBody::InstallSnapshot(_) => {
+                MessageBody::Append(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_) => {
                     self.become_follower(m.term, Some(m.from));
                 }
                 _ => self.become_follower(m.term, None),
@@ -387,7 +415,9 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_vote_request(&mut self, from: NodeId, term: Term, req: VoteRequest, pre: bool) {
-        let up_to_date = self.log.is_up_to_date(req.last_log_index, req.last_log_term);
+        let up_to_date = self
+            .log
+            .is_up_to_date(req.last_log_index, req.last_log_term);
         let can_vote = if pre {
             term > self.term && (!self.in_lease() || req.transfer)
         } else {
@@ -396,14 +426,20 @@ impl<S: Storage> Raft<S> {
         let granted = can_vote && up_to_date;
         if granted && !pre {
             // Election Safety: one vote per term, persisted before the reply.
-            assert!(self.vote.is_none() || self.vote == Some(from), "Election Safety: double vote");
+            assert!(
+                self.vote.is_none() || self.vote == Some(from),
+                "Election Safety: double vote"
+            );
             assert_eq!(term, self.term);
             self.vote = Some(from);
             self.election_elapsed = 0;
         }
         let response = VoteResponse { granted };
         let (body, reply_term) = if pre {
-            (MessageBody::PreVoteResponse(response), if granted { term } else { self.term })
+            (
+                MessageBody::PreVoteResponse(response),
+                if granted { term } else { self.term },
+            )
         } else {
             (MessageBody::VoteResponse(response), self.term)
         };
@@ -425,11 +461,7 @@ impl<S: Storage> Raft<S> {
                 self.hear_from_leader(m.from);
                 self.handle_heartbeat(m.from, req);
             }
-            MessageBody::TimeoutNow => {
-                if self.is_voter() {
-                    self.start_election(true);
-                }
-            }
+            MessageBody::TimeoutNow if self.is_voter() => self.start_election(true),
             _ => {}
         }
     }
@@ -447,11 +479,14 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(term, Some(m.from));
                 self.step_follower(m);
             }
-            MessageBody::PreVoteResponse(r) if self.role == Role::PreCandidate => {
-                if m.term == self.term.next() || !r.granted {
-                    self.votes.entry(m.from).or_insert(r.granted);
-                    self.check_votes();
-                }
+            // Count answers to this pre-campaign (granted ones echo our next term) and
+            // refusals.
+            MessageBody::PreVoteResponse(r)
+                if self.role == Role::PreCandidate
+                    && (m.term == self.term.next() || !r.granted) =>
+            {
+                self.votes.entry(m.from).or_insert(r.granted);
+                self.check_votes();
             }
             MessageBody::VoteResponse(r) if self.role == Role::Candidate => {
                 self.votes.entry(m.from).or_insert(r.granted);
@@ -524,8 +559,11 @@ impl<S: Storage> Raft<S> {
     fn handle_heartbeat(&mut self, from: NodeId, req: HeartbeatRequest) {
         // The leader caps the commit index at our match index, so we hold that entry; the cap
         // at our last index only guards against a restart that lost unacknowledged entries.
-        self.log.commit_to(req.leader_commit.min(self.log.last_index()));
-        let body = MessageBody::HeartbeatResponse(HeartbeatResponse { context: req.context });
+        self.log
+            .commit_to(req.leader_commit.min(self.log.last_index()));
+        let body = MessageBody::HeartbeatResponse(HeartbeatResponse {
+            context: req.context,
+        });
         self.send_later(from, body);
     }
 
@@ -623,7 +661,9 @@ impl<S: Storage> Raft<S> {
     fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let last = self.log.last_index();
         let inflight_max = self.cfg.inflight_msgs_max;
-        let Some(pr) = self.progress.get(&to) else { return false };
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
         if pr.is_paused(inflight_max) {
             return false;
         }
@@ -637,7 +677,12 @@ impl<S: Storage> Raft<S> {
             // to date. Until that exists, it cannot be served from the log.
             return false;
         };
-        let entries = match self.log.entries(next, last, self.cfg.append_entries_max, self.cfg.msg_bytes_max) {
+        let entries = match self.log.entries(
+            next,
+            last,
+            self.cfg.append_entries_max,
+            self.cfg.msg_bytes_max,
+        ) {
             Ok(e) => e,
             Err(_) => return false,
         };

@@ -23,7 +23,8 @@ fn membership() -> impl Strategy<Value = Membership> {
 
 fn payload() -> impl Strategy<Value = EntryPayload> {
     prop_oneof![
-        prop::collection::vec(any::<u8>(), 0..64).prop_map(|v| EntryPayload::Normal(Bytes::from(v))),
+        prop::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|v| EntryPayload::Normal(Bytes::from(v))),
         Just(EntryPayload::Noop),
         membership().prop_map(EntryPayload::Membership),
     ]
@@ -52,28 +53,37 @@ fn body() -> impl Strategy<Value = MessageBody> {
             conflict_index: LogIndex(i),
         },
     ));
-    let meta = (any::<u64>(), any::<u64>(), membership(), any::<u64>(), any::<u32>()).prop_map(
-        |(i, t, membership, size_bytes, checksum)| SnapshotMeta {
+    let meta = (
+        any::<u64>(),
+        any::<u64>(),
+        membership(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(|(i, t, membership, size_bytes, checksum)| SnapshotMeta {
             last_index: LogIndex(i),
             last_term: Term(t),
             membership,
             size_bytes,
             checksum,
-        },
-    );
+        });
     prop_oneof![
         vote_request().prop_map(MessageBody::PreVote),
         vote_request().prop_map(MessageBody::Vote),
         any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse(VoteResponse { granted })),
         any::<bool>().prop_map(|granted| MessageBody::VoteResponse(VoteResponse { granted })),
-        (any::<u64>(), any::<u64>(), prop::collection::vec(entry(), 0..4), any::<u64>()).prop_map(
-            |(i, t, entries, c)| MessageBody::Append(AppendRequest {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(entry(), 0..4),
+            any::<u64>()
+        )
+            .prop_map(|(i, t, entries, c)| MessageBody::Append(AppendRequest {
                 prev_log_index: LogIndex(i),
                 prev_log_term: Term(t),
                 entries,
                 leader_commit: LogIndex(c),
-            })
-        ),
+            })),
         (any::<bool>(), any::<u64>(), hint).prop_map(|(success, i, hint)| {
             MessageBody::AppendResponse(AppendResponse {
                 success,
@@ -87,10 +97,15 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 context
             }
         )),
-        any::<u64>().prop_map(|context| MessageBody::HeartbeatResponse(HeartbeatResponse {
-            context
-        })),
-        (meta, any::<u64>(), prop::collection::vec(any::<u8>(), 0..64), any::<u32>(), any::<bool>())
+        any::<u64>()
+            .prop_map(|context| MessageBody::HeartbeatResponse(HeartbeatResponse { context })),
+        (
+            meta,
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<u32>(),
+            any::<bool>()
+        )
             .prop_map(|(meta, offset, data, chunk_checksum, done)| {
                 MessageBody::InstallSnapshot(InstallSnapshotRequest {
                     meta,

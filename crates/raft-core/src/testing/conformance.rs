@@ -37,7 +37,10 @@ pub fn empty_store<S: StorageMut>(s: S) {
     let init = s.initial_state().unwrap();
     assert_eq!(init.hard_state, HardState::default());
     assert_eq!(init.membership, membership());
-    assert_eq!(s.entries(LogIndex(1), LogIndex(1), usize::MAX).unwrap(), vec![]);
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(1), usize::MAX).unwrap(),
+        vec![]
+    );
 }
 
 /// Appended entries read back exactly, by range and by term.
@@ -46,8 +49,14 @@ pub fn append_and_read<S: StorageMut>(mut s: S) {
     s.append(&es[..4]).unwrap();
     s.append(&es[4..]).unwrap();
     assert_eq!(s.last_index().unwrap(), LogIndex(10));
-    assert_eq!(s.entries(LogIndex(1), LogIndex(11), usize::MAX).unwrap(), es);
-    assert_eq!(s.entries(LogIndex(3), LogIndex(6), usize::MAX).unwrap(), es[2..5].to_vec());
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(11), usize::MAX).unwrap(),
+        es
+    );
+    assert_eq!(
+        s.entries(LogIndex(3), LogIndex(6), usize::MAX).unwrap(),
+        es[2..5].to_vec()
+    );
     for e in &es {
         assert_eq!(s.term(e.index).unwrap(), e.term);
     }
@@ -61,10 +70,16 @@ pub fn append_truncates_conflicting_suffix<S: StorageMut>(mut s: S) {
     assert_eq!(s.term(LogIndex(5)).unwrap(), Term(1));
     assert_eq!(s.term(LogIndex(6)).unwrap(), Term(2));
     assert_eq!(s.term(LogIndex(7)).unwrap(), Term(2));
-    assert!(matches!(s.term(LogIndex(8)), Err(StorageError::Unavailable(_))));
+    assert!(matches!(
+        s.term(LogIndex(8)),
+        Err(StorageError::Unavailable(_))
+    ));
     let mut expected = entries(1, 5, 1);
     expected.extend(entries(6, 7, 2));
-    assert_eq!(s.entries(LogIndex(1), LogIndex(8), usize::MAX).unwrap(), expected);
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(8), usize::MAX).unwrap(),
+        expected
+    );
     // Appending right after the end extends.
     s.append(&entries(8, 8, 3)).unwrap();
     assert_eq!(s.last_index().unwrap(), LogIndex(8));
@@ -74,10 +89,19 @@ pub fn append_truncates_conflicting_suffix<S: StorageMut>(mut s: S) {
 pub fn byte_limit_returns_at_least_one_entry<S: StorageMut>(mut s: S) {
     let es = entries(1, 10, 1);
     s.append(&es).unwrap();
-    assert_eq!(s.entries(LogIndex(1), LogIndex(11), 0).unwrap(), es[..1].to_vec());
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(11), 0).unwrap(),
+        es[..1].to_vec()
+    );
     let two = es[0].size_bytes() + es[1].size_bytes();
-    assert_eq!(s.entries(LogIndex(1), LogIndex(11), two).unwrap(), es[..2].to_vec());
-    assert_eq!(s.entries(LogIndex(1), LogIndex(11), two + 1).unwrap(), es[..2].to_vec());
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(11), two).unwrap(),
+        es[..2].to_vec()
+    );
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(11), two + 1).unwrap(),
+        es[..2].to_vec()
+    );
 }
 
 /// Compaction drops a prefix; the term at the compaction point stays readable.
@@ -88,12 +112,18 @@ pub fn compaction_keeps_the_term_at_the_compaction_point<S: StorageMut>(mut s: S
     assert_eq!(s.first_index().unwrap(), LogIndex(7));
     assert_eq!(s.last_index().unwrap(), LogIndex(10));
     assert_eq!(s.term(LogIndex(6)).unwrap(), Term(2));
-    assert!(matches!(s.term(LogIndex(5)), Err(StorageError::Compacted(_))));
+    assert!(matches!(
+        s.term(LogIndex(5)),
+        Err(StorageError::Compacted(_))
+    ));
     assert!(matches!(
         s.entries(LogIndex(5), LogIndex(8), usize::MAX),
         Err(StorageError::Compacted(_))
     ));
-    assert_eq!(s.entries(LogIndex(7), LogIndex(11), usize::MAX).unwrap(), entries(7, 10, 2));
+    assert_eq!(
+        s.entries(LogIndex(7), LogIndex(11), usize::MAX).unwrap(),
+        entries(7, 10, 2)
+    );
     // Compacting again to an older point changes nothing.
     s.compact(LogIndex(3)).unwrap();
     assert_eq!(s.first_index().unwrap(), LogIndex(7));
@@ -123,7 +153,10 @@ pub fn hard_state_round_trips<S: StorageMut>(mut s: S) {
 /// Reads outside the log are errors, not panics or empty answers.
 pub fn out_of_range_reads_are_errors<S: StorageMut>(mut s: S) {
     s.append(&entries(1, 3, 1)).unwrap();
-    assert!(matches!(s.term(LogIndex(4)), Err(StorageError::Unavailable(_))));
+    assert!(matches!(
+        s.term(LogIndex(4)),
+        Err(StorageError::Unavailable(_))
+    ));
     assert!(matches!(
         s.entries(LogIndex(2), LogIndex(6), usize::MAX),
         Err(StorageError::Unavailable(_))

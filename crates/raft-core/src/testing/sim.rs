@@ -226,7 +226,12 @@ impl Checker {
     }
 
     /// Log Matching: the same index and term always mean the same entry after the same prefix.
-    fn entry_written(&mut self, node: NodeId, entry: &Entry, prev_term: Term) -> Result<(), String> {
+    fn entry_written(
+        &mut self,
+        node: NodeId,
+        entry: &Entry,
+        prev_term: Term,
+    ) -> Result<(), String> {
         match self.written.get(&(entry.index, entry.term)) {
             Some((p, payload)) => {
                 if *p != prev_term || *payload != entry.payload {
@@ -238,8 +243,10 @@ impl Checker {
                 }
             }
             None => {
-                self.written
-                    .insert((entry.index, entry.term), (prev_term, entry.payload.clone()));
+                self.written.insert(
+                    (entry.index, entry.term),
+                    (prev_term, entry.payload.clone()),
+                );
             }
         }
         Ok(())
@@ -249,13 +256,20 @@ impl Checker {
     fn leader_seen(&mut self, node: NodeId, term: Term) -> Result<(), String> {
         let first = *self.leaders.entry(term).or_insert(node);
         if first != node {
-            return Err(format!("Election Safety: {first} and {node} both led term {term}"));
+            return Err(format!(
+                "Election Safety: {first} and {node} both led term {term}"
+            ));
         }
         Ok(())
     }
 
     /// Records a node's commit index and checks it agrees with everything committed before.
-    fn commit_seen(&mut self, node: NodeId, commit: LogIndex, term_at: impl Fn(LogIndex) -> Option<Term>) -> Result<(), String> {
+    fn commit_seen(
+        &mut self,
+        node: NodeId,
+        commit: LogIndex,
+        term_at: impl Fn(LogIndex) -> Option<Term>,
+    ) -> Result<(), String> {
         let known = self.committed_index();
         for i in known.0 + 1..=commit.0 {
             let t = term_at(LogIndex(i))
@@ -264,7 +278,9 @@ impl Checker {
         }
         let check = commit.min(known);
         if check > LogIndex(0) {
-            let expected = self.committed_term(check).expect("within the committed log");
+            let expected = self
+                .committed_term(check)
+                .expect("within the committed log");
             if term_at(check) != Some(expected) {
                 return Err(format!(
                     "State Machine Safety: {node} committed {check} with term {:?}, \
@@ -277,7 +293,12 @@ impl Checker {
     }
 
     /// Leader Completeness: a leader of term T holds every committed entry of a term <= T.
-    fn leader_complete(&self, node: NodeId, term: Term, term_at: impl Fn(LogIndex) -> Option<Term>) -> Result<(), String> {
+    fn leader_complete(
+        &self,
+        node: NodeId,
+        term: Term,
+        term_at: impl Fn(LogIndex) -> Option<Term>,
+    ) -> Result<(), String> {
         let upto = self.committed.partition_point(|&t| t <= term);
         if upto == 0 {
             return Ok(());
@@ -394,7 +415,13 @@ impl Cluster {
 
     fn trace(&mut self, line: impl FnOnce() -> String) {
         if self.cfg.verbose {
-            let _ = writeln!(self.log, "[{:>6}.{}] {}", self.now / UNITS_PER_TICK, self.now % UNITS_PER_TICK, line());
+            let _ = writeln!(
+                self.log,
+                "[{:>6}.{}] {}",
+                self.now / UNITS_PER_TICK,
+                self.now % UNITS_PER_TICK,
+                line()
+            );
             print!("{}", self.log);
             self.log.clear();
         }
@@ -528,7 +555,11 @@ impl Cluster {
     }
 
     /// Runs until `done` holds or `ticks_max` ticks pass; returns whether it held.
-    pub fn run_until(&mut self, ticks_max: u64, mut done: impl FnMut(&Cluster) -> bool) -> Result<bool, String> {
+    pub fn run_until(
+        &mut self,
+        ticks_max: u64,
+        mut done: impl FnMut(&Cluster) -> bool,
+    ) -> Result<bool, String> {
         for _ in 0..ticks_max {
             if done(self) {
                 return Ok(true);
@@ -558,7 +589,11 @@ impl Cluster {
                     let line = format!("{} -> {} {} {:?}", msg.from, msg.to, msg.term, msg.body);
                     self.trace(|| line);
                 }
-                let raw = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()).expect("checked");
+                let raw = self
+                    .nodes
+                    .get_mut(&to)
+                    .and_then(|n| n.raw.as_mut())
+                    .expect("checked");
                 raw.step(msg);
                 self.drain(to)?;
             }
@@ -582,7 +617,9 @@ impl Cluster {
     fn drain(&mut self, id: NodeId) -> Result<(), String> {
         loop {
             let node = self.nodes.get_mut(&id).expect("known node");
-            let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+            let Some(raw) = node.raw.as_mut() else {
+                return Ok(());
+            };
             if !raw.has_ready() {
                 return Ok(());
             }
@@ -591,8 +628,9 @@ impl Cluster {
                 let prev_term = if i > 0 {
                     ready.entries[i - 1].term
                 } else {
-                    raw.term_at(e.index.prev())
-                        .ok_or_else(|| format!("{id} handed out {} without the entry before it", e.index))?
+                    raw.term_at(e.index.prev()).ok_or_else(|| {
+                        format!("{id} handed out {} without the entry before it", e.index)
+                    })?
                 };
                 self.checker.entry_written(id, e, prev_term)?;
             }
@@ -622,8 +660,12 @@ impl Cluster {
     /// The oldest write of `id` becomes durable.
     fn complete_write(&mut self, id: NodeId) -> Result<(), String> {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let Some(write) = node.pending.pop_front() else { return Ok(()) };
-        node.durable.append(&write.entries).map_err(|e| e.to_string())?;
+        let Some(write) = node.pending.pop_front() else {
+            return Ok(());
+        };
+        node.durable
+            .append(&write.entries)
+            .map_err(|e| e.to_string())?;
         if let Some(hs) = write.hard_state {
             node.durable.set_hard_state(hs).map_err(|e| e.to_string())?;
         }
@@ -667,13 +709,17 @@ impl Cluster {
         let ids = self.ids();
         for id in ids {
             let node = &self.nodes[&id];
-            let Some(raw) = node.raw.as_ref() else { continue };
+            let Some(raw) = node.raw.as_ref() else {
+                continue;
+            };
             if raw.role() == Role::Leader {
                 self.checker.leader_seen(id, raw.term())?;
             }
-            self.checker.commit_seen(id, raw.commit_index(), |i| raw.term_at(i))?;
+            self.checker
+                .commit_seen(id, raw.commit_index(), |i| raw.term_at(i))?;
             if raw.role() == Role::Leader {
-                self.checker.leader_complete(id, raw.term(), |i| raw.term_at(i))?;
+                self.checker
+                    .leader_complete(id, raw.term(), |i| raw.term_at(i))?;
             }
         }
         self.check_durability()
@@ -682,7 +728,9 @@ impl Cluster {
     /// No committed entry is lost to crashes: a majority holds the last committed one durably.
     fn check_durability(&self) -> Result<(), String> {
         let index = self.checker.committed_index();
-        let Some(term) = self.checker.committed_term(index) else { return Ok(()) };
+        let Some(term) = self.checker.committed_term(index) else {
+            return Ok(());
+        };
         let holders = self
             .nodes
             .values()
@@ -711,7 +759,11 @@ impl Cluster {
                     self.trace(|| format!("partition isolates {victim}"));
                 }
                 1 => {
-                    let group: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(0.5)).collect();
+                    let group: Vec<NodeId> = ids
+                        .iter()
+                        .copied()
+                        .filter(|_| self.rng.chance(0.5))
+                        .collect();
                     self.trace(|| format!("partition splits off {group:?}"));
                     self.partition(&group);
                 }
@@ -742,7 +794,11 @@ impl Cluster {
             }
         }
         if self.cfg.restart_only_for_quorum {
-            let down: Vec<NodeId> = self.ids().into_iter().filter(|id| self.nodes[id].raw.is_none()).collect();
+            let down: Vec<NodeId> = self
+                .ids()
+                .into_iter()
+                .filter(|id| self.nodes[id].raw.is_none())
+                .collect();
             if self.nodes.len() - down.len() <= self.nodes.len() / 2 {
                 let pick = down[self.rng.below(down.len() as u64) as usize];
                 self.restart(pick)?;
@@ -811,7 +867,8 @@ impl Cluster {
                 }
             }
             let target = accepted.iter().map(|a| a.2).max().unwrap_or(LogIndex(0));
-            if accepted.len() == markers && self.ids().iter().all(|&id| self.applied(id) >= target) {
+            if accepted.len() == markers && self.ids().iter().all(|&id| self.applied(id) >= target)
+            {
                 return Ok(());
             }
             self.run_ticks(1)?;
@@ -840,27 +897,123 @@ impl Cluster {
     }
 }
 
-/// Runs one seed. A panic inside the core (a failed assertion) is reported as a failure too.
+/// Runs one seed. A panic inside the core (a failed assertion) is reported as a failure too,
+/// with the step at which it happened.
 pub fn run_seed(cfg: SimConfig) -> Result<SimReport, SimFailure> {
-    let seed = cfg.seed;
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let cluster = Cluster::new(cfg);
-        cluster.run()
-    }));
-    match outcome {
-        Ok(result) => result,
+    let mut cluster = Cluster::new(cfg);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.run_phases()));
+    let reason = match outcome {
+        Ok(Ok(())) => {
+            cluster.report.leaders = cluster.checker.leaders.len();
+            cluster.report.committed = cluster.checker.committed_index().0;
+            return Ok(cluster.report);
+        }
+        Ok(Err(reason)) => reason,
         Err(panic) => {
-            let reason = panic
+            let text = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".to_string());
-            Err(SimFailure {
-                seed,
-                step: 0,
-                tick: 0,
-                reason: format!("panic (replay with --verbose for the step): {reason}"),
-            })
+                .unwrap_or_else(|| "unknown panic".to_string());
+            format!("panic: {text}")
         }
+    };
+    Err(SimFailure {
+        seed: cluster.cfg.seed,
+        step: cluster.report.steps,
+        tick: cluster.tick_now(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
+        Entry::normal(Term(term), LogIndex(index), Bytes::from_static(data))
+    }
+
+    #[test]
+    fn checker_rejects_two_leaders_in_one_term() {
+        let mut c = Checker::default();
+        c.leader_seen(NodeId(1), Term(3)).unwrap();
+        c.leader_seen(NodeId(1), Term(3)).unwrap();
+        let err = c.leader_seen(NodeId(2), Term(3)).unwrap_err();
+        assert!(err.starts_with("Election Safety"), "{err}");
+    }
+
+    #[test]
+    fn checker_rejects_diverging_entries() {
+        let mut c = Checker::default();
+        c.entry_written(NodeId(1), &entry(1, 1, b"a"), Term(0))
+            .unwrap();
+        c.entry_written(NodeId(2), &entry(1, 1, b"a"), Term(0))
+            .unwrap();
+        let err = c
+            .entry_written(NodeId(3), &entry(1, 1, b"b"), Term(0))
+            .unwrap_err();
+        assert!(err.starts_with("Log Matching"), "{err}");
+        c.entry_written(NodeId(1), &entry(2, 2, b"c"), Term(1))
+            .unwrap();
+        let err = c
+            .entry_written(NodeId(2), &entry(2, 2, b"c"), Term(2))
+            .unwrap_err();
+        assert!(err.starts_with("Log Matching"), "{err}");
+    }
+
+    #[test]
+    fn checker_rejects_changed_commits_incomplete_leaders_and_bad_applies() {
+        let mut c = Checker::default();
+        let log_a = |i: LogIndex| {
+            [Some(Term(0)), Some(Term(1)), Some(Term(1)), Some(Term(2))]
+                .get(i.0 as usize)
+                .copied()
+                .flatten()
+        };
+        let log_b = |i: LogIndex| {
+            [Some(Term(0)), Some(Term(1)), Some(Term(3))]
+                .get(i.0 as usize)
+                .copied()
+                .flatten()
+        };
+        c.entry_written(NodeId(1), &entry(1, 1, b"x"), Term(0))
+            .unwrap();
+        c.entry_written(NodeId(1), &entry(2, 1, b"y"), Term(1))
+            .unwrap();
+        c.commit_seen(NodeId(1), LogIndex(2), log_a).unwrap();
+        let err = c.commit_seen(NodeId(2), LogIndex(2), log_b).unwrap_err();
+        assert!(err.starts_with("State Machine Safety"), "{err}");
+        // A leader of term 3 must hold index 2 of term 1; a leader of term 0 need not.
+        let err = c.leader_complete(NodeId(2), Term(3), log_b).unwrap_err();
+        assert!(err.starts_with("Leader Completeness"), "{err}");
+        c.leader_complete(NodeId(1), Term(2), log_a).unwrap();
+        c.leader_complete(NodeId(2), Term(0), log_b).unwrap();
+        // Applying out of order, an uncommitted index, or another payload fails.
+        c.applied(NodeId(1), LogIndex(0), &entry(1, 1, b"x"))
+            .unwrap();
+        assert!(c
+            .applied(NodeId(1), LogIndex(0), &entry(2, 1, b"y"))
+            .is_err());
+        assert!(c
+            .applied(NodeId(1), LogIndex(2), &entry(3, 2, b"z"))
+            .is_err());
+        assert!(c
+            .applied(NodeId(1), LogIndex(1), &entry(2, 1, b"other"))
+            .is_err());
+    }
+
+    #[test]
+    fn a_seed_replays_exactly() {
+        let a = run_seed(SimConfig::new(7)).unwrap();
+        let b = run_seed(SimConfig::new(7)).unwrap();
+        assert_eq!(
+            (a.steps, a.committed, a.delivered, a.lost, a.crashes),
+            (b.steps, b.committed, b.delivered, b.lost, b.crashes)
+        );
+        assert!(
+            a.committed > 0 && a.crashes + a.partitions > 0,
+            "the run did something: {a:?}"
+        );
     }
 }
