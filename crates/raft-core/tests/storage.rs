@@ -16,7 +16,8 @@ fn clones_share_the_log_and_deep_clones_do_not() {
     let mut a = MemStorage::new(Membership::default());
     let b = a.clone();
     let c = a.deep_clone();
-    a.append(&[Entry::normal(Term(1), LogIndex(1), "x")]).unwrap();
+    a.append(&[Entry::normal(Term(1), LogIndex(1), "x")])
+        .unwrap();
     assert_eq!(b.last_index().unwrap(), LogIndex(1));
     assert_eq!(c.last_index().unwrap(), LogIndex(0));
 }

@@ -1,0 +1,66 @@
+//! A durable, memory-mapped, segmented, append-only Raft log.
+//!
+//! [`LogFile`] stores a Raft log in a directory and implements raft-core's
+//! [`Storage`](raft_core::Storage) and [`StorageMut`](raft_core::StorageMut). Like goraft's
+//! `Log`, it knows where every entry lies (segment and byte offset), so a read is a lookup in
+//! an in-memory index, and the payload it returns points into the mapped file (no copy).
+//!
+//! # Directory layout
+//!
+//! ```text
+//! LOCK                         held (flock) while a process has the log open
+//! state                        two 4 KiB slots: hard state, compaction point, membership
+//! 00000000000000000001.seg     segment files, preallocated to `segment_bytes_max`
+//! 00000000000000000002.seg
+//! ```
+//!
+//! # Segment format (little-endian, every structure 8-byte aligned)
+//!
+//! ```text
+//! segment header, 64 bytes
+//! +----------+---------+----------+------------+-----------+---------+
+//! | "RAFTSEGM" | version | reserved | segment id | crc32c    | zeros   |
+//! | 8        | u32     | u32      | u64        | u32 (0..24) | 36    |
+//! +----------+---------+----------+------------+-----------+---------+
+//!
+//! batch record: one per sync
+//! +-------+------------+----------+-------+-------------+-----------+----------+
+//! | magic | header crc | body len | count | first index | body crc  | reserved |
+//! | u32   | u32 (8..32)| u32      | u32   | u64         | u32       | u32      |
+//! +-------+------------+----------+-------+-------------+-----------+----------+
+//! body: `count` entries, entry i has index `first index + i`
+//! +------+-------------+------+-----+---------+-------------------+
+//! | term | payload len | kind | pad | payload | pad to 8 bytes    |
+//! | u64  | u32         | u8   | 3   | len     |                   |
+//! +------+-------------+------+-----+---------+-------------------+
+//! kind: 1 normal (payload is the command), 2 no-op, 3 membership (postcard)
+//! ```
+//!
+//! A record is a whole batch: everything one sync made durable. Its header checksum guards the
+//! lengths and the first index, its body checksum the entries. A write torn by a crash is the
+//! last batch and nothing valid follows it, which tells it apart from damage to synced data
+//! (a bad batch followed by a valid one). A batch whose first index is at or below the log's
+//! last index replaces the log from there: truncation appends, it never overwrites, so bytes a
+//! reader holds never change.
+//!
+//! # Guarantees
+//! - [`LogFile::append`] returns once its entries are synced; appends that arrive during a
+//!   sync share the next one (group commit).
+//! - A failed write or sync is fatal: the store refuses every later write.
+//! - Hard state and compaction point are written to alternating checksummed slots and synced.
+//! - New files are synced and their directory is synced before they are relied on.
+//! - One process per directory (the `LOCK` file).
+
+mod error;
+mod format;
+mod io;
+mod mmap;
+mod recovery;
+mod state;
+mod store;
+
+pub use error::{Error, Result};
+pub use format::FORMAT_VERSION;
+pub use io::{Op, Recorder};
+pub use recovery::RecoveryReport;
+pub use store::{LogFile, Options, Ticket};

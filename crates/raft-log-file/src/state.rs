@@ -1,0 +1,147 @@
+//! The hard state and compaction point, stored crash-atomically in two checksummed slots.
+//!
+//! The file `state` holds two 4 KiB slots. Each write goes to the slot the older record is in,
+//! with a sequence number one higher than the newest, and is synced. On open the valid slot
+//! with the higher sequence number wins, so a write torn by a crash leaves the previous record
+//! in force.
+
+use raft_proto::{HardState, LogIndex, Membership, Term};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::FORMAT_VERSION;
+use crate::io::{Handle, Io};
+
+pub(crate) const STATE_FILE: &str = "state";
+const SLOT_BYTES: usize = 4096;
+const SLOT_MAGIC: u32 = 0x5441_5453; // "STAT"
+const SLOT_HEADER_BYTES: usize = 24;
+
+/// What the state file records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateRecord {
+    pub(crate) hard_state: HardState,
+    /// Entries up to this index were compacted away.
+    pub(crate) compacted_index: LogIndex,
+    /// The term of the entry at `compacted_index`.
+    pub(crate) compacted_term: Term,
+    pub(crate) membership: Membership,
+}
+
+pub(crate) struct StateFile {
+    handle: Handle,
+    seq: u64,
+    pub(crate) record: StateRecord,
+}
+
+fn encode_slot(seq: u64, record: &StateRecord) -> Result<Vec<u8>> {
+    let body =
+        postcard::to_allocvec(record).map_err(|e| Error::Invalid(format!("state record: {e}")))?;
+    if body.len() > SLOT_BYTES - SLOT_HEADER_BYTES {
+        return Err(Error::Invalid(format!(
+            "state record of {} bytes exceeds the {}-byte slot",
+            body.len(),
+            SLOT_BYTES - SLOT_HEADER_BYTES
+        )));
+    }
+    let mut slot = vec![0u8; SLOT_HEADER_BYTES + body.len()];
+    slot[0..4].copy_from_slice(&SLOT_MAGIC.to_le_bytes());
+    slot[8..16].copy_from_slice(&seq.to_le_bytes());
+    slot[16..20].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    slot[20..24].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    slot[SLOT_HEADER_BYTES..].copy_from_slice(&body);
+    let crc = crc32c::crc32c(&slot[8..]);
+    slot[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(slot)
+}
+
+fn decode_slot(bytes: &[u8]) -> Result<(u64, StateRecord), String> {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u32_at(0) != SLOT_MAGIC {
+        return Err("bad magic".to_string());
+    }
+    let len = u32_at(16) as usize;
+    if len > SLOT_BYTES - SLOT_HEADER_BYTES {
+        return Err("bad length".to_string());
+    }
+    if crc32c::crc32c(&bytes[8..SLOT_HEADER_BYTES + len]) != u32_at(4) {
+        return Err("checksum mismatch".to_string());
+    }
+    let version = u32_at(20);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}; this build reads {FORMAT_VERSION}"
+        ));
+    }
+    let seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let record = postcard::from_bytes(&bytes[SLOT_HEADER_BYTES..SLOT_HEADER_BYTES + len])
+        .map_err(|e| format!("undecodable record: {e}"))?;
+    Ok((seq, record))
+}
+
+impl StateFile {
+    /// Creates the state file of a new directory.
+    pub(crate) fn create(io: &Io, record: StateRecord) -> Result<StateFile> {
+        let handle = io.create(STATE_FILE)?;
+        io.set_len(&handle, 2 * SLOT_BYTES as u64)?;
+        let mut state = StateFile {
+            handle,
+            seq: 0,
+            record: StateRecord::default(),
+        };
+        state.write(io, record)?;
+        io.sync_dir()?;
+        Ok(state)
+    }
+
+    /// Opens an existing state file and picks its newest valid slot.
+    pub(crate) fn open(io: &Io) -> Result<StateFile> {
+        let handle = io.open(STATE_FILE)?;
+        let mut bytes = vec![0u8; 2 * SLOT_BYTES];
+        let len = handle
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat", &handle.path, e))?
+            .len() as usize;
+        let readable = len.min(bytes.len());
+        std::os::unix::fs::FileExt::read_exact_at(&handle.file, &mut bytes[..readable], 0)
+            .map_err(|e| Error::io("read", &handle.path, e))?;
+        let a = decode_slot(&bytes[..SLOT_BYTES]);
+        let b = decode_slot(&bytes[SLOT_BYTES..]);
+        let (seq, record) = match (a, b) {
+            (Ok(a), Ok(b)) => {
+                if a.0 >= b.0 {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Ok(a), Err(_)) => a,
+            (Err(_), Ok(b)) => b,
+            (Err(ea), Err(eb)) => {
+                return Err(Error::Corrupt {
+                    path: handle.path.clone(),
+                    offset: 0,
+                    reason: format!("both state slots are invalid (slot 0: {ea}; slot 1 at offset {SLOT_BYTES}: {eb})"),
+                })
+            }
+        };
+        Ok(StateFile {
+            handle,
+            seq,
+            record,
+        })
+    }
+
+    /// Makes `record` the durable state.
+    pub(crate) fn write(&mut self, io: &Io, record: StateRecord) -> Result<()> {
+        let seq = self.seq + 1;
+        let slot = encode_slot(seq, &record)?;
+        let offset = (seq % 2) * SLOT_BYTES as u64;
+        io.write_at(&self.handle, offset, &slot)?;
+        io.sync(&self.handle)?;
+        self.seq = seq;
+        self.record = record;
+        Ok(())
+    }
+}

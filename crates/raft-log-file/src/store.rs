@@ -1,0 +1,623 @@
+//! [`LogFile`]: the store, its group commit, compaction and reads.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use raft_core::{InitialState, Storage, StorageError, StorageMut};
+use raft_proto::{Entry, HardState, LogIndex, Membership, Term};
+
+use crate::error::{Error, Result};
+use crate::format::{self, EntryPos, SEGMENT_HEADER_BYTES};
+use crate::io::{Handle, Io, Recorder};
+use crate::mmap::{self, SegmentMap};
+use crate::recovery::{self, RecoveryReport};
+use crate::state::{StateFile, StateRecord, STATE_FILE};
+
+const LOCK_FILE: &str = "LOCK";
+
+/// How to open a log directory.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The size every segment file is preallocated to. A batch larger than this gets a segment
+    /// of its own, sized to fit.
+    pub segment_bytes_max: u64,
+    /// Sync writes (fdatasync). Turn off only for tests that model process crashes, not
+    /// machine crashes.
+    pub sync: bool,
+    /// On a checksum failure before the tail, truncate the log there (and say what was
+    /// dropped in [`LogFile::recovery`]) instead of refusing to open.
+    pub repair: bool,
+    /// The membership a new directory starts with. Ignored when the directory exists.
+    pub membership: Membership,
+    /// Record every file operation (for crash tests).
+    pub recorder: Option<Recorder>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes_max: 64 << 20,
+            sync: true,
+            repair: false,
+            membership: Membership::default(),
+            recorder: None,
+        }
+    }
+}
+
+/// A segment file, mapped.
+pub(crate) struct Segment {
+    pub(crate) name: String,
+    pub(crate) map: Arc<SegmentMap>,
+    /// The highest index any record in it has (superseded or not).
+    pub(crate) max_index: LogIndex,
+}
+
+/// Where each entry is. Readers take it shared; the writer and compaction take it exclusive.
+pub(crate) struct Index {
+    /// The index of the first entry kept (compacted index + 1).
+    pub(crate) first: LogIndex,
+    /// The term of the entry at `first - 1`.
+    pub(crate) base_term: Term,
+    /// `slots[i]` locates entry `first + i`.
+    pub(crate) slots: VecDeque<(u64, EntryPos)>,
+    pub(crate) segments: BTreeMap<u64, Segment>,
+}
+
+impl Index {
+    pub(crate) fn last(&self) -> LogIndex {
+        self.first.plus(self.slots.len() as u64).prev()
+    }
+
+    /// Applies a batch: truncate from `first_index` (keeping nothing compacted in mind), then
+    /// append. Returns an error for a gap.
+    pub(crate) fn apply_batch(
+        &mut self,
+        seg: u64,
+        first_index: LogIndex,
+        entries: &[EntryPos],
+    ) -> Result<(), String> {
+        let last = self.last();
+        if first_index > last.next() {
+            return Err(format!(
+                "batch starts at {first_index} but the log ends at {last}"
+            ));
+        }
+        let max = first_index.plus(entries.len() as u64 - 1);
+        if let Some(s) = self.segments.get_mut(&seg) {
+            s.max_index = s.max_index.max(max);
+        }
+        // Entries at or before the compaction point are gone whatever the batch says.
+        let skip = self.first.0.saturating_sub(first_index.0) as usize;
+        if skip >= entries.len() {
+            return Ok(());
+        }
+        let from = first_index.plus(skip as u64);
+        self.slots.truncate((from.0 - self.first.0) as usize);
+        self.slots.extend(entries[skip..].iter().map(|p| (seg, *p)));
+        Ok(())
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index.next() == self.first {
+            return Ok(self.base_term);
+        }
+        if index < self.first {
+            return Err(StorageError::Compacted(index));
+        }
+        self.slots
+            .get((index.0 - self.first.0) as usize)
+            .map(|(_, p)| p.term)
+            .ok_or(StorageError::Unavailable(index))
+    }
+}
+
+/// The segment being appended to.
+struct Writer {
+    segment: Handle,
+    segment_id: u64,
+    segment_len: u64,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+/// A place in the queue of appends; see [`LogFile::submit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Appends waiting for the next sync (group commit).
+#[derive(Default)]
+struct Group {
+    /// The merged batch of every append since the last write started.
+    pending: Vec<Entry>,
+    /// The last index once `pending` is written (the durable last index when empty).
+    last: LogIndex,
+    /// Tickets of appends waiting; `done` is the first ticket not yet durable.
+    next_ticket: u64,
+    done: u64,
+    writing: bool,
+    failed: Option<String>,
+}
+
+struct Inner {
+    io: Io,
+    options: Options,
+    index: RwLock<Index>,
+    state: Mutex<StateFile>,
+    writer: Mutex<Writer>,
+    group: Mutex<Group>,
+    group_cond: Condvar,
+    recovery: RecoveryReport,
+    _lock: File,
+}
+
+/// A durable Raft log in a directory: segment files of batch records, and a state file.
+///
+/// Cloning gives another handle to the same store. All methods take `&self` and may be called
+/// from several threads; appends that arrive while a sync runs are written and synced together
+/// by the next one.
+#[derive(Clone)]
+pub struct LogFile {
+    inner: Arc<Inner>,
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+impl LogFile {
+    /// Opens (or creates) the log in `dir`, recovering from whatever a crash left.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<LogFile> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let lock = lock_dir(dir)?;
+        let io = Io::new(dir, options.recorder.clone(), options.sync);
+        let mut state = if io.path(STATE_FILE).exists() {
+            StateFile::open(&io)?
+        } else {
+            StateFile::create(
+                &io,
+                StateRecord {
+                    membership: options.membership.clone(),
+                    ..StateRecord::default()
+                },
+            )?
+        };
+        let recovered = recovery::recover(&io, &options, &state.record)?;
+        let mut index = recovered.index;
+        let report = recovered.report;
+        let (segment, segment_id, segment_len, offset) = match recovered.tail {
+            Some(t) => (t.handle, t.id, t.len, t.offset),
+            None => {
+                let id = index.segments.keys().next_back().map_or(1, |id| id + 1);
+                let (handle, seg, len) = create_segment(&io, id, options.segment_bytes_max)?;
+                index.segments.insert(id, seg);
+                (handle, id, len, SEGMENT_HEADER_BYTES as u64)
+            }
+        };
+        let last = index.last();
+        if state.record.hard_state.commit > last {
+            if options.repair {
+                let mut record = state.record.clone();
+                record.hard_state.commit = last;
+                state.write(&io, record)?;
+            } else {
+                return Err(Error::Corrupt {
+                    path: io.path(STATE_FILE),
+                    offset: 0,
+                    reason: format!(
+                        "the commit index {} is past the last entry {last} in the log: committed entries are missing",
+                        state.record.hard_state.commit
+                    ),
+                });
+            }
+        }
+        Ok(LogFile {
+            inner: Arc::new(Inner {
+                io,
+                index: RwLock::new(index),
+                state: Mutex::new(state),
+                writer: Mutex::new(Writer {
+                    segment,
+                    segment_id,
+                    segment_len,
+                    offset,
+                    buf: Vec::new(),
+                }),
+                group: Mutex::new(Group {
+                    last,
+                    ..Group::default()
+                }),
+                group_cond: Condvar::new(),
+                recovery: report,
+                options,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// What recovery found and did when this store was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.inner.io.dir
+    }
+
+    /// Appends `entries` (consecutive indexes) durably. If the first index is at or below the
+    /// last index, the log from there is replaced (Raft's conflict rule). Returns once the
+    /// entries are synced; appends from other threads that arrive meanwhile share one sync.
+    pub fn append(&self, entries: &[Entry]) -> Result<()> {
+        let ticket = self.submit(entries)?;
+        self.wait_durable(ticket)
+    }
+
+    /// Queues `entries` for the next sync and returns at once. The order of `submit` calls is
+    /// the order of the log. [`wait_durable`](Self::wait_durable) with the ticket returns once
+    /// they are synced. A pipelined caller submits the next batch while one is being synced.
+    pub fn submit(&self, entries: &[Entry]) -> Result<Ticket> {
+        check_consecutive(entries)?;
+        let inner = &*self.inner;
+        let mut g = inner.group.lock();
+        if let Some(why) = &g.failed {
+            return Err(Error::Failed(why.clone()));
+        }
+        if let Some(first) = entries.first().map(|e| e.index) {
+            let compacted = inner.index.read().first.prev();
+            if first > g.last.next() {
+                return Err(Error::Invalid(format!(
+                    "append at {first} leaves a gap after {}",
+                    g.last
+                )));
+            }
+            if first <= compacted {
+                return Err(Error::Invalid(format!(
+                    "append at {first} rewrites the compacted prefix up to {compacted}"
+                )));
+            }
+            merge_pending(&mut g.pending, entries);
+            g.last = entries.last().expect("not empty").index;
+        }
+        let ticket = Ticket(g.next_ticket);
+        g.next_ticket += 1;
+        Ok(ticket)
+    }
+
+    /// Waits until the entries of `ticket` (and every earlier one) are synced, doing the
+    /// write and sync itself if no other thread is.
+    pub fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        let inner = &*self.inner;
+        let mut g = inner.group.lock();
+        loop {
+            if g.done > ticket.0 {
+                return match &g.failed {
+                    Some(why) => Err(Error::Failed(why.clone())),
+                    None => Ok(()),
+                };
+            }
+            if !g.writing {
+                g.writing = true;
+                let batch = std::mem::take(&mut g.pending);
+                let upto = g.next_ticket;
+                drop(g);
+                let result = if batch.is_empty() {
+                    Ok(())
+                } else {
+                    self.write_batch(&batch)
+                };
+                g = inner.group.lock();
+                g.writing = false;
+                g.done = upto;
+                if let Err(e) = result {
+                    // Fail-stop: a failed write or sync is never retried.
+                    g.failed = Some(e.to_string());
+                }
+                inner.group_cond.notify_all();
+                continue;
+            }
+            inner.group_cond.wait(&mut g);
+        }
+    }
+
+    /// Writes one batch record and syncs it, then publishes the entries to readers.
+    fn write_batch(&self, entries: &[Entry]) -> Result<()> {
+        let inner = &*self.inner;
+        let mut w = inner.writer.lock();
+        let w = &mut *w;
+        w.buf.clear();
+        format::encode_batch(entries, &mut w.buf);
+        let len = w.buf.len() as u64;
+        if w.offset + len > w.segment_len {
+            self.rotate(w, len)?;
+        }
+        inner.io.write_at(&w.segment, w.offset, &w.buf)?;
+        inner.io.sync(&w.segment)?;
+        // Read the record back through the map: what readers will see is what was meant.
+        let map = Arc::clone(&inner.index.read().segments[&w.segment_id].map);
+        let view = match format::parse_batch(map.bytes(), w.offset as usize) {
+            format::Parsed::Batch(v) => v,
+            other => {
+                return Err(Error::Corrupt {
+                    path: w.segment.path.clone(),
+                    offset: w.offset,
+                    reason: format!("a batch read back right after writing is invalid: {other:?}"),
+                })
+            }
+        };
+        debug_assert_eq!(view.len as u64, len);
+        let mut index = inner.index.write();
+        index
+            .apply_batch(w.segment_id, view.first_index, &view.entries)
+            .map_err(Error::Invalid)?;
+        w.offset += len;
+        Ok(())
+    }
+
+    /// Starts a new segment big enough for a record of `need` bytes.
+    fn rotate(&self, w: &mut Writer, need: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let id = w.segment_id + 1;
+        let size = inner
+            .options
+            .segment_bytes_max
+            .max(SEGMENT_HEADER_BYTES as u64 + need);
+        let (handle, seg, len) = create_segment(&inner.io, id, size)?;
+        inner.index.write().segments.insert(id, seg);
+        w.segment = handle;
+        w.segment_id = id;
+        w.segment_len = len;
+        w.offset = SEGMENT_HEADER_BYTES as u64;
+        Ok(())
+    }
+}
+
+impl LogFile {
+    /// The first index kept (the compacted index plus one).
+    pub fn first_index(&self) -> LogIndex {
+        self.inner.index.read().first
+    }
+
+    /// The last durable index.
+    pub fn last_index(&self) -> LogIndex {
+        self.inner.index.read().last()
+    }
+
+    /// The term of the entry at `index`; `first_index() - 1` answers the compaction point's
+    /// term.
+    pub fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index == LogIndex(0) {
+            return Ok(Term(0));
+        }
+        self.inner.index.read().term(index)
+    }
+
+    /// The entries `low..high` (`high` exclusive), cut after about `bytes_max` bytes (at least
+    /// one entry). Payloads point into the mapped segment (no copy) and stay valid while held,
+    /// even after compaction or truncation.
+    pub fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        bytes_max: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let index = self.inner.index.read();
+        if low < index.first {
+            return Err(StorageError::Compacted(low));
+        }
+        if high > index.last().next() {
+            return Err(StorageError::Unavailable(high.prev()));
+        }
+        let mut out = Vec::with_capacity((high.0.saturating_sub(low.0)) as usize);
+        let mut total = 0usize;
+        for i in low.0..high.0 {
+            let (seg, pos) = &index.slots[(i - index.first.0) as usize];
+            let map = &index.segments[seg].map;
+            let start = pos.offset as usize;
+            let payload = mmap::slice(map, start, start + pos.len as usize);
+            let entry =
+                format::decode_entry(LogIndex(i), pos, payload).map_err(StorageError::Other)?;
+            total += entry.size_bytes();
+            if total > bytes_max && !out.is_empty() {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// The persisted hard state and membership.
+    pub fn initial_state(&self) -> InitialState {
+        let state = self.inner.state.lock();
+        InitialState {
+            hard_state: state.record.hard_state,
+            membership: state.record.membership.clone(),
+        }
+    }
+
+    /// Persists the hard state (crash-atomically, synced).
+    pub fn set_hard_state(&self, hard_state: HardState) -> Result<()> {
+        self.update_state(|r| r.hard_state = hard_state)
+    }
+
+    /// Persists the membership (crash-atomically, synced).
+    pub fn set_membership(&self, membership: Membership) -> Result<()> {
+        self.update_state(|r| r.membership = membership)
+    }
+
+    fn update_state(&self, change: impl FnOnce(&mut StateRecord)) -> Result<()> {
+        let mut state = self.inner.state.lock();
+        let mut record = state.record.clone();
+        change(&mut record);
+        state.write(&self.inner.io, record)
+    }
+
+    /// Drops the entries up to and including `up_to`, which a snapshot covers. The compaction
+    /// point and its term are recorded durably first; then whole segments that hold nothing
+    /// past `up_to` are deleted, oldest first.
+    pub fn compact(&self, up_to: LogIndex) -> Result<()> {
+        let inner = &*self.inner;
+        // Lock order: writer, then state, then index.
+        let writer = inner.writer.lock();
+        let (first, term) = {
+            let index = inner.index.read();
+            if up_to < index.first {
+                return Ok(());
+            }
+            if up_to > index.last() {
+                return Err(Error::Invalid(format!(
+                    "compact to {up_to} past the last index {}",
+                    index.last()
+                )));
+            }
+            (index.first, index.term(up_to).expect("within the log"))
+        };
+        debug_assert!(first <= up_to);
+        self.update_state(|r| {
+            r.compacted_index = up_to;
+            r.compacted_term = term;
+        })?;
+        let removable: Vec<(u64, String)> = {
+            let mut index = inner.index.write();
+            let drop = (up_to.0 - index.first.0 + 1) as usize;
+            index.slots.drain(..drop);
+            index.first = up_to.next();
+            index.base_term = term;
+            index
+                .segments
+                .iter()
+                .take_while(|(&id, s)| id != writer.segment_id && s.max_index <= up_to)
+                .map(|(&id, s)| (id, s.name.clone()))
+                .collect()
+        };
+        if removable.is_empty() {
+            return Ok(());
+        }
+        for (_, name) in &removable {
+            inner.io.remove(name)?;
+        }
+        inner.io.sync_dir()?;
+        let mut index = inner.index.write();
+        for (id, _) in removable {
+            index.segments.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// How many segment files the store has.
+    pub fn segment_count(&self) -> usize {
+        self.inner.index.read().segments.len()
+    }
+}
+
+fn to_storage_error(e: Error) -> StorageError {
+    StorageError::Other(e.to_string())
+}
+
+impl Storage for LogFile {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        Ok(LogFile::initial_state(self))
+    }
+
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        bytes_max: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        LogFile::entries(self, low, high, bytes_max)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        LogFile::term(self, index)
+    }
+
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(LogFile::first_index(self))
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(LogFile::last_index(self))
+    }
+}
+
+impl StorageMut for LogFile {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        LogFile::append(self, entries).map_err(to_storage_error)
+    }
+
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
+        LogFile::set_hard_state(self, hard_state).map_err(to_storage_error)
+    }
+
+    fn compact(&mut self, up_to: LogIndex) -> Result<(), StorageError> {
+        LogFile::compact(self, up_to).map_err(to_storage_error)
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path: PathBuf = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+/// Creates, preallocates and syncs a segment file with its header, and maps it.
+pub(crate) fn create_segment(io: &Io, id: u64, size: u64) -> Result<(Handle, Segment, u64)> {
+    let name = segment_name(id);
+    let handle = io.create(&name)?;
+    io.set_len(&handle, size)?;
+    io.write_at(&handle, 0, &format::segment_header(id))?;
+    io.sync(&handle)?;
+    io.sync_dir()?;
+    let map = SegmentMap::new(&handle.file).map_err(|e| Error::io("map", &handle.path, e))?;
+    let segment = Segment {
+        name,
+        map: Arc::new(map),
+        max_index: LogIndex(0),
+    };
+    Ok((handle, segment, size))
+}
+
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".seg")?;
+    if stem.len() != 20 {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn check_consecutive(entries: &[Entry]) -> Result<()> {
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index.next() {
+            return Err(Error::Invalid(format!(
+                "entries must have consecutive indexes: {} follows {}",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Merges an append into the pending batch with Raft's conflict rule, so that one sync writes
+/// one batch record whatever the number of appends it covers.
+fn merge_pending(pending: &mut Vec<Entry>, entries: &[Entry]) {
+    let first = entries[0].index;
+    match pending.first().map(|e| e.index) {
+        Some(start) if first >= start => pending.truncate((first.0 - start.0) as usize),
+        _ => pending.clear(),
+    }
+    pending.extend_from_slice(entries);
+}

@@ -1,0 +1,341 @@
+//! Behaviour of the log store: conformance, reopening, locking, zero-copy reads, corruption
+//! handling and group commit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft_core::testing::conformance;
+use raft_log_file::{Error, LogFile, Op, Options, Recorder};
+use raft_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
+
+fn opts() -> Options {
+    Options {
+        segment_bytes_max: 1024,
+        ..Options::default()
+    }
+}
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to)
+        .map(|i| {
+            Entry::normal(
+                Term(term),
+                LogIndex(i),
+                format!("entry {i} of term {term}").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn passes_the_storage_conformance_suite() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    conformance::run_all(|membership| {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::open(
+            dir.path(),
+            Options {
+                membership,
+                ..opts()
+            },
+        )
+        .unwrap();
+        dirs.borrow_mut().push(dir);
+        log
+    });
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Membership::with_voters([NodeId(1), NodeId(2)]);
+    let hs = HardState {
+        term: Term(3),
+        vote: Some(NodeId(2)),
+        commit: LogIndex(40),
+    };
+    let mut all = entries(1, 50, 1);
+    all[9].payload = EntryPayload::Noop;
+    all[10].payload = EntryPayload::Membership(m.clone());
+    {
+        let log = LogFile::open(
+            dir.path(),
+            Options {
+                membership: m.clone(),
+                ..opts()
+            },
+        )
+        .unwrap();
+        for chunk in all.chunks(7) {
+            log.append(chunk).unwrap();
+        }
+        // Replace the suffix from 45 with entries of term 2.
+        log.append(&entries(45, 60, 2)).unwrap();
+        log.set_hard_state(hs).unwrap();
+        assert!(log.segment_count() > 1, "small segments rotate");
+    }
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    let state = log.initial_state();
+    assert_eq!(state.hard_state, hs);
+    assert_eq!(state.membership, m);
+    assert_eq!(log.last_index(), LogIndex(60));
+    let mut expected = all[..44].to_vec();
+    expected.extend(entries(45, 60, 2));
+    assert_eq!(
+        log.entries(LogIndex(1), LogIndex(61), usize::MAX).unwrap(),
+        expected
+    );
+    assert_eq!(log.recovery().torn_tail, None);
+}
+
+#[test]
+fn a_second_opener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = LogFile::open(dir.path(), opts()).unwrap();
+    match LogFile::open(dir.path(), opts()) {
+        Err(Error::Locked { path }) => assert!(path.ends_with("LOCK")),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a second open succeeded"),
+    }
+}
+
+#[test]
+fn payloads_stay_valid_after_compaction_and_truncation_remove_their_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    for chunk in entries(1, 200, 1).chunks(10) {
+        log.append(chunk).unwrap();
+    }
+    let held = log.entries(LogIndex(1), LogIndex(3), usize::MAX).unwrap();
+    let segments = log.segment_count();
+    log.append(&entries(150, 160, 2)).unwrap();
+    log.compact(LogIndex(155)).unwrap();
+    assert!(
+        log.segment_count() < segments,
+        "compaction removed whole segments"
+    );
+    assert_eq!(
+        held,
+        entries(1, 2, 1),
+        "bytes held by a reader did not change"
+    );
+    assert_eq!(log.first_index(), LogIndex(156));
+    assert_eq!(log.term(LogIndex(155)).unwrap(), Term(2));
+    drop(log);
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.first_index(), LogIndex(156));
+    assert_eq!(log.last_index(), LogIndex(160));
+    assert_eq!(
+        log.entries(LogIndex(156), LogIndex(161), usize::MAX)
+            .unwrap(),
+        entries(156, 160, 2)
+    );
+}
+
+#[test]
+fn reads_are_zero_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    log.append(&entries(1, 2, 1)).unwrap();
+    let a = log.entries(LogIndex(1), LogIndex(2), usize::MAX).unwrap();
+    let b = log.entries(LogIndex(1), LogIndex(2), usize::MAX).unwrap();
+    let (EntryPayload::Normal(x), EntryPayload::Normal(y)) = (&a[0].payload, &b[0].payload) else {
+        panic!("normal entries")
+    };
+    assert_eq!(x.as_ptr(), y.as_ptr(), "two reads share the mapped bytes");
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip_bit(path: &std::path::Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_flipped_bit_before_the_tail_stops_opening_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogFile::open(dir.path(), Options::default()).unwrap();
+        for chunk in entries(1, 30, 1).chunks(3) {
+            log.append(chunk).unwrap();
+        }
+    }
+    let seg = &segment_files(dir.path())[0];
+    // The second batch's body: header 64 bytes, first batch, then the second batch's header.
+    flip_bit(seg, 64 + 200);
+    let err = LogFile::open(dir.path(), Options::default())
+        .err()
+        .expect("open must fail");
+    match &err {
+        Error::Corrupt { path, offset, .. } => {
+            assert_eq!(path, seg);
+            assert!(*offset >= 64 && *offset <= 264, "offset {offset}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(".seg") && text.contains("offset"), "{text}");
+
+    // repair truncates there and says what it dropped.
+    let log = LogFile::open(
+        dir.path(),
+        Options {
+            repair: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(log.last_index() < LogIndex(30));
+    assert!(log
+        .recovery()
+        .repaired
+        .as_ref()
+        .unwrap()
+        .contains("truncated"));
+    let last = log.last_index();
+    assert_eq!(
+        log.entries(LogIndex(1), last.next(), usize::MAX).unwrap(),
+        entries(1, last.0, 1)
+    );
+    // And the repaired log takes appends again.
+    log.append(&entries(last.0 + 1, last.0 + 3, 2)).unwrap();
+}
+
+#[test]
+fn corruption_in_an_older_segment_stops_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogFile::open(dir.path(), opts()).unwrap();
+        for chunk in entries(1, 100, 1).chunks(5) {
+            log.append(chunk).unwrap();
+        }
+    }
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 2);
+    flip_bit(&segs[0], 100);
+    match LogFile::open(dir.path(), opts()) {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, segs[0]),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("opened a corrupt log"),
+    }
+}
+
+#[test]
+fn a_torn_last_batch_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogFile::open(dir.path(), Options::default()).unwrap();
+        log.append(&entries(1, 5, 1)).unwrap();
+        log.append(&entries(6, 9, 1)).unwrap();
+    }
+    let seg = &segment_files(dir.path())[0];
+    let bytes = std::fs::read(seg).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() as u64;
+    flip_bit(seg, end - 3); // inside the last batch
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(log.last_index(), LogIndex(5));
+    let (file, _, zeroed) = log.recovery().torn_tail.clone().unwrap();
+    assert!(file.ends_with(".seg") && zeroed > 0);
+    log.append(&entries(6, 7, 2)).unwrap();
+    drop(log);
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(log.last_index(), LogIndex(7));
+    assert_eq!(log.recovery().torn_tail, None);
+}
+
+#[test]
+fn a_commit_index_past_the_log_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogFile::open(dir.path(), Options::default()).unwrap();
+        log.append(&entries(1, 3, 1)).unwrap();
+        log.set_hard_state(HardState {
+            term: Term(1),
+            vote: None,
+            commit: LogIndex(9),
+        })
+        .unwrap();
+    }
+    let err = LogFile::open(dir.path(), Options::default()).err().unwrap();
+    assert!(err.to_string().contains("commit index"), "{err}");
+}
+
+#[test]
+fn appends_with_gaps_or_into_the_compacted_prefix_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    log.append(&entries(1, 5, 1)).unwrap();
+    assert!(matches!(
+        log.append(&entries(7, 8, 1)),
+        Err(Error::Invalid(_))
+    ));
+    let mut bad = entries(6, 8, 1);
+    bad.swap(1, 2);
+    assert!(matches!(log.append(&bad), Err(Error::Invalid(_))));
+    log.compact(LogIndex(3)).unwrap();
+    assert!(matches!(
+        log.append(&entries(2, 4, 2)),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(log.last_index(), LogIndex(5));
+}
+
+#[test]
+fn concurrent_appends_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::default();
+    let log = LogFile::open(
+        dir.path(),
+        Options {
+            recorder: Some(recorder.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let order = Arc::new(parking_lot::Mutex::new(0u64));
+    let threads = 4;
+    let per_thread = 50;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let log = log.clone();
+            let order = Arc::clone(&order);
+            s.spawn(move || {
+                for _ in 0..per_thread {
+                    let ticket = {
+                        let mut next = order.lock();
+                        *next += 1;
+                        log.submit(&[Entry::normal(
+                            Term(1),
+                            LogIndex(*next),
+                            Bytes::from_static(b"x"),
+                        )])
+                        .unwrap()
+                    };
+                    log.wait_durable(ticket).unwrap();
+                }
+            });
+        }
+    });
+    let total = threads * per_thread;
+    assert_eq!(log.last_index(), LogIndex(total));
+    let syncs = recorder
+        .ops()
+        .iter()
+        .filter(|op| matches!(op, Op::Sync(f) if f.ends_with(".seg")))
+        .count() as u64;
+    // One sync per segment creation, plus the batches.
+    assert!(
+        syncs < total,
+        "{syncs} syncs for {total} appends: no group commit"
+    );
+}
