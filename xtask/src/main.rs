@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation. Run `cargo xtask --help`.
 
 mod bench_core;
+mod bench_log;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -30,15 +31,18 @@ enum Command {
 enum Bench {
     /// 3 raft-core nodes in one process, in-memory storage, messages by function call.
     Core(bench_core::CoreArgs),
+    /// raft-log-file appends, reads and open time, beside a plain write + fdatasync loop.
+    Log(bench_log::LogArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Sim(args) => sim::run(args),
-        Command::Bench {
-            which: Bench::Core(args),
-        } => bench_core::run(args),
+        Command::Bench { which } => match which {
+            Bench::Core(args) => bench_core::run(args),
+            Bench::Log(args) => bench_log::run(args),
+        },
     };
     if !ok {
         std::process::exit(1);

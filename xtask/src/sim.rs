@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Args;
-use raft_core::testing::sim::{run_seed, SimConfig, SimReport};
+use raft_core::testing::sim::{run_seed, run_seed_with, SimConfig, SimFailure, SimReport};
+use raft_log_file::testing::LogFileFactory;
 
 #[derive(Args)]
 pub struct SimArgs {
@@ -27,6 +28,26 @@ pub struct SimArgs {
     /// Ticks of the faulty phase of each run.
     #[arg(long)]
     fault_ticks: Option<u64>,
+    /// Where nodes keep their log: `mem` (in memory) or `file` (raft-log-file in a temporary
+    /// directory, reopened and recovered at every simulated crash).
+    #[arg(long, value_enum, default_value_t = Store::Mem)]
+    store: Store,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Store {
+    Mem,
+    File,
+}
+
+fn run_one(cfg: SimConfig, store: Store) -> Result<SimReport, SimFailure> {
+    match store {
+        Store::Mem => run_seed(cfg),
+        Store::File => {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            run_seed_with(cfg, LogFileFactory::new(dir.path()))
+        }
+    }
 }
 
 pub fn run(args: SimArgs) -> bool {
@@ -39,7 +60,7 @@ pub fn run(args: SimArgs) -> bool {
         cfg
     };
     if let Some(seed) = args.seed {
-        return match run_seed(configure(seed)) {
+        return match run_one(configure(seed), args.store) {
             Ok(r) => {
                 print_report(&r);
                 true
@@ -65,7 +86,7 @@ pub fn run(args: SimArgs) -> bool {
                 if seed >= end {
                     break;
                 }
-                match run_seed(configure(seed)) {
+                match run_one(configure(seed), args.store) {
                     Ok(r) => {
                         let mut t = totals.lock().unwrap();
                         t.steps += r.steps;

@@ -58,6 +58,8 @@ mod mmap;
 mod recovery;
 mod state;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use format::FORMAT_VERSION;

@@ -15,6 +15,34 @@ use raft_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, Message, 
 
 use crate::{Config, MemStorage, PersistAck, RawNode, Ready, Rng, Role, Storage, StorageMut};
 
+/// Where the simulator keeps each node's durable state. A crash drops every handle the node
+/// had and reopens the store with [`open`](StoreFactory::open), so a store with recovery
+/// logic (a log file) runs it at every simulated crash.
+pub trait StoreFactory {
+    /// The store type.
+    type Store: StorageMut + Clone;
+
+    /// Opens node `id`'s durable store, creating it with `membership` the first time.
+    fn open(&mut self, id: NodeId, membership: &Membership) -> Self::Store;
+}
+
+/// In-memory durable stores: a reopen returns the same log.
+#[derive(Default)]
+pub struct MemFactory {
+    stores: BTreeMap<NodeId, MemStorage>,
+}
+
+impl StoreFactory for MemFactory {
+    type Store = MemStorage;
+
+    fn open(&mut self, id: NodeId, membership: &Membership) -> MemStorage {
+        self.stores
+            .entry(id)
+            .or_insert_with(|| MemStorage::new(membership.clone()))
+            .clone()
+    }
+}
+
 /// Virtual time units per tick. Message and disk latencies are drawn in these units, so a
 /// message may overtake another sent in the same tick.
 pub const UNITS_PER_TICK: u64 = 10;
@@ -71,7 +99,7 @@ impl SimConfig {
         node.inflight_msgs_max = 4;
         let mut cfg = SimConfig {
             seed,
-            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
             fault_ticks: 600,
             liveness_ticks: 400,
             drop_rate: 0.05,
@@ -188,11 +216,11 @@ struct PendingWrite {
     ack: PersistAck,
 }
 
-struct SimNode {
+struct SimNode<S> {
     /// `None` while crashed.
-    raw: Option<RawNode<MemStorage>>,
+    raw: Option<RawNode<S>>,
     /// What survives a crash.
-    durable: MemStorage,
+    durable: S,
     pending: VecDeque<PendingWrite>,
     /// Disk writes complete in order: the time the last one completes.
     disk_busy_until: u64,
@@ -342,13 +370,15 @@ impl Checker {
 }
 
 /// A simulated cluster.
-pub struct Cluster {
+pub struct Cluster<F: StoreFactory = MemFactory> {
+    factory: F,
+    membership: Membership,
     cfg: SimConfig,
     rng: Rng,
     now: u64,
     seq: u64,
     queue: BTreeMap<(u64, u64), Event>,
-    nodes: BTreeMap<NodeId, SimNode>,
+    nodes: BTreeMap<NodeId, SimNode<F::Store>>,
     /// Directed links that currently lose every message.
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Whether the faulty phase is over.
@@ -359,12 +389,25 @@ pub struct Cluster {
     log: String,
 }
 
-impl Cluster {
-    /// A cluster of `cfg.nodes` voters, all followers at term 0.
-    pub fn new(cfg: SimConfig) -> Cluster {
+impl Cluster<MemFactory> {
+    /// A cluster of `cfg.nodes` voters with in-memory stores, all followers at term 0.
+    pub fn new(cfg: SimConfig) -> Cluster<MemFactory> {
+        Cluster::with_factory(cfg, MemFactory::default())
+    }
+}
+
+impl<F: StoreFactory> Cluster<F> {
+    /// A cluster of `cfg.nodes` voters whose stores come from `factory`.
+    pub fn with_factory(cfg: SimConfig, mut factory: F) -> Cluster<F> {
         let ids: Vec<NodeId> = (1..=cfg.nodes as u64).map(NodeId).collect();
         let membership = Membership::with_voters(ids.iter().copied());
+        let stores: Vec<F::Store> = ids
+            .iter()
+            .map(|&id| factory.open(id, &membership))
+            .collect();
         let mut cluster = Cluster {
+            factory,
+            membership,
             rng: Rng::new(cfg.seed),
             now: 0,
             seq: 0,
@@ -381,10 +424,10 @@ impl Cluster {
             log: String::new(),
             cfg,
         };
-        for &id in &ids {
+        for (&id, durable) in ids.iter().zip(stores) {
             let node = SimNode {
                 raw: None,
-                durable: MemStorage::new(membership.clone()),
+                durable,
                 pending: VecDeque::new(),
                 disk_busy_until: 0,
                 incarnation: 0,
@@ -443,7 +486,7 @@ impl Cluster {
     }
 
     /// The node's raft state, if it is up.
-    pub fn node(&self, id: NodeId) -> Option<&RawNode<MemStorage>> {
+    pub fn node(&self, id: NodeId) -> Option<&RawNode<F::Store>> {
         self.nodes.get(&id).and_then(|n| n.raw.as_ref())
     }
 
@@ -453,7 +496,7 @@ impl Cluster {
     }
 
     /// The node's durable storage.
-    pub fn durable(&self, id: NodeId) -> &MemStorage {
+    pub fn durable(&self, id: NodeId) -> &F::Store {
         &self.nodes[&id].durable
     }
 
@@ -497,9 +540,35 @@ impl Cluster {
             node.pending.clear();
             node.incarnation += 1;
             node.disk_busy_until = 0;
+            // Drop every handle on the store, then reopen it: what the node finds on restart
+            // is what recovery makes of its durable state.
+            self.reopen_store(id);
             self.report.crashes += 1;
             self.trace(|| format!("{id} crashes"));
         }
+    }
+
+    fn reopen_store(&mut self, id: NodeId) {
+        let SimNode {
+            raw,
+            durable,
+            pending,
+            disk_busy_until,
+            incarnation,
+            applied,
+        } = self.nodes.remove(&id).expect("known node");
+        debug_assert!(raw.is_none(), "reopen only the store of a crashed node");
+        drop(durable);
+        let durable = self.factory.open(id, &self.membership);
+        let node = SimNode {
+            raw,
+            durable,
+            pending,
+            disk_busy_until,
+            incarnation,
+            applied,
+        };
+        self.nodes.insert(id, node);
     }
 
     /// Restarts a crashed node from its durable storage.
@@ -558,7 +627,7 @@ impl Cluster {
     pub fn run_until(
         &mut self,
         ticks_max: u64,
-        mut done: impl FnMut(&Cluster) -> bool,
+        mut done: impl FnMut(&Self) -> bool,
     ) -> Result<bool, String> {
         for _ in 0..ticks_max {
             if done(self) {
@@ -897,10 +966,15 @@ impl Cluster {
     }
 }
 
-/// Runs one seed. A panic inside the core (a failed assertion) is reported as a failure too,
-/// with the step at which it happened.
+/// Runs one seed with in-memory stores. A panic inside the core (a failed assertion) is
+/// reported as a failure too, with the step at which it happened.
 pub fn run_seed(cfg: SimConfig) -> Result<SimReport, SimFailure> {
-    let mut cluster = Cluster::new(cfg);
+    run_seed_with(cfg, MemFactory::default())
+}
+
+/// Runs one seed with the stores `factory` opens.
+pub fn run_seed_with<F: StoreFactory>(cfg: SimConfig, factory: F) -> Result<SimReport, SimFailure> {
+    let mut cluster = Cluster::with_factory(cfg, factory);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.run_phases()));
     let reason = match outcome {
         Ok(Ok(())) => {

@@ -1,0 +1,45 @@
+//! Test support (feature `testing`): a simulator store factory that keeps each node's log in
+//! a [`LogFile`] under one directory.
+
+use std::path::PathBuf;
+
+use raft_core::testing::sim::StoreFactory;
+use raft_proto::{Membership, NodeId};
+
+use crate::{LogFile, Options};
+
+/// Opens `root/n<id>` for each simulated node. Every simulated crash closes the log and opens
+/// it again, so recovery runs at each one.
+pub struct LogFileFactory {
+    /// The directory holding one sub-directory per node.
+    pub root: PathBuf,
+    /// The segment size, small so that runs rotate and compact segments.
+    pub segment_bytes_max: u64,
+}
+
+impl LogFileFactory {
+    /// A factory under `root` with 16 KiB segments.
+    pub fn new(root: impl Into<PathBuf>) -> LogFileFactory {
+        LogFileFactory {
+            root: root.into(),
+            segment_bytes_max: 16 << 10,
+        }
+    }
+}
+
+impl StoreFactory for LogFileFactory {
+    type Store = LogFile;
+
+    fn open(&mut self, id: NodeId, membership: &Membership) -> LogFile {
+        let options = Options {
+            segment_bytes_max: self.segment_bytes_max,
+            // The simulator models process crashes: the page cache survives them.
+            sync: false,
+            membership: membership.clone(),
+            ..Options::default()
+        };
+        let dir = self.root.join(id.to_string());
+        LogFile::open(&dir, options)
+            .unwrap_or_else(|e| panic!("{} does not reopen: {e}", dir.display()))
+    }
+}
