@@ -34,11 +34,28 @@ pub enum Op {
     Remove(String),
 }
 
-/// A shared list of recorded operations.
+/// A shared list of recorded operations; it can also make syncs fail, to test fail-stop.
 #[derive(Clone, Debug, Default)]
-pub struct Recorder(Arc<Mutex<Vec<Op>>>);
+pub struct Recorder(Arc<Mutex<Vec<Op>>>, Arc<Mutex<Option<usize>>>);
 
 impl Recorder {
+    /// Makes every sync fail with an I/O error once `n` more syncs have succeeded.
+    pub fn fail_syncs_after(&self, n: usize) {
+        *self.1.lock() = Some(n);
+    }
+
+    /// Whether the next sync must fail (counting it down otherwise).
+    fn sync_fails(&self) -> bool {
+        match &mut *self.1.lock() {
+            Some(0) => true,
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Every operation recorded so far, in order.
     pub fn ops(&self) -> Vec<Op> {
         self.0.lock().clone()
@@ -146,6 +163,10 @@ impl Io {
     }
 
     pub(crate) fn sync(&self, h: &Handle) -> Result<()> {
+        if self.recorder.as_ref().is_some_and(Recorder::sync_fails) {
+            let injected = std::io::Error::other("injected sync failure");
+            return Err(Error::io("fdatasync", &h.path, injected));
+        }
         if self.sync {
             h.file
                 .sync_data()

@@ -339,3 +339,29 @@ fn concurrent_appends_share_syncs() {
         "{syncs} syncs for {total} appends: no group commit"
     );
 }
+
+#[test]
+fn a_failed_sync_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::default();
+    let log = LogFile::open(
+        dir.path(),
+        Options {
+            recorder: Some(recorder.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    log.append(&entries(1, 2, 1)).unwrap();
+    recorder.fail_syncs_after(0);
+    let err = log.append(&entries(3, 4, 1)).unwrap_err();
+    assert!(err.to_string().contains("injected sync failure"), "{err}");
+    assert_eq!(log.last_index(), LogIndex(2), "nothing unsynced is published");
+    // Even once syncs would work again, the store refuses writes: the kernel may have
+    // dropped the dirty pages, so a retry could report lost data as durable.
+    recorder.fail_syncs_after(usize::MAX);
+    assert!(matches!(log.append(&entries(3, 4, 1)), Err(Error::Failed(_))));
+    drop(log);
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    assert!(log.last_index() >= LogIndex(2));
+}
