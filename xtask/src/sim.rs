@@ -97,6 +97,8 @@ pub fn run(args: SimArgs) -> bool {
                         t.partitions += r.partitions;
                         t.delivered += r.delivered;
                         t.lost += r.lost;
+                        t.reads_ok += r.reads_ok;
+                        t.reads_failed += r.reads_failed;
                     }
                     Err(f) => {
                         eprintln!("FAIL {f}");
@@ -117,13 +119,17 @@ pub fn run(args: SimArgs) -> bool {
         failures.len()
     );
     println!(
-        "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} crashes, {} partitions, {} messages delivered, {} lost",
-        t.steps, t.leaders, t.committed, t.proposals, t.crashes, t.partitions, t.delivered, t.lost
+        "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} messages delivered, {} lost",
+        t.steps, t.leaders, t.committed, t.proposals, t.reads_ok + t.reads_failed, t.reads_failed, t.crashes, t.partitions, t.delivered, t.lost
     );
     if !failures.is_empty() {
         let mut sorted = failures.clone();
         sorted.sort_unstable();
-        println!("failing seeds: {sorted:?}");
+        let shown: Vec<u64> = sorted.iter().copied().take(50).collect();
+        println!(
+            "failing seeds ({} in all, first 50): {shown:?}",
+            sorted.len()
+        );
         println!(
             "replay one with: cargo xtask sim --seed {} --verbose",
             sorted[0]
@@ -134,7 +140,7 @@ pub fn run(args: SimArgs) -> bool {
 
 fn print_report(r: &SimReport) {
     println!(
-        "seed {}: ok; {} steps, {} leader terms, {} committed, {} proposals, {} crashes, {} partitions, {} delivered, {} lost",
-        r.seed, r.steps, r.leaders, r.committed, r.proposals, r.crashes, r.partitions, r.delivered, r.lost
+        "seed {}: ok; {} steps, {} leader terms, {} committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} delivered, {} lost",
+        r.seed, r.steps, r.leaders, r.committed, r.proposals, r.reads_ok + r.reads_failed, r.reads_failed, r.crashes, r.partitions, r.delivered, r.lost
     );
 }

@@ -31,6 +31,8 @@ pub struct Config {
     pub apply_entries_max: usize,
     /// The leader refuses proposals while this many entries wait for commit.
     pub uncommitted_entries_max: u64,
+    /// The most read-index requests the leader confirms at once; more are refused.
+    pub read_requests_max: usize,
     /// The index the application's state machine has already applied. Entries up to it are
     /// not handed out for applying again after a restart.
     pub applied: LogIndex,
@@ -52,6 +54,7 @@ impl Config {
             msg_bytes_max: 1 << 20,
             apply_entries_max: 4096,
             uncommitted_entries_max: 1 << 16,
+            read_requests_max: 4096,
             applied: LogIndex(0),
             seed: id.0,
         }

@@ -51,6 +51,6 @@ pub use config::Config;
 pub use error::{Error, Result, StorageError};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
 pub use progress::{Progress, ProgressState};
-pub use raft::Role;
+pub use raft::{ReadState, Role};
 pub use rng::Rng;
 pub use storage::{limit_bytes, InitialState, MemStorage, Storage, StorageMut};

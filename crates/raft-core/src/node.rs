@@ -6,7 +6,7 @@ use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, Term};
 use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::raft::{Raft, Role};
+use crate::raft::{Raft, ReadState, Role};
 use crate::storage::Storage;
 
 /// Volatile state an application may want to observe: who leads, and in which role we are.
@@ -52,6 +52,9 @@ pub struct Ready {
     pub persisted_messages: Vec<Message>,
     /// Committed entries to apply, in order. They are durable locally.
     pub committed_entries: Vec<Entry>,
+    /// Finished read-index requests: serve each read once the state machine has applied its
+    /// index.
+    pub read_states: Vec<ReadState>,
 }
 
 /// What [`RawNode::on_persisted`] acknowledges: the durable end of one [`Ready`].
@@ -144,6 +147,14 @@ impl<S: Storage> RawNode<S> {
         self.raft.propose(commands)
     }
 
+    /// Asks for a linearizable read point. The answer comes in [`Ready::read_states`] with the
+    /// same `request_id`: the leader confirms it still leads with a heartbeat round (followers
+    /// ask the leader), then gives its commit index; a read served after applying that index
+    /// sees every write committed before this call.
+    pub fn read_index(&mut self, request_id: u64) {
+        self.raft.read_index(request_id);
+    }
+
     /// Starts an election now instead of waiting for the election timeout.
     pub fn campaign(&mut self) {
         self.raft.campaign();
@@ -164,6 +175,7 @@ impl<S: Storage> RawNode<S> {
             || !self.raft.msgs.is_empty()
             || !self.raft.msgs_after_persist.is_empty()
             || self.raft.log.has_next_committed()
+            || !self.raft.read_states.is_empty()
     }
 
     /// Takes what the application must persist, send and apply. See [`Ready`].
@@ -178,6 +190,7 @@ impl<S: Storage> RawNode<S> {
                 .raft
                 .log
                 .take_committed(self.raft.cfg.apply_entries_max),
+            read_states: std::mem::take(&mut self.raft.read_states),
             ..Ready::default()
         };
         if soft != self.prev_soft {

@@ -4,13 +4,13 @@
 //! Outgoing messages are queued in two lists: `msgs` may be sent at once, `msgs_after_persist`
 //! only after the entries and hard state produced by the same step are durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use raft_proto::{
     AppendRequest, AppendResponse, ConflictHint, Entry, EntryPayload, HardState, HeartbeatRequest,
-    HeartbeatResponse, LogIndex, Membership, Message, MessageBody, NodeId, Term, VoteRequest,
-    VoteResponse,
+    HeartbeatResponse, LogIndex, Membership, Message, MessageBody, NodeId, ReadIndexRequest,
+    ReadIndexResponse, Term, VoteRequest, VoteResponse,
 };
 
 use crate::config::Config;
@@ -32,6 +32,26 @@ pub enum Role {
     Candidate,
     /// Serves the term.
     Leader,
+}
+
+/// The outcome of a read-index request (§6.4 of the dissertation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The id the caller gave [`RawNode::read_index`](crate::RawNode::read_index).
+    pub request_id: u64,
+    /// Once the state machine has applied this index, a read reflects every write committed
+    /// before the request. `None`: leadership could not be confirmed (no leader, or it lost
+    /// its term); retry.
+    pub index: Option<LogIndex>,
+}
+
+/// A read waiting for the leader to confirm it still leads.
+struct PendingRead {
+    from: NodeId,
+    request_id: u64,
+    index: LogIndex,
+    /// Confirmed once a quorum answered a heartbeat with a context at least this one.
+    context: u64,
 }
 
 pub(crate) struct Raft<S> {
@@ -56,6 +76,20 @@ pub(crate) struct Raft<S> {
     rng: Rng,
     pub(crate) msgs: Vec<Message>,
     pub(crate) msgs_after_persist: Vec<Message>,
+    /// Reads the leader is confirming, oldest first. Bounded by `read_requests_max`.
+    reads: VecDeque<PendingRead>,
+    /// Reads that arrived before the leader committed an entry of its term (until then its
+    /// commit index may lag the cluster's). Bounded by `read_requests_max`.
+    reads_before_commit: Vec<(NodeId, u64)>,
+    /// The heartbeat context of the newest read; heartbeats carry it.
+    read_context: u64,
+    /// The highest read context each peer has answered in this term.
+    read_acked: BTreeMap<NodeId, u64>,
+    /// Reads this node forwarded to the leader of the current term, awaiting an answer. A
+    /// duplicated or stale answer matches nothing here and is dropped.
+    reads_forwarded: std::collections::BTreeSet<u64>,
+    /// Finished reads for the application.
+    pub(crate) read_states: Vec<ReadState>,
 }
 
 impl<S: Storage> Raft<S> {
@@ -81,6 +115,12 @@ impl<S: Storage> Raft<S> {
             cfg,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
+            reads: VecDeque::new(),
+            reads_before_commit: Vec::new(),
+            read_context: 0,
+            read_acked: BTreeMap::new(),
+            reads_forwarded: std::collections::BTreeSet::new(),
+            read_states: Vec::new(),
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -121,6 +161,7 @@ impl<S: Storage> Raft<S> {
     // ----- role transitions -------------------------------------------------------------
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.fail_reads();
         self.set_term(term);
         self.role = Role::Follower;
         self.leader = leader;
@@ -143,6 +184,7 @@ impl<S: Storage> Raft<S> {
 
     fn become_candidate(&mut self) {
         assert_ne!(self.role, Role::Leader, "a leader does not campaign");
+        self.fail_reads();
         let term = self.term.next();
         self.set_term(term);
         self.vote = Some(self.id);
@@ -462,6 +504,9 @@ impl<S: Storage> Raft<S> {
                 self.handle_heartbeat(m.from, req);
             }
             MessageBody::TimeoutNow if self.is_voter() => self.start_election(true),
+            MessageBody::ReadIndexResponse(r) => self.read_answered(r),
+            // Not the leader (any more): the requester must retry elsewhere.
+            MessageBody::ReadIndex(r) => self.answer_read(m.from, r.request_id, None),
             _ => {}
         }
     }
@@ -488,6 +533,8 @@ impl<S: Storage> Raft<S> {
                 self.votes.entry(m.from).or_insert(r.granted);
                 self.check_votes();
             }
+            MessageBody::ReadIndex(r) => self.answer_read(m.from, r.request_id, None),
+            MessageBody::ReadIndexResponse(r) => self.read_answered(r),
             MessageBody::VoteResponse(r) if self.role == Role::Candidate => {
                 self.votes.entry(m.from).or_insert(r.granted);
                 self.check_votes();
@@ -575,7 +622,12 @@ impl<S: Storage> Raft<S> {
         pr.recent_active = true;
         match m.body {
             MessageBody::AppendResponse(r) => self.handle_append_response(from, r),
-            MessageBody::HeartbeatResponse(_) => {
+            MessageBody::HeartbeatResponse(r) => {
+                if r.context > 0 {
+                    let acked = self.read_acked.entry(from).or_insert(0);
+                    *acked = (*acked).max(r.context);
+                    self.confirm_reads();
+                }
                 let inflight_max = self.cfg.inflight_msgs_max;
                 let pr = self.progress.get_mut(&from).expect("checked above");
                 pr.probe_sent = false;
@@ -588,6 +640,7 @@ impl<S: Storage> Raft<S> {
                     self.send_append(from, true);
                 }
             }
+            MessageBody::ReadIndex(r) => self.handle_read(from, r.request_id),
             _ => {}
         }
     }
@@ -716,7 +769,7 @@ impl<S: Storage> Raft<S> {
                 term: self.term,
                 body: MessageBody::Heartbeat(HeartbeatRequest {
                     leader_commit: commit.min(pr.match_index),
-                    context: 0,
+                    context: self.read_context,
                 }),
             })
             .collect();
@@ -738,6 +791,128 @@ impl<S: Storage> Raft<S> {
         });
         if index > self.log.committed && self.log.term(index) == Some(self.term) {
             self.log.commit_to(index);
+            for (from, request_id) in std::mem::take(&mut self.reads_before_commit) {
+                self.handle_read(from, request_id);
+            }
+        }
+    }
+
+    // ----- linearizable reads (§6.4 of the dissertation) ---------------------------------
+
+    /// Starts a read-index request: on the leader, confirm leadership with a heartbeat round;
+    /// elsewhere, ask the leader.
+    pub(crate) fn read_index(&mut self, request_id: u64) {
+        match (self.role, self.leader) {
+            (Role::Leader, _) => self.handle_read(self.id, request_id),
+            (_, Some(_)) if self.reads_forwarded.len() >= self.cfg.read_requests_max => {
+                self.read_states.push(ReadState {
+                    request_id,
+                    index: None,
+                });
+            }
+            (_, Some(leader)) => {
+                self.reads_forwarded.insert(request_id);
+                let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
+                self.msgs.push(Message {
+                    from: self.id,
+                    to: leader,
+                    term: self.term,
+                    body,
+                });
+            }
+            (_, None) => self.read_states.push(ReadState {
+                request_id,
+                index: None,
+            }),
+        }
+    }
+
+    fn handle_read(&mut self, from: NodeId, request_id: u64) {
+        debug_assert_eq!(self.role, Role::Leader);
+        let queued = self.reads.len() + self.reads_before_commit.len();
+        if queued >= self.cfg.read_requests_max {
+            self.answer_read(from, request_id, None);
+            return;
+        }
+        if self.log.term(self.log.committed) != Some(self.term) {
+            // Until an entry of our term commits, our commit index may be behind what an
+            // earlier leader committed.
+            self.reads_before_commit.push((from, request_id));
+            return;
+        }
+        self.read_context += 1;
+        self.reads.push_back(PendingRead {
+            from,
+            request_id,
+            index: self.log.committed,
+            context: self.read_context,
+        });
+        self.confirm_reads();
+        if !self.reads.is_empty() {
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Answers every read whose heartbeat context a quorum has acknowledged.
+    fn confirm_reads(&mut self) {
+        while let Some(front) = self.reads.front() {
+            let context = front.context;
+            let (id, acked) = (self.id, &self.read_acked);
+            let confirmed = quorum::is_quorum(&self.membership, |n| {
+                n == id || acked.get(&n).is_some_and(|&c| c >= context)
+            });
+            if !confirmed {
+                break;
+            }
+            let read = self.reads.pop_front().expect("front exists");
+            self.answer_read(read.from, read.request_id, Some(read.index));
+        }
+    }
+
+    fn answer_read(&mut self, from: NodeId, request_id: u64, index: Option<LogIndex>) {
+        if from == self.id {
+            self.read_states.push(ReadState { request_id, index });
+        } else {
+            let body = MessageBody::ReadIndexResponse(ReadIndexResponse {
+                request_id,
+                read_index: index,
+            });
+            self.msgs.push(Message {
+                from: self.id,
+                to: from,
+                term: self.term,
+                body,
+            });
+        }
+    }
+
+    /// Leadership is lost or a new term begins: no pending read can be confirmed any more.
+    fn fail_reads(&mut self) {
+        let pending: Vec<(NodeId, u64)> = self
+            .reads
+            .drain(..)
+            .map(|r| (r.from, r.request_id))
+            .chain(self.reads_before_commit.drain(..))
+            .collect();
+        for (from, request_id) in pending {
+            self.answer_read(from, request_id, None);
+        }
+        self.read_acked.clear();
+        for request_id in std::mem::take(&mut self.reads_forwarded) {
+            self.read_states.push(ReadState {
+                request_id,
+                index: None,
+            });
+        }
+    }
+
+    /// The leader answered a read this node forwarded.
+    fn read_answered(&mut self, r: ReadIndexResponse) {
+        if self.reads_forwarded.remove(&r.request_id) {
+            self.read_states.push(ReadState {
+                request_id: r.request_id,
+                index: r.read_index,
+            });
         }
     }
 

@@ -80,6 +80,8 @@ pub struct SimConfig {
     pub restart_only_for_quorum: bool,
     /// Per tick: probability that a client proposes a command.
     pub propose_rate: f64,
+    /// Per tick: probability that a client asks a random node for a linearizable read.
+    pub read_rate: f64,
     /// Print every event.
     pub verbose: bool,
     /// The configuration template of every node (`id` and `seed` are set per node).
@@ -90,7 +92,8 @@ impl SimConfig {
     /// The fault mix for `seed`. Seeds cycle through five profiles so that every range of
     /// seeds covers each: a mixed default, churn (frequent crashes and partitions, one entry
     /// per append), a lossy and slow network, frequent partitions with a window of one
-    /// message, and Figure 8 (leaders crash soon after they start replicating).
+    /// message (half of them without check-quorum), and Figure 8 (leaders crash soon after
+    /// they start replicating).
     pub fn new(seed: u64) -> SimConfig {
         let mut node = Config::new(NodeId(1));
         node.election_ticks = 10;
@@ -112,6 +115,7 @@ impl SimConfig {
             down_ticks_max: 40,
             restart_only_for_quorum: false,
             propose_rate: 0.6,
+            read_rate: 0.3,
             verbose: false,
             node,
         };
@@ -130,9 +134,12 @@ impl SimConfig {
                 cfg.disk_units_max = 40;
             }
             3 => {
+                // Without check-quorum an isolated leader keeps believing it leads: reads it
+                // serves must still never be stale.
                 cfg.partition_rate = 0.05;
                 cfg.node.append_entries_max = 2;
                 cfg.node.inflight_msgs_max = 1;
+                cfg.node.check_quorum = seed % 4 != 1;
             }
             _ => {
                 // Figure 8 of the paper: leaders crash soon after they start replicating, so
@@ -173,6 +180,10 @@ pub struct SimReport {
     pub delivered: u64,
     /// Messages lost to drops, partitions or crashed receivers.
     pub lost: u64,
+    /// Read-index requests answered with a read point.
+    pub reads_ok: u64,
+    /// Read-index requests refused (no leader, leadership lost).
+    pub reads_failed: u64,
 }
 
 /// A violated property, with where it happened.
@@ -385,6 +396,9 @@ pub struct Cluster<F: StoreFactory = MemFactory> {
     quiet: bool,
     checker: Checker,
     next_command: u64,
+    /// Read requests in flight: the node asked and the committed index when it was asked.
+    reads: HashMap<u64, (NodeId, LogIndex)>,
+    next_read: u64,
     report: SimReport,
     log: String,
 }
@@ -417,6 +431,8 @@ impl<F: StoreFactory> Cluster<F> {
             quiet: false,
             checker: Checker::default(),
             next_command: 0,
+            reads: HashMap::new(),
+            next_read: 0,
             report: SimReport {
                 seed: cfg.seed,
                 ..SimReport::default()
@@ -597,6 +613,20 @@ impl<F: StoreFactory> Cluster<F> {
         Ok(index)
     }
 
+    /// Asks `id` for a linearizable read point. When it answers, the simulator checks that the
+    /// point covers everything committed when the read was asked (linearizability of reads:
+    /// no stale read from a deposed leader).
+    pub fn read(&mut self, id: NodeId) -> Result<(), String> {
+        let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) else {
+            return Ok(());
+        };
+        self.next_read += 1;
+        raw.read_index(self.next_read);
+        self.reads
+            .insert(self.next_read, (id, self.checker.committed_index()));
+        self.drain(id)
+    }
+
     /// Makes `id` campaign now.
     pub fn campaign(&mut self, id: NodeId) -> Result<(), String> {
         if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
@@ -702,6 +732,30 @@ impl<F: StoreFactory> Cluster<F> {
                     })?
                 };
                 self.checker.entry_written(id, e, prev_term)?;
+            }
+            for rs in &ready.read_states {
+                let Some((asked, committed)) = self.reads.remove(&rs.request_id) else {
+                    return Err(format!(
+                        "{id} answered read {} that nobody asked it",
+                        rs.request_id
+                    ));
+                };
+                if asked != id {
+                    return Err(format!(
+                        "read {} asked of {asked} was answered by {id}",
+                        rs.request_id
+                    ));
+                }
+                match rs.index {
+                    Some(index) if index < committed => {
+                        return Err(format!(
+                            "linearizable read: {id} answered read {} with index {index}, but {committed} was committed when it was asked",
+                            rs.request_id
+                        ))
+                    }
+                    Some(_) => self.report.reads_ok += 1,
+                    None => self.report.reads_failed += 1,
+                }
             }
             if let Some(soft) = ready.soft_state {
                 self.trace(|| format!("{id} is now {:?} (leader {:?})", soft.role, soft.leader));
@@ -902,6 +956,11 @@ impl<F: StoreFactory> Cluster<F> {
                     ids[self.rng.below(ids.len() as u64) as usize]
                 });
                 self.propose(target)?;
+            }
+            if self.rng.chance(self.cfg.read_rate) {
+                let ids = self.ids();
+                let target = ids[self.rng.below(ids.len() as u64) as usize];
+                self.read(target)?;
             }
             self.run_ticks(1)?;
         }
