@@ -35,6 +35,7 @@
 //! after every step.
 
 mod config;
+pub mod driver;
 mod error;
 mod log;
 mod node;

@@ -1,0 +1,212 @@
+//! Transcript tests of the core, in the spirit of etcd raft's data-driven tests.
+//!
+//! Each file in `tests/testdata/` is a script: a command line, a `----` line, then the expected
+//! output up to the next blank line. Lines starting with `#` are comments. The commands drive
+//! the [`support::Harness`] (see its `run_command` for the list: `add-nodes`, `campaign`,
+//! `tick`, `propose`, `ready`, `persist`, `process-ready`, `deliver-msgs`, `drop-msgs`,
+//! `stabilize`, `partition`, `block`, `heal`, `crash`, `restart`, `status`, `log`,
+//! `progress`, `applied`, `msgs`), and the harness checks Raft's safety properties after every
+//! step.
+//!
+//! The runner compares each command's output with the expected one and fails on the first
+//! difference of each file. With `REWRITE=1` in the environment it rewrites the files with
+//! the actual output instead: expected output is generated on purpose and reviewed as a diff.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::Harness;
+
+/// One item of a transcript file.
+#[derive(Debug)]
+enum Item {
+    /// A comment or blank line outside a case, kept verbatim.
+    Text(String),
+    /// A command and its expected output.
+    Case {
+        line: usize,
+        command: String,
+        expected: Vec<String>,
+    },
+}
+
+fn parse(text: &str) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    let mut lines = text.lines().enumerate().peekable();
+    while let Some((n, line)) = lines.next() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            items.push(Item::Text(line.to_string()));
+            continue;
+        }
+        match lines.next() {
+            Some((_, "----")) => {}
+            _ => return Err(format!("line {}: `----` must follow a command", n + 1)),
+        }
+        let mut expected = Vec::new();
+        while let Some((_, out)) = lines.peek() {
+            if out.trim().is_empty() {
+                lines.next(); // the blank line ends the case
+                break;
+            }
+            expected.push(out.to_string());
+            lines.next();
+        }
+        items.push(Item::Case {
+            line: n + 1,
+            command: line.trim().to_string(),
+            expected,
+        });
+    }
+    Ok(items)
+}
+
+fn render(items: &[Item], outputs: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let mut outputs = outputs.iter();
+    for item in items {
+        match item {
+            Item::Text(t) => {
+                out.push_str(t);
+                out.push('\n');
+            }
+            Item::Case { command, .. } => {
+                out.push_str(command);
+                out.push_str("\n----\n");
+                for l in outputs.next().expect("one output per case") {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                out.push('\n');
+            }
+        }
+    }
+    format!("{}\n", out.trim_end())
+}
+
+/// Runs a transcript; returns the actual outputs, one per case, and the first mismatch.
+fn run(name: &str, text: &str) -> (Vec<Item>, Vec<Vec<String>>, Option<String>) {
+    let items = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut harness: Option<Harness> = None;
+    let mut outputs = Vec::new();
+    let mut mismatch = None;
+    for item in &items {
+        let Item::Case {
+            line,
+            command,
+            expected,
+        } = item
+        else {
+            continue;
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Harness::run_command(&mut harness, command)
+        }));
+        let actual = match result {
+            Ok(Ok(out)) => out,
+            Ok(Err(usage)) => panic!("{name}:{line}: `{command}`: {usage}"),
+            Err(_) => panic!("{name}:{line}: `{command}` panicked (see above)"),
+        };
+        let actual: Vec<String> = actual.lines().map(str::to_string).collect();
+        assert!(
+            actual.iter().all(|l| !l.trim().is_empty()),
+            "{name}:{line}: output must not contain blank lines"
+        );
+        if mismatch.is_none() && &actual != expected {
+            mismatch = Some(format!(
+                "{name}:{line}: `{command}` printed\n{}\nbut the transcript expects\n{}\n\
+                 (rerun with REWRITE=1 to accept the new output, then review the diff)",
+                indent(&actual),
+                indent(expected)
+            ));
+        }
+        outputs.push(actual);
+    }
+    (items, outputs, mismatch)
+}
+
+fn indent(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata")
+}
+
+fn check_file(file: &str) {
+    let path = testdata().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (items, outputs, mismatch) = run(file, &text);
+    if std::env::var_os("REWRITE").is_some() {
+        let new = render(&items, &outputs);
+        if new != text {
+            std::fs::write(&path, new).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        return;
+    }
+    if let Some(m) = mismatch {
+        panic!("{m}");
+    }
+}
+
+macro_rules! transcripts {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_file(concat!(stringify!($name), ".txt"));
+            }
+        )*
+
+        /// Every file in testdata runs: a new transcript must be listed here.
+        #[test]
+        fn every_transcript_is_listed() {
+            let listed = [$(concat!(stringify!($name), ".txt")),*];
+            for entry in std::fs::read_dir(testdata()).expect("testdata exists") {
+                let name = entry.expect("entry").file_name().to_string_lossy().to_string();
+                if name.ends_with(".txt") {
+                    assert!(listed.contains(&name.as_str()), "{name} is not listed in transcripts!");
+                }
+            }
+        }
+    };
+}
+
+transcripts!(
+    stale_term,
+    vote_persisted,
+    vote_up_to_date,
+    split_vote,
+    no_quorum,
+    prevote_rejoin,
+    check_quorum_step_down,
+    one_way_partition,
+    log_conflict,
+    figure8_overwrite,
+    figure8_commit,
+    reordered_duplicated,
+    flow_control,
+    flow_control_bytes,
+    leader_durable_commit,
+    single_node,
+    unsynced_writes_lost,
+    crash_restart,
+    crash_partitioned_leader,
+);
+
+#[test]
+fn the_runner_reports_a_wrong_expected_output() {
+    let good = "add-nodes 1\n----\nok\n\ncampaign 1\n----\nok\n\nstatus\n----\n\
+                1: Candidate term=1 vote=1 leader=none commit=0 last=0 persisted=0 applied=0\n";
+    let (items, outputs, mismatch) = run("good", good);
+    assert!(mismatch.is_none(), "{mismatch:?}");
+    assert_eq!(render(&items, &outputs), good, "rendering round-trips");
+    let bad = good.replace("Candidate", "Leader");
+    let (_, _, mismatch) = run("bad", &bad);
+    let m = mismatch.expect("a wrong expected line is reported");
+    assert!(m.contains("bad:9: `status`"), "{m}");
+}
