@@ -43,8 +43,11 @@ impl Transport for NetTransport {
     }
 }
 
+/// Every command a node applied, with its index.
+type Applied = Arc<Mutex<Vec<(LogIndex, Bytes)>>>;
+
 /// Appends each command to a shared list; responds with the list's length.
-struct Recorder(Arc<Mutex<Vec<(LogIndex, Bytes)>>>);
+struct Recorder(Applied);
 
 #[async_trait]
 impl StateMachine for Recorder {
@@ -62,7 +65,7 @@ struct Cluster {
     net: Network,
     ticks: Vec<mpsc::UnboundedSender<()>>,
     handles: Vec<NodeHandle<usize>>,
-    applied: Vec<Arc<Mutex<Vec<(LogIndex, Bytes)>>>>,
+    applied: Vec<Applied>,
 }
 
 impl Cluster {
