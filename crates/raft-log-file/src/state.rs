@@ -1,9 +1,14 @@
 //! The hard state and compaction point, stored crash-atomically in two checksummed slots.
 //!
-//! The file `state` holds two 4 KiB slots. Each write goes to the slot the older record is in,
-//! with a sequence number one higher than the newest, and is synced. On open the valid slot
-//! with the higher sequence number wins, so a write torn by a crash leaves the previous record
-//! in force.
+//! The file `state` holds two 4 KiB slots. Each write goes to the spare slot (the one that
+//! does not hold the last synced record), with a sequence number one higher than the newest.
+//! On open the valid slot with the higher sequence number wins, so a write torn by a crash
+//! leaves the last synced record in force.
+//!
+//! A change of the commit index alone is written without a sync: losing it only makes the
+//! node relearn its commit index from the leader. Term, vote, compaction point and membership
+//! changes are synced before the write returns, and the slot holding the last synced record
+//! is never overwritten.
 
 use raft_proto::{HardState, LogIndex, Membership, Term};
 use serde::{Deserialize, Serialize};
@@ -30,7 +35,13 @@ pub(crate) struct StateRecord {
 
 pub(crate) struct StateFile {
     handle: Handle,
+    /// The sequence number of the newest record written.
     seq: u64,
+    /// The slot (0 or 1) holding the last synced record.
+    synced_slot: u64,
+    /// The last synced record.
+    synced: StateRecord,
+    /// The newest record (synced or not).
     pub(crate) record: StateRecord,
 }
 
@@ -87,6 +98,8 @@ impl StateFile {
         let mut state = StateFile {
             handle,
             seq: 0,
+            synced_slot: 0,
+            synced: StateRecord::default(),
             record: StateRecord::default(),
         };
         state.write(io, record)?;
@@ -126,22 +139,39 @@ impl StateFile {
                 })
             }
         };
+        // What was read may be an unsynced write that survived a process crash in the page
+        // cache: sync it, so the slot it is in can be treated as the synced one.
+        io.sync(&handle)?;
         Ok(StateFile {
             handle,
             seq,
+            synced_slot: seq % 2,
+            synced: record.clone(),
             record,
         })
     }
 
-    /// Makes `record` the durable state.
+    /// Makes `record` the state: durable at return, unless only the commit index changed
+    /// since the last synced record.
     pub(crate) fn write(&mut self, io: &Io, record: StateRecord) -> Result<()> {
+        let same_but_commit = StateRecord {
+            hard_state: raft_proto::HardState {
+                commit: self.synced.hard_state.commit,
+                ..record.hard_state
+            },
+            ..record.clone()
+        } == self.synced;
         let seq = self.seq + 1;
         let slot = encode_slot(seq, &record)?;
-        let offset = (seq % 2) * SLOT_BYTES as u64;
-        io.write_at(&self.handle, offset, &slot)?;
-        io.sync(&self.handle)?;
+        let spare = 1 - self.synced_slot;
+        io.write_at(&self.handle, spare * SLOT_BYTES as u64, &slot)?;
         self.seq = seq;
-        self.record = record;
+        self.record = record.clone();
+        if !same_but_commit || seq == 1 {
+            io.sync(&self.handle)?;
+            self.synced_slot = spare;
+            self.synced = record;
+        }
         Ok(())
     }
 }

@@ -90,14 +90,14 @@ impl Index {
         if let Some(s) = self.segments.get_mut(&seg) {
             s.max_index = s.max_index.max(max);
         }
-        // Entries at or before the compaction point are gone whatever the batch says.
-        let skip = self.first.0.saturating_sub(first_index.0) as usize;
-        if skip >= entries.len() {
-            return Ok(());
-        }
-        let from = first_index.plus(skip as u64);
+        // The batch replaces the log from `first_index` on. Entries at or before the
+        // compaction point are gone whatever the batch says, but the truncation still holds.
+        let from = first_index.max(self.first);
         self.slots.truncate((from.0 - self.first.0) as usize);
-        self.slots.extend(entries[skip..].iter().map(|p| (seg, *p)));
+        let skip = (from.0 - first_index.0) as usize;
+        if skip < entries.len() {
+            self.slots.extend(entries[skip..].iter().map(|p| (seg, *p)));
+        }
         Ok(())
     }
 

@@ -356,11 +356,18 @@ fn a_failed_sync_is_fatal() {
     recorder.fail_syncs_after(0);
     let err = log.append(&entries(3, 4, 1)).unwrap_err();
     assert!(err.to_string().contains("injected sync failure"), "{err}");
-    assert_eq!(log.last_index(), LogIndex(2), "nothing unsynced is published");
+    assert_eq!(
+        log.last_index(),
+        LogIndex(2),
+        "nothing unsynced is published"
+    );
     // Even once syncs would work again, the store refuses writes: the kernel may have
     // dropped the dirty pages, so a retry could report lost data as durable.
     recorder.fail_syncs_after(usize::MAX);
-    assert!(matches!(log.append(&entries(3, 4, 1)), Err(Error::Failed(_))));
+    assert!(matches!(
+        log.append(&entries(3, 4, 1)),
+        Err(Error::Failed(_))
+    ));
     drop(log);
     let log = LogFile::open(dir.path(), Options::default()).unwrap();
     assert!(log.last_index() >= LogIndex(2));
