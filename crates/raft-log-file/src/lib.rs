@@ -55,6 +55,7 @@ mod error;
 mod format;
 mod io;
 mod mmap;
+mod persist;
 mod recovery;
 mod state;
 mod store;

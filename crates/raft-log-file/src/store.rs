@@ -142,7 +142,7 @@ struct Group {
     failed: Option<String>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     io: Io,
     options: Options,
     index: RwLock<Index>,
@@ -151,6 +151,9 @@ struct Inner {
     group: Mutex<Group>,
     group_cond: Condvar,
     recovery: RecoveryReport,
+    /// The background sync thread of the async [`LogStore`](raft_core::driver::LogStore)
+    /// interface, started on first use.
+    pub(crate) syncer: Mutex<Option<std::sync::mpsc::Sender<crate::persist::Job>>>,
     _lock: File,
 }
 
@@ -169,6 +172,14 @@ fn segment_name(id: u64) -> String {
 }
 
 impl LogFile {
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> LogFile {
+        LogFile { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// Opens (or creates) the log in `dir`, recovering from whatever a crash left.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<LogFile> {
         let dir = dir.as_ref();
@@ -233,6 +244,7 @@ impl LogFile {
                 }),
                 group_cond: Condvar::new(),
                 recovery: report,
+                syncer: Mutex::new(None),
                 options,
                 _lock: lock,
             }),

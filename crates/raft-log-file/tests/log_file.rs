@@ -372,3 +372,35 @@ fn a_failed_sync_is_fatal() {
     let log = LogFile::open(dir.path(), Options::default()).unwrap();
     assert!(log.last_index() >= LogIndex(2));
 }
+
+#[test]
+fn the_async_log_store_persists_in_call_order() {
+    use raft_core::driver::LogStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    let hs = |t| HardState {
+        term: Term(t),
+        vote: Some(NodeId(1)),
+        commit: LogIndex(0),
+    };
+    // Issue three writes before waiting on any: the third truncates the second.
+    let a = log.persist(entries(1, 3, 1), Some(hs(1)));
+    let b = log.persist(entries(4, 6, 1), None);
+    let c = log.persist(entries(5, 5, 2), Some(hs(2)));
+    futures::executor::block_on(async {
+        a.await.unwrap();
+        b.await.unwrap();
+        c.await.unwrap();
+    });
+    assert_eq!(log.last_index(), LogIndex(5));
+    assert_eq!(log.term(LogIndex(5)).unwrap(), Term(2));
+    assert_eq!(log.initial_state().hard_state, hs(2));
+    drop(log);
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    let mut expected = entries(1, 4, 1);
+    expected.extend(entries(5, 5, 2));
+    assert_eq!(
+        log.entries(LogIndex(1), LogIndex(6), usize::MAX).unwrap(),
+        expected
+    );
+}
