@@ -342,7 +342,7 @@ fn scenario_3_split_votes_resolve() {
 #[test]
 fn scenario_3_no_leader_without_a_quorum() {
     for seed in 0..10 {
-        let mut c = Cluster::new(quiet_sim(seed, 5, seed % 2 == 0));
+        let mut c = Cluster::new(quiet_sim(seed, 5, seed & 1 == 0));
         for id in [3, 4, 5] {
             c.crash(NodeId(id));
         }
@@ -626,7 +626,7 @@ fn scenario_8_figure_8_many_times_with_leader_crashes_and_reordering() {
     let mut committed = 0;
     for seed in 0..80 {
         let mut cfg = SimConfig::new(seed);
-        cfg.nodes = if seed % 4 == 0 { 3 } else { 5 };
+        cfg.nodes = if seed & 3 == 0 { 3 } else { 5 };
         cfg.fault_ticks = 300;
         cfg.node.append_entries_max = 1;
         cfg.leader_crash_rate = 0.2;
@@ -685,7 +685,7 @@ fn scenario_9_no_commit_without_a_majority() {
 /// The harness checks every safety property after each step. Afterwards, with faults
 /// stopped, every node must apply the same log. Returns how many entries committed.
 fn chaos(seed: u64, nodes: u64, steps: u32) -> u64 {
-    let mut cfg = config(seed % 3 != 0, seed % 2 == 0);
+    let mut cfg = config(!matches!(seed % 3, 0), seed & 1 == 0);
     cfg.election_ticks = 8;
     cfg.append_entries_max = 3;
     cfg.inflight_msgs_max = 3;
@@ -804,7 +804,7 @@ fn chaos(seed: u64, nodes: u64, steps: u32) -> u64 {
 fn scenarios_10_13_14_16_random_faults_keep_every_committed_entry() {
     let mut committed = 0;
     for seed in 0..200 {
-        committed += chaos(seed, if seed % 2 == 0 { 3 } else { 5 }, 4000);
+        committed += chaos(seed, if seed & 1 == 0 { 3 } else { 5 }, 4000);
     }
     assert!(
         committed > 200 * 50,
@@ -1020,10 +1020,7 @@ fn scenario_15_a_single_node_acknowledges_only_after_fsync() {
     let mut node = new_node(&store, &applied);
     let mut lost = Vec::new();
     for round in 0..200u64 {
-        let proposed = match node.propose(Bytes::from(round.to_string())) {
-            Ok(index) => Some(index),
-            Err(_) => None,
-        };
+        let proposed = node.propose(Bytes::from(round.to_string())).ok();
         if !node.has_ready() {
             continue;
         }

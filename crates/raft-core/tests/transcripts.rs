@@ -1,16 +1,18 @@
 //! Transcript tests of the core, in the spirit of etcd raft's data-driven tests.
 //!
 //! Each file in `tests/testdata/` is a script: a command line, a `----` line, then the expected
-//! output up to the next blank line. Lines starting with `#` are comments. The commands drive
-//! the [`support::Harness`] (see its `run_command` for the list: `add-nodes`, `campaign`,
-//! `tick`, `propose`, `ready`, `persist`, `process-ready`, `deliver-msgs`, `drop-msgs`,
-//! `stabilize`, `partition`, `block`, `heal`, `crash`, `restart`, `status`, `log`,
-//! `progress`, `applied`, `msgs`), and the harness checks Raft's safety properties after every
-//! step.
+//! output up to the next blank line. Lines starting with `#` are comments; each file starts
+//! with the scenario of `test-scenarios.md` it covers. The commands drive a
+//! [`support::Harness`] (see `Harness::run_command` for the list: `add-nodes`, `campaign`,
+//! `tick`, `run`, `propose`, `ready`, `persist`, `process-ready`, `deliver-msgs`,
+//! `drop-msgs`, `dup-msgs`, `hold-msgs`, `stabilize`, `partition`, `block`, `heal`, `crash`,
+//! `restart`, `status`, `log`, `progress`, `applied`, ...), which checks Raft's safety
+//! properties after every step.
 //!
 //! The runner compares each command's output with the expected one and fails on the first
 //! difference of each file. With `REWRITE=1` in the environment it rewrites the files with
-//! the actual output instead: expected output is generated on purpose and reviewed as a diff.
+//! the actual output instead, so expected output is generated on purpose and reviewed as a
+//! diff: `REWRITE=1 cargo test -p raft-core --test transcripts`, then read `git diff`.
 
 mod support;
 

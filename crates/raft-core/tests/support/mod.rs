@@ -872,7 +872,26 @@ impl Harness {
     // ----- the command language -------------------------------------------------------------
 
     /// Runs one transcript command and returns what it printed (`ok` when nothing).
-    /// Usage errors are `Err`.
+    /// Usage errors are `Err`. Node ids are plain numbers; `IDS` means any number of them,
+    /// every node when none is given.
+    ///
+    /// - `add-nodes N [pre-vote=B] [check-quorum=B] [election-ticks=N] [heartbeat-ticks=N]
+    ///   [inflight-max=N] [max-entries=N] [msg-bytes-max=N]`: voters 1..=N (once, first).
+    /// - `campaign ID`; `propose ID DATA [count=K] [size=BYTES]` (K proposals `DATA1..DATAK`).
+    /// - `tick IDS [count=N]`, `tick-heartbeat IDS`: tick the nodes together; print role or
+    ///   term changes. `tick-election IDS`: tick them together until one changes role or term.
+    /// - `run count=N`: N times, tick every node that is up and stabilize, quietly; print
+    ///   role and term changes.
+    /// - `ready ID`: take the Ready, send its `messages`, keep the rest pending.
+    ///   `persist ID [all]`: complete the oldest pending write (or all): store, acknowledge,
+    ///   apply, send the persisted messages. `process-ready IDS`: both, synchronously.
+    /// - `deliver-msgs`, `drop-msgs`, `dup-msgs`, `hold-msgs` with `[from=ID] [to=ID]
+    ///   [type=KIND] [count=N]` (and `order=reverse` to deliver newest first): act on the
+    ///   queued messages selected. `release-msgs` requeues the held ones; `msgs` lists the
+    ///   queue. `stabilize [IDS]`: process Readies and deliver until nothing changes.
+    /// - `partition IDS` (cut them off from the rest, both ways), `block FROM TO`, `heal`.
+    /// - `crash IDS` (lose the Raft state and every pending write), `restart IDS`.
+    /// - `status [IDS]`, `log [IDS]`, `progress ID`, `applied [IDS]`.
     pub fn run_command(h: &mut Option<Harness>, line: &str) -> Result<String, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let (&cmd, rest) = words.split_first().ok_or("empty command")?;
@@ -887,6 +906,16 @@ impl Harness {
             } else {
                 args.push(w);
             }
+        }
+        if cmd == "propose" {
+            // `propose ID DATA`: the data may look like a number.
+            ids.truncate(1);
+            args = rest
+                .iter()
+                .skip(1)
+                .filter(|w| !w.contains('='))
+                .copied()
+                .collect();
         }
         if cmd == "add-nodes" {
             if h.is_some() {
@@ -912,7 +941,7 @@ impl Harness {
             }
         };
         for &id in &ids {
-            if !h.nodes.contains_key(&NodeId(id)) && cmd != "propose" {
+            if !h.nodes.contains_key(&NodeId(id)) {
                 return Err(format!("no node {id}"));
             }
         }
