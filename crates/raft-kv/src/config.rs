@@ -1,0 +1,232 @@
+//! Command-line flags, in the style of etcd's, and the cluster they describe.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use raft_proto::NodeId;
+
+/// Whether this member starts a new cluster or joins an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `--initial-cluster`.
+    New,
+    /// Rejoin a cluster this member's data directory already belongs to.
+    Existing,
+}
+
+/// A replicated key-value server speaking a subset of etcd's v3 gRPC API.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "raft-kv", version)]
+pub struct Flags {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Directory for the raft log and state.
+    #[arg(long, default_value = "default.raft-kv")]
+    pub data_dir: PathBuf,
+    /// URL to listen on for peer traffic (http://host:port).
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// URL to listen on for client traffic (http://host:port).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URL to advertise to the other members (defaults to --listen-client-urls).
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// Peer URL to advertise (defaults to --listen-peer-urls).
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Every member of the initial cluster: name=peer-url,...
+    #[arg(long, default_value = "default=http://127.0.0.1:2380")]
+    pub initial_cluster: String,
+    /// `new` to bootstrap, `existing` to restart on a data directory that has joined.
+    #[arg(long, value_enum, default_value_t = ClusterState::New)]
+    pub initial_cluster_state: ClusterState,
+    /// A token that tells clusters apart (mixed into the cluster and member ids).
+    #[arg(long, default_value = "raft-kv-cluster")]
+    pub initial_cluster_token: String,
+    /// Time of a heartbeat (one raft tick) in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout in milliseconds (a multiple of the heartbeat interval).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// How long a client request may wait for commit before it fails with Unavailable, in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub request_timeout: u64,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    /// Its raft id, derived from name, peer URL and cluster token.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its peer URL.
+    pub peer_url: String,
+}
+
+/// Everything the flags say, checked.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The flags as given.
+    pub flags: Flags,
+    /// This member's id.
+    pub id: NodeId,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// The initial members, in --initial-cluster order.
+    pub members: Vec<InitialMember>,
+    /// Where peers are served.
+    pub peer_addr: SocketAddr,
+    /// Where clients are served.
+    pub client_addr: SocketAddr,
+    /// The client URL advertised.
+    pub client_url: String,
+    /// One raft tick.
+    pub tick: Duration,
+    /// Ticks in an election timeout.
+    pub election_ticks: u32,
+    /// The client request deadline.
+    pub request_timeout: Duration,
+}
+
+/// FNV-1a, 64 bits: a stable id from names and URLs (never 0).
+pub fn stable_id(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    h.max(1)
+}
+
+/// Parses `http://host:port` into a socket address.
+pub fn parse_url(flag: &str, url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{flag}: {url:?} must start with http:// (TLS is not supported)"))?;
+    let rest = rest.trim_end_matches('/');
+    rest.parse()
+        .map_err(|e| format!("{flag}: {url:?} is not http://ip:port ({e})"))
+}
+
+impl ServerConfig {
+    /// Checks the flags and derives ids and addresses.
+    pub fn from_flags(flags: Flags) -> Result<ServerConfig, String> {
+        if flags.listen_peer_urls.contains(',') || flags.listen_client_urls.contains(',') {
+            return Err("only one URL per --listen-*-urls flag is supported".to_string());
+        }
+        let peer_addr = parse_url("--listen-peer-urls", &flags.listen_peer_urls)?;
+        let client_addr = parse_url("--listen-client-urls", &flags.listen_client_urls)?;
+        let client_url = flags
+            .advertise_client_urls
+            .clone()
+            .unwrap_or_else(|| flags.listen_client_urls.clone());
+        parse_url("--advertise-client-urls", &client_url)?;
+        let mut members = Vec::new();
+        for part in flags.initial_cluster.split(',').filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--initial-cluster: {part:?} is not name=url"))?;
+            parse_url("--initial-cluster", url)?;
+            if members.iter().any(|m: &InitialMember| m.name == name) {
+                return Err(format!("--initial-cluster names {name:?} twice"));
+            }
+            members.push(InitialMember {
+                id: NodeId(stable_id(&[name, url, &flags.initial_cluster_token])),
+                name: name.to_string(),
+                peer_url: url.to_string(),
+            });
+        }
+        let me = members
+            .iter()
+            .find(|m| m.name == flags.name)
+            .ok_or_else(|| {
+                format!(
+                    "--name {:?} does not appear in --initial-cluster {:?}",
+                    flags.name, flags.initial_cluster
+                )
+            })?;
+        let advertised = flags
+            .initial_advertise_peer_urls
+            .clone()
+            .unwrap_or_else(|| flags.listen_peer_urls.clone());
+        if advertised != me.peer_url {
+            return Err(format!(
+                "--initial-cluster gives {} the peer URL {}, but it advertises {advertised}",
+                me.name, me.peer_url
+            ));
+        }
+        if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
+            return Err("--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".to_string());
+        }
+        let mut ids: Vec<String> = members.iter().map(|m| m.id.0.to_string()).collect();
+        ids.sort();
+        let mut parts: Vec<&str> = vec![&flags.initial_cluster_token];
+        parts.extend(ids.iter().map(String::as_str));
+        Ok(ServerConfig {
+            id: me.id,
+            cluster_id: stable_id(&parts),
+            peer_addr,
+            client_addr,
+            client_url,
+            tick: Duration::from_millis(flags.heartbeat_interval),
+            election_ticks: (flags.election_timeout / flags.heartbeat_interval) as u32,
+            request_timeout: Duration::from_millis(flags.request_timeout),
+            members,
+            flags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("raft-kv").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn a_three_member_cluster_parses() {
+        let f = flags(&[
+            "--name",
+            "n2",
+            "--listen-peer-urls",
+            "http://127.0.0.1:22380",
+            "--listen-client-urls",
+            "http://127.0.0.1:22379",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380",
+        ]);
+        let c = ServerConfig::from_flags(f).unwrap();
+        assert_eq!(c.members.len(), 3);
+        assert_eq!(c.id, c.members[1].id);
+        assert_eq!(c.election_ticks, 10);
+        assert_ne!(c.members[0].id, c.members[1].id);
+    }
+
+    #[test]
+    fn bad_flags_are_explained() {
+        let f = flags(&["--name", "x"]);
+        assert!(ServerConfig::from_flags(f)
+            .unwrap_err()
+            .contains("does not appear"));
+        let f = flags(&["--listen-client-urls", "https://127.0.0.1:1"]);
+        assert!(ServerConfig::from_flags(f).unwrap_err().contains("TLS"));
+        let f = flags(&["--initial-cluster", "default"]);
+        assert!(ServerConfig::from_flags(f)
+            .unwrap_err()
+            .contains("name=url"));
+        assert!(Flags::try_parse_from(["raft-kv", "--no-such-flag"]).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! raft-kv: a replicated key-value store on raft-core, serving a subset of etcd's v3 gRPC API
+//! so that etcdctl and etcd's client libraries work against it.
+//!
+//! - [`store`]: the state machine (keys, values, etcd's revisions; members' addresses).
+//! - [`server`]: the gRPC services (`KV.Range/Put/DeleteRange`, `Cluster.MemberList`,
+//!   `Maintenance.Status`) and the forwarding of writes from followers to the leader.
+//! - [`config`]: etcd-style flags.
+//! - [`run`]: wires raft-core's driver, raft-log-file and raft-transport-tcp together.
+//!
+//! Writes are proposed through raft on the leader (a follower forwards them); reads are
+//! linearizable: served after a ReadIndex round confirms the leader and the local state
+//! machine has applied the read point (`serializable` reads skip the round, as in etcd).
+
+pub mod config;
+pub mod server;
+pub mod store;
+
+mod run;
+
+pub use run::{run, Running};
+
+/// Code generated from `proto/` (etcd's API and raft-kv's internal forwarding service).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    /// etcd's `mvccpb` package.
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    /// etcd's `etcdserverpb` package.
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    /// raft-kv's internal service.
+    pub mod raftkv {
+        tonic::include_proto!("raftkv");
+    }
+}

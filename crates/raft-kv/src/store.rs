@@ -1,0 +1,288 @@
+//! The replicated state machine: keys and values with etcd's revision bookkeeping.
+//!
+//! The store keeps one cluster-wide `revision`, starting at 1 and raised by one for every
+//! put and for every delete that removes something; each key carries its `create_revision`,
+//! `mod_revision` and `version` (puts since creation), as in etcd. There is no history: a read
+//! at an older revision gets etcd's "compacted" error.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+/// A key's value and its revisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision of the put that created the key.
+    pub create_revision: i64,
+    /// The revision of the last put to the key.
+    pub mod_revision: i64,
+    /// Puts to the key since it was created.
+    pub version: i64,
+    /// The lease id given with the last put (leases are not enforced).
+    pub lease: i64,
+}
+
+/// What a member publishes about itself so that others can reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The member's raft id.
+    pub id: u64,
+    /// The member's name (`--name`).
+    pub name: String,
+    /// Where its peers reach it.
+    pub peer_urls: Vec<String>,
+    /// Where clients reach it.
+    pub client_urls: Vec<String>,
+}
+
+/// A command in the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set a key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+        /// Lease id to record.
+        lease: i64,
+        /// Keep the current value (etcd's `ignore_value`).
+        ignore_value: bool,
+        /// Keep the current lease (etcd's `ignore_lease`).
+        ignore_lease: bool,
+    },
+    /// Delete the keys of a range.
+    DeleteRange {
+        /// The range's first key.
+        key: Vec<u8>,
+        /// The range's end, as in etcd (empty: just `key`; `[0]`: everything from `key`).
+        range_end: Vec<u8>,
+    },
+    /// Record a member's addresses.
+    Publish(MemberInfo),
+}
+
+/// The result of applying a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A put: the store's revision after it and the previous value, if any.
+    Put {
+        /// The revision after the put.
+        revision: i64,
+        /// The key before the put.
+        prev: Option<KeyValue>,
+    },
+    /// A delete: the revision after it and the keys it removed.
+    Deleted {
+        /// The revision after the delete.
+        revision: i64,
+        /// The removed keys.
+        prev: Vec<KeyValue>,
+    },
+    /// A publish.
+    Published {
+        /// The store's revision (unchanged).
+        revision: i64,
+    },
+    /// A command that could not be decoded (never produced by raft-kv itself).
+    Rejected(String),
+}
+
+/// The state: every key, the revision and the members' addresses.
+#[derive(Debug)]
+pub struct Store {
+    revision: i64,
+    data: BTreeMap<Vec<u8>, KeyValue>,
+    members: BTreeMap<u64, MemberInfo>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            revision: 1,
+            data: BTreeMap::new(),
+            members: BTreeMap::new(),
+        }
+    }
+}
+
+/// The keys `[key, range_end)` in etcd's encoding of ranges.
+pub fn range_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    if range_end.is_empty() {
+        (Bound::Included(key), Bound::Included(key))
+    } else if range_end == [0] {
+        (Bound::Included(key), Bound::Unbounded)
+    } else {
+        (Bound::Included(key), Bound::Excluded(range_end))
+    }
+}
+
+impl Store {
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The published members.
+    pub fn members(&self) -> &BTreeMap<u64, MemberInfo> {
+        &self.members
+    }
+
+    /// The keys of a range, in key order. `range_end` is etcd's (see [`range_bounds`]);
+    /// an empty range (end before start) has no keys.
+    pub fn range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+    ) -> impl DoubleEndedIterator<Item = &'a KeyValue> + 'a {
+        let (lo, hi) = range_bounds(key, range_end);
+        let empty = matches!(hi, Bound::Excluded(end) if end <= key);
+        let bounds = if empty {
+            (Bound::Included(key), Bound::Excluded(key))
+        } else {
+            (lo, hi)
+        };
+        self.data.range::<[u8], _>(bounds).map(|(_, kv)| kv)
+    }
+
+    /// Applies a command.
+    pub fn apply(&mut self, command: Command) -> Outcome {
+        match command {
+            Command::Put {
+                key,
+                value,
+                lease,
+                ignore_value,
+                ignore_lease,
+            } => {
+                let prev = self.data.get(&key).cloned();
+                self.revision += 1;
+                let revision = self.revision;
+                let kv = self.data.entry(key.clone()).or_insert_with(|| KeyValue {
+                    key,
+                    create_revision: revision,
+                    ..KeyValue::default()
+                });
+                if !ignore_value {
+                    kv.value = value;
+                }
+                if !ignore_lease {
+                    kv.lease = lease;
+                }
+                kv.mod_revision = revision;
+                kv.version += 1;
+                Outcome::Put { revision, prev }
+            }
+            Command::DeleteRange { key, range_end } => {
+                let doomed: Vec<Vec<u8>> = self
+                    .range(&key, &range_end)
+                    .map(|kv| kv.key.clone())
+                    .collect();
+                let prev: Vec<KeyValue> =
+                    doomed.iter().filter_map(|k| self.data.remove(k)).collect();
+                if !prev.is_empty() {
+                    self.revision += 1;
+                }
+                Outcome::Deleted {
+                    revision: self.revision,
+                    prev,
+                }
+            }
+            Command::Publish(member) => {
+                self.members.insert(member.id, member);
+                Outcome::Published {
+                    revision: self.revision,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(s: &mut Store, k: &str, v: &str) -> Outcome {
+        s.apply(Command::Put {
+            key: k.into(),
+            value: v.into(),
+            lease: 0,
+            ignore_value: false,
+            ignore_lease: false,
+        })
+    }
+
+    #[test]
+    fn revisions_follow_etcd() {
+        let mut s = Store::default();
+        assert_eq!(s.revision(), 1);
+        assert_eq!(
+            put(&mut s, "a", "1"),
+            Outcome::Put {
+                revision: 2,
+                prev: None
+            }
+        );
+        let Outcome::Put {
+            revision: 3,
+            prev: Some(prev),
+        } = put(&mut s, "a", "2")
+        else {
+            panic!("second put")
+        };
+        assert_eq!(
+            (
+                prev.value.as_slice(),
+                prev.version,
+                prev.create_revision,
+                prev.mod_revision
+            ),
+            (&b"1"[..], 1, 2, 2)
+        );
+        put(&mut s, "b", "x");
+        let a = s.range(b"a", b"").next().unwrap();
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
+        // A delete of nothing does not raise the revision; a delete of two keys raises it once.
+        let Outcome::Deleted { revision: 4, prev } = s.apply(Command::DeleteRange {
+            key: "z".into(),
+            range_end: vec![],
+        }) else {
+            panic!("empty delete")
+        };
+        assert!(prev.is_empty());
+        let Outcome::Deleted { revision: 5, prev } = s.apply(Command::DeleteRange {
+            key: "a".into(),
+            range_end: vec![0],
+        }) else {
+            panic!("delete all")
+        };
+        assert_eq!(prev.len(), 2);
+        // A key created again starts a new version history.
+        put(&mut s, "a", "3");
+        let a = s.range(b"a", b"").next().unwrap();
+        assert_eq!((a.create_revision, a.version), (6, 1));
+    }
+
+    #[test]
+    fn ranges_follow_etcd() {
+        let mut s = Store::default();
+        for k in ["a", "ab", "abc", "b", "c"] {
+            put(&mut s, k, k);
+        }
+        let keys = |k: &[u8], e: &[u8]| {
+            s.range(k, e)
+                .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(b"ab", b""), ["ab"]);
+        assert_eq!(keys(b"a", b"b"), ["a", "ab", "abc"]);
+        assert_eq!(keys(b"b", &[0]), ["b", "c"]);
+        assert_eq!(keys(&[0], &[0]), ["a", "ab", "abc", "b", "c"]);
+        assert!(keys(b"c", b"a").is_empty());
+    }
+}
