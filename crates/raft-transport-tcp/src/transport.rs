@@ -55,8 +55,9 @@ struct Shared {
     config: TransportConfig,
     local_addr: SocketAddr,
     runtime: tokio::runtime::Handle,
-    /// Cloned by every connection's reader.
-    inbound: mpsc::Sender<Message>,
+    /// Cloned by every connection's reader; taken at shutdown so that the receiver ends once
+    /// the tasks are gone.
+    inbound: Mutex<Option<mpsc::Sender<Message>>>,
     counters: Counters,
     state: RwLock<State>,
 }
@@ -119,7 +120,7 @@ impl TcpTransport {
             config,
             local_addr,
             runtime,
-            inbound,
+            inbound: Mutex::new(Some(inbound)),
             counters: Counters::default(),
             state: RwLock::new(State {
                 closed: false,
@@ -195,7 +196,9 @@ impl TcpTransport {
 
     /// Stops the listener and every peer task and waits until they are gone, which closes
     /// every socket (the listening address can be bound again once this returns). Queued
-    /// messages are dropped; later sends are dropped as unroutable. Affects every clone.
+    /// messages are dropped; later sends are dropped as unroutable. The inbound receiver
+    /// ends (yields `None`) once it has handed out what was already received. Affects every
+    /// clone.
     pub async fn shutdown(&self) {
         let handles = self.shared.close();
         for handle in &handles {
@@ -290,6 +293,7 @@ impl Shared {
     fn close(&self) -> Vec<JoinHandle<()>> {
         let mut state = self.state.write();
         state.closed = true;
+        self.inbound.lock().take();
         let mut handles: Vec<_> = state.acceptor.take().into_iter().collect();
         for (_, entry) in std::mem::take(&mut state.peers) {
             let queued = std::mem::take(&mut *entry.peer.queue.lock()).len();
@@ -404,6 +408,8 @@ enum ConnEnd {
     },
     #[error("replaced by a newer connection from the peer")]
     Replaced,
+    #[error("the transport is shutting down")]
+    Closed,
 }
 
 /// Exponential backoff delays with jitter, from a small xorshift generator seeded per task.
@@ -436,8 +442,8 @@ impl Backoff {
         self.state ^= self.state << 17;
         let nanos = u64::try_from(self.current.as_nanos()).unwrap_or(u64::MAX);
         let half = nanos / 2;
-        let delay = Duration::from_nanos(half + self.state % (nanos - half + 1));
-        self.current = (self.current * 2).min(self.max);
+        let delay = Duration::from_nanos(half + self.state % (nanos - half).saturating_add(1));
+        self.current = self.current.saturating_mul(2).min(self.max);
         delay
     }
 }
@@ -674,7 +680,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         add(&shared.counters.messages_sent, count);
         buf.clear();
         // One huge message must not pin a huge buffer.
-        buf.shrink_to(batch_max);
+        if buf.capacity() > 4 * batch_max {
+            buf.shrink_to(batch_max);
+        }
     }
 }
 
@@ -707,7 +715,9 @@ fn fill_batch(shared: &Shared, peer: &Peer, buf: &mut Vec<u8>) -> u64 {
 /// while it is full, so that TCP pushes back on the peer).
 async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, peer: &Peer, reader: &mut R) -> ConnEnd {
     let frame_max = shared.config.frame_bytes_max;
-    let mut inbound = shared.inbound.clone();
+    let Some(mut inbound) = shared.inbound.lock().clone() else {
+        return ConnEnd::Closed;
+    };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         loop {

@@ -1,8 +1,8 @@
 //! The bytes on the socket: the handshake and the message frames (drawn in the
 //! [crate documentation](crate)).
 //!
-//! Public so that tools and tests can speak the protocol by hand; [`TcpTransport`]
-//! (crate::TcpTransport) is the only user inside the crate.
+//! Public so that tools and tests can speak the protocol by hand;
+//! [`TcpTransport`](crate::TcpTransport) is the only user inside the crate.
 
 use raft_proto::{DecodeError, Message, NodeId};
 
