@@ -72,10 +72,16 @@ pub(crate) fn recover(io: &Io, options: &Options, state: &StateRecord) -> Result
     };
     let mut tail = None;
     let count = ids.len();
+    // Segments prepared ahead of use may follow the one being appended to: the tail of the log
+    // is in the last segment that holds anything.
+    let mut has_data = Vec::with_capacity(count);
+    for (_, name) in &ids {
+        has_data.push(segment_has_data(io, name)?);
+    }
     let mut k = 0;
     while k < count {
         let (id, name) = &ids[k];
-        let is_last = k + 1 == count;
+        let is_last = !has_data[k + 1..].iter().any(|&d| d);
         let handle = io.open(name)?;
         let len = handle
             .file
@@ -87,15 +93,10 @@ pub(crate) fn recover(io: &Io, options: &Options, state: &StateRecord) -> Result
         let bytes = map.bytes();
         let header_ok = format::check_segment_header(bytes);
         if let Err(reason) = &header_ok {
-            if is_last
-                && bytes
-                    .iter()
-                    .take(ZERO_BLOCK_BYTES.min(bytes.len()))
-                    .skip(SEGMENT_HEADER_BYTES)
-                    .all(|&b| b == 0)
-            {
-                // A segment created by a crash-interrupted rotation: nothing was ever written
-                // to it. Remove it; appends start a fresh one.
+            // Nothing is written to a segment before its header is synced, so a last segment
+            // with a bad header and no valid batch in it is one whose creation (or zero fill)
+            // a crash interrupted: it never held data. Remove it; appends start a fresh one.
+            if is_last && !has_valid_batch_after(bytes, SEGMENT_HEADER_BYTES - 8) {
                 drop(handle);
                 io.remove(name)?;
                 io.sync_dir()?;
@@ -192,6 +193,20 @@ pub(crate) fn recover(io: &Io, options: &Options, state: &StateRecord) -> Result
         index,
         tail,
         report,
+    })
+}
+
+/// Whether a segment holds anything but its header and zeros.
+fn segment_has_data(io: &Io, name: &str) -> Result<bool> {
+    let handle = io.open(name)?;
+    let map = SegmentMap::new(&handle.file).map_err(|e| Error::io("map", &handle.path, e))?;
+    let bytes = map.bytes();
+    Ok(match format::check_segment_header(bytes) {
+        Ok(_) => !matches!(
+            format::parse_batch(bytes, SEGMENT_HEADER_BYTES),
+            Parsed::End
+        ),
+        Err(_) => has_valid_batch_after(bytes, SEGMENT_HEADER_BYTES - 8),
     })
 }
 

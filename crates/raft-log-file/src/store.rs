@@ -32,6 +32,10 @@ pub struct Options {
     pub repair: bool,
     /// The membership a new directory starts with. Ignored when the directory exists.
     pub membership: Membership,
+    /// Fill each new segment with zeros (and sync it) before use, in a background thread
+    /// that prepares the next segment ahead of time. Appends then overwrite allocated blocks
+    /// instead of allocating at every write, which makes each sync cheaper.
+    pub zero_fill_segments: bool,
     /// Record every file operation (for crash tests).
     pub recorder: Option<Recorder>,
 }
@@ -43,6 +47,7 @@ impl Default for Options {
             sync: true,
             repair: false,
             membership: Membership::default(),
+            zero_fill_segments: true,
             recorder: None,
         }
     }
@@ -154,7 +159,21 @@ pub(crate) struct Inner {
     /// The background sync thread of the async [`LogStore`](raft_core::driver::LogStore)
     /// interface, started on first use.
     pub(crate) syncer: Mutex<Option<std::sync::mpsc::Sender<crate::persist::Job>>>,
+    /// The next segment being prepared in the background, and its id.
+    preparing: Mutex<Option<(u64, std::thread::JoinHandle<Result<NewSegment>>)>>,
     _lock: File,
+}
+
+/// A created, synced and mapped segment file.
+pub(crate) type NewSegment = (Handle, Segment, u64);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Do not leave a thread creating files in a directory nobody holds the lock of.
+        if let Some((_, preparer)) = self.preparing.get_mut().take() {
+            let _ = preparer.join();
+        }
+    }
 }
 
 /// A durable Raft log in a directory: segment files of batch records, and a state file.
@@ -204,7 +223,7 @@ impl LogFile {
             Some(t) => (t.handle, t.id, t.len, t.offset),
             None => {
                 let id = index.segments.keys().next_back().map_or(1, |id| id + 1);
-                let (handle, seg, len) = create_segment(&io, id, options.segment_bytes_max)?;
+                let (handle, seg, len) = create_segment(&io, id, options.segment_bytes_max, false)?;
                 index.segments.insert(id, seg);
                 (handle, id, len, SEGMENT_HEADER_BYTES as u64)
             }
@@ -226,7 +245,7 @@ impl LogFile {
                 });
             }
         }
-        Ok(LogFile {
+        let log = LogFile {
             inner: Arc::new(Inner {
                 io,
                 index: RwLock::new(index),
@@ -245,10 +264,13 @@ impl LogFile {
                 group_cond: Condvar::new(),
                 recovery: report,
                 syncer: Mutex::new(None),
+                preparing: Mutex::new(None),
                 options,
                 _lock: lock,
             }),
-        })
+        };
+        log.prepare_next(segment_id + 1);
+        Ok(log)
     }
 
     /// What recovery found and did when this store was opened.
@@ -373,18 +395,61 @@ impl LogFile {
     /// Starts a new segment big enough for a record of `need` bytes.
     fn rotate(&self, w: &mut Writer, need: u64) -> Result<()> {
         let inner = &*self.inner;
-        let id = w.segment_id + 1;
-        let size = inner
-            .options
-            .segment_bytes_max
-            .max(SEGMENT_HEADER_BYTES as u64 + need);
-        let (handle, seg, len) = create_segment(&inner.io, id, size)?;
+        let mut id = w.segment_id + 1;
+        let fits = |len: u64| len >= SEGMENT_HEADER_BYTES as u64 + need;
+        let prepared = match inner.preparing.lock().take() {
+            Some((pid, preparer)) if pid == id => Some(
+                preparer
+                    .join()
+                    .map_err(|_| Error::Failed("the segment preparer panicked".into()))??,
+            ),
+            Some((_, preparer)) => {
+                let _ = preparer.join();
+                None
+            }
+            None => None,
+        };
+        let (handle, seg, len) = match prepared {
+            Some(p) if fits(p.2) => p,
+            other => {
+                if let Some((_, empty, _)) = other {
+                    // Too small for this batch: keep it as an empty segment, use the next id.
+                    inner.index.write().segments.insert(id, empty);
+                    id += 1;
+                }
+                let size = inner
+                    .options
+                    .segment_bytes_max
+                    .max(SEGMENT_HEADER_BYTES as u64 + need);
+                create_segment(&inner.io, id, size, false)?
+            }
+        };
         inner.index.write().segments.insert(id, seg);
         w.segment = handle;
         w.segment_id = id;
         w.segment_len = len;
         w.offset = SEGMENT_HEADER_BYTES as u64;
+        self.prepare_next(id + 1);
         Ok(())
+    }
+
+    /// Starts preparing segment `id` in the background (zero-filled and synced), so that the
+    /// next rotation only swaps files.
+    fn prepare_next(&self, id: u64) {
+        let inner = &*self.inner;
+        if !inner.options.zero_fill_segments {
+            return;
+        }
+        let io = inner.io.clone();
+        let size = inner.options.segment_bytes_max;
+        let preparer = std::thread::Builder::new()
+            .name("raft-log-prepare".into())
+            .spawn(move || create_segment(&io, id, size, true));
+        // Preparing ahead is an optimisation: without a thread, rotation creates the segment
+        // itself.
+        if let Ok(handle) = preparer {
+            *inner.preparing.lock() = Some((id, handle));
+        }
     }
 }
 
@@ -586,11 +651,24 @@ fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
-/// Creates, preallocates and syncs a segment file with its header, and maps it.
-pub(crate) fn create_segment(io: &Io, id: u64, size: u64) -> Result<(Handle, Segment, u64)> {
+/// Zeros are written in chunks of this size when a segment is filled before use.
+const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Creates, preallocates (sparse, or zero-filled when `zero_fill`) and syncs a segment file
+/// with its header, and maps it.
+pub(crate) fn create_segment(io: &Io, id: u64, size: u64, zero_fill: bool) -> Result<NewSegment> {
     let name = segment_name(id);
     let handle = io.create(&name)?;
     io.set_len(&handle, size)?;
+    if zero_fill {
+        let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES.min(size) as usize];
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(zeros.len() as u64) as usize;
+            io.write_at(&handle, at, &zeros[..n])?;
+            at += n as u64;
+        }
+    }
     io.write_at(&handle, 0, &format::segment_header(id))?;
     io.sync(&handle)?;
     io.sync_dir()?;
