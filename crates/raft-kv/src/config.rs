@@ -166,6 +166,15 @@ impl ServerConfig {
                 me.name, me.peer_url
             ));
         }
+        if !["error", "warn", "info", "debug", "trace"].contains(&flags.log_level.as_str()) {
+            return Err(format!(
+                "--log-level {:?}: use error, warn, info, debug or trace",
+                flags.log_level
+            ));
+        }
+        if flags.request_timeout == 0 {
+            return Err("--request-timeout must be above 0".to_string());
+        }
         if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
             return Err("--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".to_string());
         }

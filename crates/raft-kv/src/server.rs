@@ -22,6 +22,10 @@ use crate::store::{Command, KeyValue, Outcome, Store};
 /// The largest request accepted (etcd's default limit), in bytes of key plus value.
 pub const REQUEST_BYTES_MAX: usize = 3 * 512 * 1024;
 
+/// The largest answer a follower accepts from the leader when forwarding (a delete with
+/// `prev_kv` returns every removed pair).
+pub const FORWARD_RESPONSE_BYTES_MAX: usize = 256 << 20;
+
 /// How long to wait before retrying while no leader is known.
 const NO_LEADER_RETRY: Duration = Duration::from_millis(50);
 
@@ -100,13 +104,18 @@ impl Shared {
                     ..
                 } => {
                     if let Some(url) = self.leader_client_url(leader) {
-                        return self.forward(&url, encoded, deadline).await;
+                        match self.forward(&url, encoded.clone(), deadline).await {
+                            // The leader could not be reached at all, so the command was not
+                            // sent: wait for a new leader, as when none is known.
+                            Err(status) if is_connect_error(&status) => {}
+                            other => return other,
+                        }
                     }
                 }
                 NodeError::NotLeader { leader: None, .. } => {}
                 other => return Err(node_error_status(other)),
             }
-            // No leader (or its address) known yet: an election is under way.
+            // No leader (or its address, or a connection to it) yet: an election is under way.
             if Instant::now() + NO_LEADER_RETRY >= deadline {
                 return Err(Status::unavailable("etcdserver: no leader"));
             }
@@ -128,7 +137,8 @@ impl Shared {
                     let channel = Channel::from_shared(url.to_string())
                         .map_err(|e| Status::internal(format!("leader URL {url}: {e}")))?
                         .connect_lazy();
-                    let c = raftkv::internal_client::InternalClient::new(channel);
+                    let c = raftkv::internal_client::InternalClient::new(channel)
+                        .max_decoding_message_size(FORWARD_RESPONSE_BYTES_MAX);
                     clients.insert(url.to_string(), c.clone());
                     c
                 }
@@ -160,6 +170,12 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether a forwarding call failed before anything reached the leader (no connection).
+fn is_connect_error(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("connect") || status.message().contains("Connection refused"))
 }
 
 fn node_error_status(e: NodeError) -> Status {
@@ -271,15 +287,12 @@ impl pb::kv_server::Kv for KvService {
             lease: r.lease,
             ignore_value: r.ignore_value,
             ignore_lease: r.ignore_lease,
+            prev_kv: r.prev_kv,
         };
         match self.0.execute(command).await? {
             Outcome::Put { revision, prev } => Ok(Response::new(pb::PutResponse {
                 header: self.0.header(revision),
-                prev_kv: if r.prev_kv {
-                    prev.map(|kv| to_proto(&kv, false))
-                } else {
-                    None
-                },
+                prev_kv: prev.map(|kv| to_proto(&kv, false)),
             })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -296,16 +309,17 @@ impl pb::kv_server::Kv for KvService {
         let command = Command::DeleteRange {
             key: r.key,
             range_end: r.range_end,
+            prev_kv: r.prev_kv,
         };
         match self.0.execute(command).await? {
-            Outcome::Deleted { revision, prev } => Ok(Response::new(pb::DeleteRangeResponse {
+            Outcome::Deleted {
+                revision,
+                deleted,
+                prev,
+            } => Ok(Response::new(pb::DeleteRangeResponse {
                 header: self.0.header(revision),
-                deleted: prev.len() as i64,
-                prev_kvs: if r.prev_kv {
-                    prev.iter().map(|kv| to_proto(kv, false)).collect()
-                } else {
-                    Vec::new()
-                },
+                deleted,
+                prev_kvs: prev.iter().map(|kv| to_proto(kv, false)).collect(),
             })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }

@@ -55,6 +55,8 @@ pub enum Command {
         ignore_value: bool,
         /// Keep the current lease (etcd's `ignore_lease`).
         ignore_lease: bool,
+        /// Return the previous key-value pair.
+        prev_kv: bool,
     },
     /// Delete the keys of a range.
     DeleteRange {
@@ -62,6 +64,8 @@ pub enum Command {
         key: Vec<u8>,
         /// The range's end, as in etcd (empty: just `key`; `[0]`: everything from `key`).
         range_end: Vec<u8>,
+        /// Return the deleted key-value pairs (otherwise only their number).
+        prev_kv: bool,
     },
     /// Record a member's addresses.
     Publish(MemberInfo),
@@ -81,7 +85,9 @@ pub enum Outcome {
     Deleted {
         /// The revision after the delete.
         revision: i64,
-        /// The removed keys.
+        /// How many keys it removed.
+        deleted: i64,
+        /// The removed keys, when the command asked for them.
         prev: Vec<KeyValue>,
     },
     /// A publish.
@@ -159,8 +165,13 @@ impl Store {
                 lease,
                 ignore_value,
                 ignore_lease,
+                prev_kv,
             } => {
-                let prev = self.data.get(&key).cloned();
+                let prev = if prev_kv {
+                    self.data.get(&key).cloned()
+                } else {
+                    None
+                };
                 self.revision += 1;
                 let revision = self.revision;
                 let kv = self.data.entry(key.clone()).or_insert_with(|| KeyValue {
@@ -178,19 +189,24 @@ impl Store {
                 kv.version += 1;
                 Outcome::Put { revision, prev }
             }
-            Command::DeleteRange { key, range_end } => {
+            Command::DeleteRange {
+                key,
+                range_end,
+                prev_kv,
+            } => {
                 let doomed: Vec<Vec<u8>> = self
                     .range(&key, &range_end)
                     .map(|kv| kv.key.clone())
                     .collect();
-                let prev: Vec<KeyValue> =
+                let removed: Vec<KeyValue> =
                     doomed.iter().filter_map(|k| self.data.remove(k)).collect();
-                if !prev.is_empty() {
+                if !removed.is_empty() {
                     self.revision += 1;
                 }
                 Outcome::Deleted {
                     revision: self.revision,
-                    prev,
+                    deleted: removed.len() as i64,
+                    prev: if prev_kv { removed } else { Vec::new() },
                 }
             }
             Command::Publish(member) => {
@@ -214,6 +230,7 @@ mod tests {
             lease: 0,
             ignore_value: false,
             ignore_lease: false,
+            prev_kv: true,
         })
     }
 
@@ -248,17 +265,25 @@ mod tests {
         let a = s.range(b"a", b"").next().unwrap();
         assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
         // A delete of nothing does not raise the revision; a delete of two keys raises it once.
-        let Outcome::Deleted { revision: 4, prev } = s.apply(Command::DeleteRange {
+        let Outcome::Deleted {
+            revision: 4, prev, ..
+        } = s.apply(Command::DeleteRange {
             key: "z".into(),
             range_end: vec![],
-        }) else {
+            prev_kv: true,
+        })
+        else {
             panic!("empty delete")
         };
         assert!(prev.is_empty());
-        let Outcome::Deleted { revision: 5, prev } = s.apply(Command::DeleteRange {
+        let Outcome::Deleted {
+            revision: 5, prev, ..
+        } = s.apply(Command::DeleteRange {
             key: "a".into(),
             range_end: vec![0],
-        }) else {
+            prev_kv: true,
+        })
+        else {
             panic!("delete all")
         };
         assert_eq!(prev.len(), 2);

@@ -1,0 +1,654 @@
+//! The harness shared by raft-kv's integration tests: real `raft-kv` processes on free
+//! loopback ports, each member with its own temporary data directory, all killed with SIGKILL
+//! when the [`Cluster`] guard is dropped (also when a test panics or times out).
+//!
+//! Timings are short (`--heartbeat-interval 50 --election-timeout 500 --request-timeout 2000`)
+//! so that elections and failed requests take at most a few seconds. Each member's stderr goes
+//! to a log file per start (`<tmp>/n1.0.log`, `<tmp>/n1.1.log`, ...); if a test fails, the
+//! tail of every log is printed with the test's output.
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use raft_kv::proto::etcdserverpb::cluster_client::ClusterClient;
+use raft_kv::proto::etcdserverpb::kv_client::KvClient;
+use raft_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use raft_kv::proto::etcdserverpb::{
+    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// The server binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_raft-kv");
+/// `--heartbeat-interval`, in ms.
+pub const HEARTBEAT_MS: u64 = 50;
+/// `--election-timeout`, in ms.
+pub const ELECTION_MS: u64 = 500;
+/// `--request-timeout`: how long the server lets a request wait for commit.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(2000);
+/// The client's own bound on one RPC: well above the server's request timeout, so that a
+/// server that answers in time is never cut off, and a server that hangs is noticed.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long a member may take from spawn to "ready to serve client requests".
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a cluster may take to agree on a leader (many election timeouts).
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a test body with a time bound; when it expires the body is dropped (which kills its
+/// processes) and the test fails.
+pub async fn bounded<T>(limit: Duration, body: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("the test did not finish within {limit:?}"),
+    }
+}
+
+/// Ports already handed out by this process (never handed out twice).
+static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback port, below Linux's ephemeral range (32768 and up) so that no outgoing
+/// connection can take a port a killed member will be restarted on. The scan starts at an
+/// offset derived from the process id (so concurrent test binaries use different ports), hands
+/// out each port once per process (tests in one binary run in parallel), and checks that the
+/// port is free by binding it.
+pub fn free_port() -> u16 {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if !TAKEN.lock().unwrap().insert(port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
+}
+
+/// A gRPC channel to a client port; connects lazily (and reconnects after a restart).
+pub fn channel(port: u16) -> Channel {
+    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(RPC_TIMEOUT)
+        .connect_lazy()
+}
+
+/// Asserts that a result is a gRPC error with the given code, naming the request.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(what: &str, result: Result<T, Status>, code: Code) {
+    match result {
+        Ok(v) => panic!("{what}: expected {code:?}, got success {v:?}"),
+        Err(s) => assert_eq!(s.code(), code, "{what}: got {s:?}"),
+    }
+}
+
+/// Whether a member starts with `--initial-cluster-state new` or `existing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// `--initial-cluster-state new`.
+    New,
+    /// `--initial-cluster-state existing`.
+    Existing,
+}
+
+impl State {
+    fn flag(self) -> &'static str {
+        match self {
+            State::New => "new",
+            State::Existing => "existing",
+        }
+    }
+}
+
+/// One member: its ports, data directory and (while it runs) its process.
+pub struct Member {
+    /// `--name`.
+    pub name: String,
+    /// The port of `--listen-peer-urls`.
+    pub peer_port: u16,
+    /// The port of `--listen-client-urls`.
+    pub client_port: u16,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    logs: Vec<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// `http://127.0.0.1:<client port>`.
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Whether the process runs (was started and not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("a running member").id();
+        let status = Command::new("kill")
+            .args(["-s", name, &pid.to_string()])
+            .status()
+            .expect("running kill(1)");
+        assert!(status.success(), "kill -s {name} {pid}: {status}");
+    }
+
+    /// SIGKILL (no shutdown path runs) and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of `raft-kv` processes. Dropping it kills every member.
+pub struct Cluster {
+    /// The members, `n1`, `n2`, ... in `--initial-cluster` order.
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    // Dropped after `members`, so the processes are dead before their directories go.
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Ports and directories for `n` members; nothing runs yet.
+    pub fn new(n: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("raft-kv-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let members: Vec<Member> = (1..=n)
+            .map(|i| Member {
+                name: format!("n{i}"),
+                peer_port: free_port(),
+                client_port: free_port(),
+                data_dir: dir.path().join(format!("n{i}")),
+                logs: Vec::new(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            members,
+            initial_cluster,
+            dir,
+        }
+    }
+
+    /// Starts `n` new members and waits until they have elected a leader.
+    pub async fn start(n: usize) -> Cluster {
+        let mut cluster = Cluster::new(n);
+        let all: Vec<usize> = (0..n).collect();
+        cluster.start_members(&all, State::New).await;
+        cluster.wait_leader(&all).await;
+        cluster
+    }
+
+    /// The temporary directory holding data directories and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The command-line flags of member `i`.
+    pub fn args(&self, i: usize, state: State) -> Vec<String> {
+        let m = &self.members[i];
+        [
+            "--name",
+            &m.name,
+            "--data-dir",
+            m.data_dir.to_str().expect("a UTF-8 temporary path"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", m.peer_port),
+            "--listen-client-urls",
+            &m.client_url(),
+            "--initial-cluster",
+            &self.initial_cluster,
+            "--initial-cluster-state",
+            state.flag(),
+            "--heartbeat-interval",
+            &HEARTBEAT_MS.to_string(),
+            "--election-timeout",
+            &ELECTION_MS.to_string(),
+            "--request-timeout",
+            &REQUEST_TIMEOUT.as_millis().to_string(),
+            "--log-level",
+            "info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Spawns member `i` (which must not be running) without waiting for it.
+    pub fn spawn(&mut self, i: usize, state: State) {
+        assert!(
+            !self.members[i].is_running(),
+            "{} already runs",
+            self.members[i].name
+        );
+        let args = self.args(i, state);
+        let m = &mut self.members[i];
+        let log = self
+            .dir
+            .path()
+            .join(format!("{}.{}.log", m.name, m.logs.len()));
+        let stderr = std::fs::File::create(&log).expect("a log file");
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning raft-kv");
+        m.logs.push(log);
+        m.child = Some(child);
+    }
+
+    /// Waits until member `i` logs "ready to serve client requests" in its current run.
+    pub async fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let m = &mut self.members[i];
+            let log = m.logs.last().expect("spawned").clone();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("ready to serve client requests") {
+                return;
+            }
+            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{} exited ({status}) before it was ready:\n{text}", m.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within {START_TIMEOUT:?}:\n{text}",
+                m.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the given members together and waits until each serves clients.
+    pub async fn start_members(&mut self, which: &[usize], state: State) {
+        for &i in which {
+            self.spawn(i, state);
+        }
+        for &i in which {
+            self.wait_ready(i).await;
+        }
+    }
+
+    /// (Re)starts member `i` on its data directory and waits until it serves clients.
+    pub async fn restart(&mut self, i: usize, state: State) {
+        self.start_members(&[i], state).await;
+    }
+
+    /// Pauses member `i` (SIGSTOP): to its peers and clients it looks cut off.
+    pub fn pause(&self, i: usize) {
+        self.members[i].signal("STOP");
+    }
+
+    /// Resumes member `i` (SIGCONT) after [`Cluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.members[i].signal("CONT");
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// The indexes of the running members.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    /// A KV client to member `i`.
+    pub fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::new(channel(self.members[i].client_port))
+    }
+
+    /// A Maintenance client to member `i`.
+    pub fn maintenance(&self, i: usize) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(channel(self.members[i].client_port))
+    }
+
+    /// A Cluster client to member `i`.
+    pub fn cluster(&self, i: usize) -> ClusterClient<Channel> {
+        ClusterClient::new(channel(self.members[i].client_port))
+    }
+
+    /// `Put key=value` through member `i`.
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> Result<PutResponse, Status> {
+        self.kv(i)
+            .put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..PutRequest::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `Put key=value` through member `i`, retried while the cluster answers Unavailable (an
+    /// election is under way) for up to `LEADER_TIMEOUT`.
+    pub async fn put_retrying(&self, i: usize, key: &str, value: &str) -> PutResponse {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            match self.put(i, key, value).await {
+                Ok(r) => return r,
+                Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => panic!("put {key} through {}: {s:?}", self.members[i].name),
+            }
+        }
+    }
+
+    /// A linearizable `Range` of one key (`range_end` empty) or of a range on member `i`.
+    pub async fn range(
+        &self,
+        i: usize,
+        key: &str,
+        range_end: &[u8],
+    ) -> Result<RangeResponse, Status> {
+        self.kv(i)
+            .range(RangeRequest {
+                key: key.into(),
+                range_end: range_end.to_vec(),
+                ..RangeRequest::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A linearizable `Range` of every key starting with `prefix` on member `i`.
+    pub async fn range_prefix(&self, i: usize, prefix: &str) -> Result<RangeResponse, Status> {
+        self.range(i, prefix, &prefix_end(prefix.as_bytes())).await
+    }
+
+    /// `Maintenance.Status` of member `i`.
+    pub async fn status(&self, i: usize) -> Result<StatusResponse, Status> {
+        self.maintenance(i)
+            .status(StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Waits until every member in `among` names the same leader, and that leader is one of
+    /// them and says so itself (`Status.leader == header.member_id`). Returns its index.
+    pub async fn wait_leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        let mut last = String::new();
+        loop {
+            let mut statuses = Vec::new();
+            for &i in among {
+                match self.status(i).await {
+                    Ok(s) => statuses.push((i, s)),
+                    Err(e) => last = format!("{}: {e:?}", self.members[i].name),
+                }
+            }
+            if statuses.len() == among.len() {
+                let leader = statuses[0].1.leader;
+                let agreed = leader != 0 && statuses.iter().all(|(_, s)| s.leader == leader);
+                let me = statuses
+                    .iter()
+                    .find(|(_, s)| s.header.as_ref().map(|h| h.member_id) == Some(leader));
+                if let (true, Some((i, _))) = (agreed, me) {
+                    return *i;
+                }
+                last = format!(
+                    "leaders seen: {:?}",
+                    statuses.iter().map(|(_, s)| s.leader).collect::<Vec<_>>()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} within {LEADER_TIMEOUT:?} ({last})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until member `i`'s `raft_applied_index` reaches that of every other running
+    /// member (and all of them have applied what they committed).
+    pub async fn wait_caught_up(&self, i: usize) {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            let mut applied = Vec::new();
+            for j in self.running() {
+                if let Ok(s) = self.status(j).await {
+                    applied.push((j, s.raft_applied_index, s.raft_index));
+                }
+            }
+            let mine = applied.iter().find(|a| a.0 == i).map(|a| a.1);
+            if let Some(mine) = mine {
+                if applied.len() == self.running().len()
+                    && applied.iter().all(|&(_, a, c)| a <= mine && a == c)
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not catch up within {LEADER_TIMEOUT:?}: (member, applied, commit) {applied:?}",
+                self.members[i].name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for m in &self.members {
+            for log in &m.logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("---- {} (last {} lines)", log.display(), tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// etcd's `range_end` for "every key with this prefix": the prefix with its last byte below
+/// 0xff raised by one.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// What a finished process left: exit status, stdout, stderr.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a command to completion within `limit` (SIGKILL and panic past it), with `input` as
+/// its stdin and its output captured through files (so a chatty process cannot block on a
+/// full pipe).
+pub fn run_bounded(command: &mut Command, input: &str, limit: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let stdin = dir.path().join("stdin");
+    let out = dir.path().join("stdout");
+    let err = dir.path().join("stderr");
+    std::fs::write(&stdin, input).expect("a file");
+    let mut child = command
+        .stdin(std::fs::File::open(&stdin).expect("a file"))
+        .stdout(std::fs::File::create(&out).expect("a file"))
+        .stderr(std::fs::File::create(&err).expect("a file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} did not finish within {limit:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        status,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
+/// A write the cluster acknowledged.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    /// The key (each written once).
+    pub key: String,
+    /// The value written.
+    pub value: String,
+    /// The revision of the put (the key's `mod_revision` from then on).
+    pub revision: i64,
+    /// When the acknowledgement arrived.
+    pub at: Instant,
+}
+
+/// A client task that writes `<prefix><n>` for n = 0, 1, ... one after another through one
+/// member until `stop` is set, pausing briefly after each failure, and returns what was
+/// acknowledged.
+pub fn spawn_writer(
+    mut client: KvClient<Channel>,
+    prefix: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Ack>> {
+    tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("{prefix}{n:05}");
+            let value = format!("value of {key}");
+            n += 1;
+            let put = client.put(PutRequest {
+                key: key.clone().into(),
+                value: value.clone().into(),
+                ..PutRequest::default()
+            });
+            match put.await {
+                Ok(r) => acks.push(Ack {
+                    key,
+                    value,
+                    revision: r.into_inner().header.expect("a header").revision,
+                    at: Instant::now(),
+                }),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        acks
+    })
+}
+
+/// A key's bookkeeping as `Range` returns it: (value, create_revision, mod_revision, version).
+pub type KvState = (String, i64, i64, i64);
+
+/// The keys of a `Range` answer, by key.
+pub fn kv_map(r: &RangeResponse) -> std::collections::BTreeMap<String, KvState> {
+    r.kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                (
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    kv.create_revision,
+                    kv.mod_revision,
+                    kv.version,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that every acknowledged write is in `kvs` with its value, and with the revision of
+/// its acknowledgement as `mod_revision`. (`create_revision` and `version` are not checked: a
+/// put retried after an Unavailable answer may have been applied twice, which is allowed.)
+#[track_caller]
+pub fn assert_acked_present(
+    who: &str,
+    kvs: &std::collections::BTreeMap<String, KvState>,
+    acks: &[Ack],
+) {
+    for a in acks {
+        match kvs.get(&a.key) {
+            None => panic!(
+                "{who}: acknowledged write {} (revision {}) is lost",
+                a.key, a.revision
+            ),
+            Some((value, create, modified, version)) => {
+                assert_eq!(
+                    (value.as_str(), *modified),
+                    (a.value.as_str(), a.revision),
+                    "{who}: acknowledged write {} changed",
+                    a.key
+                );
+                assert!(
+                    *create <= *modified && *version >= 1,
+                    "{who}: {}: create_revision {create}, mod_revision {modified}, version {version}",
+                    a.key
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! etcd's own command-line client (`etcdctl`, API v3) against a three-member `raft-kv`
+//! cluster, with all three members as endpoints: put, get, get --prefix, del, endpoint
+//! status, member list, and txn (which raft-kv does not serve).
+//!
+//! etcdctl comes from Debian's `etcd-client` package. Without it the test prints a notice and
+//! passes, except under CI (the `CI` environment variable is set), where it fails and says
+//! what to install.
+//!
+//! The harness is in `common/mod.rs`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{bounded, run_bounded, Cluster, Finished};
+
+/// Whether `etcdctl` runs here; fails under CI if it does not.
+fn etcdctl_installed() -> bool {
+    match Command::new("etcdctl").arg("version").output() {
+        Ok(out) if out.status.success() => true,
+        result => {
+            let why = match result {
+                Ok(out) => format!("`etcdctl version` failed: {}", out.status),
+                Err(e) => format!("etcdctl cannot be run: {e}"),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{why}; CI must have it: install the etcd-client package (apt-get install etcd-client)"
+            );
+            eprintln!("notice: {why}; skipping the etcdctl test (install the etcd-client package to run it)");
+            false
+        }
+    }
+}
+
+/// Runs `etcdctl` (API v3) against `endpoints` off the async threads, bounded in time.
+async fn etcdctl(endpoints: &str, args: &[&str]) -> Finished {
+    etcdctl_with_input(endpoints, args, "").await
+}
+
+/// [`etcdctl`] with `input` on its stdin.
+async fn etcdctl_with_input(endpoints: &str, args: &[&str], input: &str) -> Finished {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(args);
+    let input = input.to_string();
+    tokio::task::spawn_blocking(move || run_bounded(&mut command, &input, Duration::from_secs(15)))
+        .await
+        .expect("etcdctl runner")
+}
+
+/// Runs `etcdctl` and returns its stdout, failing unless it succeeds.
+async fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let done = etcdctl(endpoints, args).await;
+    assert!(
+        done.status.success(),
+        "etcdctl {args:?} failed ({}):\n{}",
+        done.status,
+        done.stderr
+    );
+    done.stdout
+}
+
+/// The cells of `-w table` output: the header row, then one row per data line.
+fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut rows = text.lines().filter(|l| l.starts_with('|')).map(|l| {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect::<Vec<_>>()
+    });
+    let header = rows.next().expect("a header row");
+    (header, rows.collect())
+}
+
+/// Test 5: etcdctl's everyday commands against a three-member cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_works_against_a_three_member_cluster() {
+    if !etcdctl_installed() {
+        return;
+    }
+    bounded(Duration::from_secs(45), async {
+        let cluster = Cluster::start(3).await;
+        let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+        let e = endpoints.join(",");
+
+        assert_eq!(etcdctl_ok(&e, &["put", "foo", "bar"]).await, "OK\n");
+        assert_eq!(etcdctl_ok(&e, &["put", "foo2", "baz"]).await, "OK\n");
+        assert_eq!(
+            etcdctl_ok(&e, &["put", "fop", "not in the prefix"]).await,
+            "OK\n"
+        );
+        assert_eq!(etcdctl_ok(&e, &["get", "foo"]).await, "foo\nbar\n");
+        assert_eq!(
+            etcdctl_ok(&e, &["get", "--prefix", "foo"]).await,
+            "foo\nbar\nfoo2\nbaz\n"
+        );
+        assert_eq!(
+            etcdctl_ok(&e, &["get", "--prefix", "--keys-only", "fo"]).await,
+            "foo\n\nfoo2\n\nfop\n\n"
+        );
+        // Each member serves the reads itself.
+        for endpoint in &endpoints {
+            assert_eq!(etcdctl_ok(endpoint, &["get", "foo2"]).await, "foo2\nbaz\n");
+        }
+        assert_eq!(etcdctl_ok(&e, &["del", "foo"]).await, "1\n");
+        assert_eq!(etcdctl_ok(&e, &["del", "foo"]).await, "0\n");
+        assert_eq!(etcdctl_ok(&e, &["get", "foo"]).await, "");
+
+        let status = etcdctl_ok(&e, &["endpoint", "status", "-w", "table"]).await;
+        let (header, rows) = table(&status);
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .unwrap_or_else(|| panic!("no {name} column in\n{status}"))
+        };
+        let (endpoint, leader) = (column("ENDPOINT"), column("IS LEADER"));
+        let mut listed: Vec<&str> = rows.iter().map(|r| r[endpoint].as_str()).collect();
+        listed.sort_unstable();
+        let mut expected: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "endpoint status:\n{status}");
+        let leaders = rows.iter().filter(|r| r[leader] == "true").count();
+        assert_eq!(leaders, 1, "endpoint status:\n{status}");
+        assert!(
+            rows.iter()
+                .all(|r| r[leader] == "true" || r[leader] == "false"),
+            "{status}"
+        );
+
+        let members = etcdctl_ok(&e, &["member", "list"]).await;
+        let mut lines: Vec<Vec<&str>> = members.lines().map(|l| l.split(", ").collect()).collect();
+        lines.sort_by_key(|l| l.get(2).copied());
+        assert_eq!(lines.len(), 3, "member list:\n{members}");
+        for (line, m) in lines.iter().zip(&cluster.members) {
+            // ID, status, name, peer URLs, client URLs, is learner
+            assert_eq!(line.len(), 6, "member list:\n{members}");
+            assert_eq!(line[1], "started");
+            assert_eq!(line[2], m.name);
+            assert_eq!(line[3], format!("http://127.0.0.1:{}", m.peer_port));
+            assert_eq!(line[4], m.client_url());
+            assert_eq!(line[5], "false");
+        }
+
+        // Transactions are not served: etcdctl fails and reports Unimplemented. (Its stdin
+        // holds the three empty sections: compares, success requests, failure requests.)
+        let txn = etcdctl_with_input(&e, &["txn"], "\n\n\n").await;
+        assert!(!txn.status.success(), "txn succeeded:\n{}", txn.stdout);
+        assert!(txn.stderr.contains("Unimplemented"), "txn:\n{}", txn.stderr);
+    })
+    .await;
+}
