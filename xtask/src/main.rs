@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's automation. Run `cargo xtask --help`.
 
 mod bench_core;
+mod bench_kv;
 mod bench_log;
+mod cluster;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the deterministic cluster simulator over many seeds, or replay one.
     Sim(sim::SimArgs),
+    /// Start a local raft-kv cluster on loopback (for etcdctl) and run it until Ctrl-C.
+    Cluster(cluster::ClusterArgs),
     /// Run a benchmark and print a table with percentiles.
     Bench {
         #[command(subcommand)]
@@ -33,15 +37,19 @@ enum Bench {
     Core(bench_core::CoreArgs),
     /// raft-log-file appends, reads and open time, beside a plain write + fdatasync loop.
     Log(bench_log::LogArgs),
+    /// A 3-member raft-kv cluster over gRPC under etcd's `benchmark put` load, beside etcd.
+    Kv(bench_kv::KvArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Sim(args) => sim::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Bench { which } => match which {
             Bench::Core(args) => bench_core::run(args),
             Bench::Log(args) => bench_log::run(args),
+            Bench::Kv(args) => bench_kv::run(args),
         },
     };
     if !ok {

@@ -145,7 +145,14 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await
         .map_err(|e| format!("cannot listen for clients on {}: {e}", config.client_addr))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Client sockets get TCP_NODELAY: without it a small response can wait ~40 ms for
+    // Nagle's algorithm (tonic does not set it on an incoming stream we hand it).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
     let router = tonic::transport::Server::builder()
         .add_service(kv_server::KvServer::new(KvService(Arc::clone(&shared))))
         .add_service(maintenance_server::MaintenanceServer::new(

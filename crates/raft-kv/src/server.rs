@@ -350,8 +350,8 @@ fn sort(
 /// `etcdserverpb.Maintenance`.
 pub struct MaintenanceService(pub Arc<Shared>);
 
-/// Bytes the directory's files occupy on disk (segments are preallocated sparse files, so
-/// their length overstates it).
+/// Bytes the directory's files occupy on disk (the log's segments are preallocated and
+/// zero-filled ahead of use, so a fresh member already occupies one segment).
 fn dir_bytes(dir: &std::path::Path) -> i64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision of the put that created the key.
     pub create_revision: i64,
@@ -46,8 +48,10 @@ pub enum Command {
     /// Set a key.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Lease id to record.
         lease: i64,
@@ -61,8 +65,10 @@ pub enum Command {
     /// Delete the keys of a range.
     DeleteRange {
         /// The range's first key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The range's end, as in etcd (empty: just `key`; `[0]`: everything from `key`).
+        #[serde(with = "serde_bytes")]
         range_end: Vec<u8>,
         /// Return the deleted key-value pairs (otherwise only their number).
         prev_kv: bool,

@@ -250,6 +250,10 @@ pub struct Checker {
     written: HashMap<(LogIndex, Term), (Term, EntryPayload)>,
     /// The committed log: the term of each committed index (index 1 at position 0).
     committed: Vec<Term>,
+    /// For each committed index, a term at or after the one in which it was committed: the
+    /// term of the node that first reported it, lowered to keep the list non-decreasing
+    /// (an index is committed no later than any index after it).
+    commit_terms: Vec<Term>,
 }
 
 impl Checker {
@@ -306,14 +310,23 @@ impl Checker {
     fn commit_seen(
         &mut self,
         node: NodeId,
+        node_term: Term,
         commit: LogIndex,
         term_at: impl Fn(LogIndex) -> Option<Term>,
     ) -> Result<(), String> {
         let known = self.committed_index();
+        if commit > known {
+            let mut k = self.commit_terms.len();
+            while k > 0 && self.commit_terms[k - 1] > node_term {
+                self.commit_terms[k - 1] = node_term;
+                k -= 1;
+            }
+        }
         for i in known.0 + 1..=commit.0 {
             let t = term_at(LogIndex(i))
                 .ok_or_else(|| format!("{node} committed {i} but has no entry there"))?;
             self.committed.push(t);
+            self.commit_terms.push(node_term);
         }
         let check = commit.min(known);
         if check > LogIndex(0) {
@@ -331,14 +344,17 @@ impl Checker {
         Ok(())
     }
 
-    /// Leader Completeness: a leader of term T holds every committed entry of a term <= T.
+    /// Leader Completeness (§5.4): an entry committed in term T is in the log of every
+    /// leader of a term after T. A stale leader of an older term may lack entries that a newer
+    /// leader committed, even entries of older terms, so the check uses the term in which each
+    /// entry was committed (an upper bound of it), not the entry's own term.
     fn leader_complete(
         &self,
         node: NodeId,
         term: Term,
         term_at: impl Fn(LogIndex) -> Option<Term>,
     ) -> Result<(), String> {
-        let upto = self.committed.partition_point(|&t| t <= term);
+        let upto = self.commit_terms.partition_point(|&t| t <= term);
         if upto == 0 {
             return Ok(());
         }
@@ -839,7 +855,7 @@ impl<F: StoreFactory> Cluster<F> {
                 self.checker.leader_seen(id, raw.term())?;
             }
             self.checker
-                .commit_seen(id, raw.commit_index(), |i| raw.term_at(i))?;
+                .commit_seen(id, raw.term(), raw.commit_index(), |i| raw.term_at(i))?;
             if raw.role() == Role::Leader {
                 self.checker
                     .leader_complete(id, raw.term(), |i| raw.term_at(i))?;
@@ -1114,8 +1130,11 @@ mod tests {
             .unwrap();
         c.entry_written(NodeId(1), &entry(2, 1, b"y"), Term(1))
             .unwrap();
-        c.commit_seen(NodeId(1), LogIndex(2), log_a).unwrap();
-        let err = c.commit_seen(NodeId(2), LogIndex(2), log_b).unwrap_err();
+        c.commit_seen(NodeId(1), Term(2), LogIndex(2), log_a)
+            .unwrap();
+        let err = c
+            .commit_seen(NodeId(2), Term(3), LogIndex(2), log_b)
+            .unwrap_err();
         assert!(err.starts_with("State Machine Safety"), "{err}");
         // A leader of term 3 must hold index 2 of term 1; a leader of term 0 need not.
         let err = c.leader_complete(NodeId(2), Term(3), log_b).unwrap_err();
