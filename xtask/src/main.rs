@@ -4,6 +4,7 @@ mod bench_core;
 mod bench_kv;
 mod bench_log;
 mod cluster;
+mod machine;
 mod sim;
 
 use clap::{Parser, Subcommand};
