@@ -581,25 +581,14 @@ impl<F: StoreFactory> Cluster<F> {
     }
 
     fn reopen_store(&mut self, id: NodeId) {
-        let SimNode {
-            raw,
-            durable,
-            pending,
-            disk_busy_until,
-            incarnation,
-            applied,
-        } = self.nodes.remove(&id).expect("known node");
-        debug_assert!(raw.is_none(), "reopen only the store of a crashed node");
-        drop(durable);
-        let durable = self.factory.open(id, &self.membership);
-        let node = SimNode {
-            raw,
-            durable,
-            pending,
-            disk_busy_until,
-            incarnation,
-            applied,
-        };
+        let mut node = self.nodes.remove(&id).expect("known node");
+        debug_assert!(
+            node.raw.is_none(),
+            "reopen only the store of a crashed node"
+        );
+        // The old handle goes first: a store may refuse a second opener.
+        drop(node.durable);
+        node.durable = self.factory.open(id, &self.membership);
         self.nodes.insert(id, node);
     }
 
