@@ -4,7 +4,7 @@
 use raft_proto::{Entry, LogIndex, Term};
 
 use crate::error::StorageError;
-use crate::storage::{limit_bytes, Storage};
+use crate::storage::{limit_bytes, prefix_within, Storage};
 
 /// The log of one node.
 pub(crate) struct RaftLog<S> {
@@ -130,18 +130,12 @@ impl<S: Storage> RaftLog<S> {
             let from = low.max(self.unstable_offset);
             let a = (from.0 - self.unstable_offset.0) as usize;
             let b = (high.0 - self.unstable_offset.0) as usize + 1;
-            let used: usize = out.iter().map(Entry::size_bytes).sum();
+            let tail = &self.unstable[a..b];
             if out.is_empty() {
-                out.extend_from_slice(limit_bytes(&self.unstable[a..b], bytes_max));
+                out.extend_from_slice(limit_bytes(tail, bytes_max));
             } else {
-                let mut total = used;
-                for e in &self.unstable[a..b] {
-                    total += e.size_bytes();
-                    if total > bytes_max {
-                        break;
-                    }
-                    out.push(e.clone());
-                }
+                let used: usize = out.iter().map(Entry::size_bytes).sum();
+                out.extend_from_slice(prefix_within(tail, bytes_max.saturating_sub(used)));
             }
         }
         Ok(out)
@@ -289,5 +283,50 @@ impl<S: Storage> RaftLog<S> {
             }
         }
         i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_proto::{Entry, LogIndex, Membership, Term};
+
+    use super::RaftLog;
+    use crate::storage::{MemStorage, StorageMut};
+
+    fn entry(i: u64) -> Entry {
+        Entry::normal(Term(1), LogIndex(i), vec![0u8; 100])
+    }
+
+    #[test]
+    fn entries_across_stable_and_unstable_respect_the_byte_limit() {
+        let mut store = MemStorage::new(Membership::default());
+        store.append(&[entry(1), entry(2)]).unwrap();
+        let mut log = RaftLog::new(store, LogIndex(0), LogIndex(0)).unwrap();
+        log.append(vec![entry(3), entry(4)]);
+        let one = entry(1).size_bytes();
+        let got = |bytes| {
+            log.entries(LogIndex(1), LogIndex(4), 100, bytes)
+                .unwrap()
+                .len()
+        };
+        assert_eq!(got(0), 1, "at least one entry");
+        assert_eq!(got(2 * one), 2, "the stored part alone fills the budget");
+        assert_eq!(
+            got(3 * one),
+            3,
+            "the budget continues into the unstable tail"
+        );
+        assert_eq!(got(usize::MAX), 4);
+        // Starting inside the unstable tail still returns at least one entry.
+        assert_eq!(
+            log.entries(LogIndex(4), LogIndex(4), 100, 0).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            log.entries(LogIndex(1), LogIndex(4), 3, usize::MAX)
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }

@@ -223,10 +223,16 @@ impl StorageMut for MemStorage {
 /// The longest prefix of `entries` whose total size stays within `bytes_max`, but at least one
 /// entry.
 pub fn limit_bytes(entries: &[Entry], bytes_max: usize) -> &[Entry] {
+    let fitting = prefix_within(entries, bytes_max);
+    &entries[..fitting.len().max(entries.len().min(1))]
+}
+
+/// The longest prefix of `entries` whose total size stays within `bytes_max` (possibly empty).
+pub(crate) fn prefix_within(entries: &[Entry], bytes_max: usize) -> &[Entry] {
     let mut total = 0usize;
     for (i, e) in entries.iter().enumerate() {
         total += e.size_bytes();
-        if total > bytes_max && i > 0 {
+        if total > bytes_max {
             return &entries[..i];
         }
     }

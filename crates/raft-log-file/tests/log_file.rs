@@ -404,3 +404,48 @@ fn the_async_log_store_persists_in_call_order() {
         expected
     );
 }
+
+#[test]
+fn a_commit_only_hard_state_change_is_not_synced_but_term_and_vote_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::default();
+    let log = LogFile::open(
+        dir.path(),
+        Options {
+            recorder: Some(recorder.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    log.append(&entries(1, 5, 1)).unwrap();
+    let state_syncs = || {
+        recorder
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, Op::Sync(f) if f == "state"))
+            .count()
+    };
+    let hs = HardState {
+        term: Term(2),
+        vote: Some(NodeId(1)),
+        commit: LogIndex(1),
+    };
+    let before = state_syncs();
+    log.set_hard_state(hs).unwrap();
+    assert_eq!(state_syncs(), before + 1, "a new term and vote are synced");
+    log.set_hard_state(HardState {
+        commit: LogIndex(4),
+        ..hs
+    })
+    .unwrap();
+    assert_eq!(state_syncs(), before + 1, "a commit-only change is not");
+    log.set_hard_state(HardState {
+        vote: Some(NodeId(2)),
+        ..hs
+    })
+    .unwrap();
+    assert_eq!(state_syncs(), before + 2, "a vote change is synced again");
+    drop(log);
+    let log = LogFile::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(log.initial_state().hard_state.vote, Some(NodeId(2)));
+}

@@ -8,7 +8,6 @@
 //! whole cluster; once faults stop, liveness is checked too. The same seed replays the same run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 use raft_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, Message, NodeId, Term};
@@ -416,7 +415,6 @@ pub struct Cluster<F: StoreFactory = MemFactory> {
     reads: HashMap<u64, (NodeId, LogIndex)>,
     next_read: u64,
     report: SimReport,
-    log: String,
 }
 
 impl Cluster<MemFactory> {
@@ -453,7 +451,6 @@ impl<F: StoreFactory> Cluster<F> {
                 seed: cfg.seed,
                 ..SimReport::default()
             },
-            log: String::new(),
             cfg,
         };
         for (&id, durable) in ids.iter().zip(stores) {
@@ -488,17 +485,14 @@ impl<F: StoreFactory> Cluster<F> {
         self.queue.insert((self.now + delay, self.seq), event);
     }
 
-    fn trace(&mut self, line: impl FnOnce() -> String) {
+    fn trace(&self, line: impl FnOnce() -> String) {
         if self.cfg.verbose {
-            let _ = writeln!(
-                self.log,
+            println!(
                 "[{:>6}.{}] {}",
                 self.now / UNITS_PER_TICK,
                 self.now % UNITS_PER_TICK,
                 line()
             );
-            print!("{}", self.log);
-            self.log.clear();
         }
     }
 
