@@ -16,6 +16,21 @@ pub enum StorageError {
     Other(String),
 }
 
+/// Why a snapshot operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot named is not (or no longer) in the store.
+    #[error("snapshot at index {0} not found")]
+    NotFound(LogIndex),
+    /// The data does not match its checksum or size, or is not a snapshot the state machine
+    /// understands.
+    #[error("corrupt snapshot: {0}")]
+    Corrupt(String),
+    /// Reading or writing failed.
+    #[error("snapshot I/O failed: {0}")]
+    Io(String),
+}
+
 /// Why the core refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

@@ -49,7 +49,7 @@ mod storage;
 pub mod testing;
 
 pub use config::Config;
-pub use error::{Error, Result, StorageError};
+pub use error::{Error, Result, SnapshotError, StorageError};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
 pub use progress::{Progress, ProgressState};
 pub use raft::{ReadState, Role};

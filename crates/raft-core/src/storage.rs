@@ -64,6 +64,18 @@ pub trait StorageMut: Storage {
     /// Discards the entries up to and including `up_to` (a snapshot covers them); the term at
     /// `up_to` is remembered. `up_to` must be at most `last_index()`.
     fn compact(&mut self, up_to: LogIndex) -> Result<(), StorageError>;
+
+    /// A snapshot covering everything up to (`index`, `term`) was installed: make the log
+    /// continue after it. If the log holds that entry, or is compacted past `index`, nothing
+    /// changes (the entries agree with the snapshot). Otherwise every entry is discarded, the
+    /// log continues at `index + 1` with `term(index) == term`, and the store's membership
+    /// becomes `membership`. Durable when this returns.
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        membership: &Membership,
+    ) -> Result<(), StorageError>;
 }
 
 /// An in-memory store. Cloning shares the same log, so a simulator can keep a handle on what a
@@ -216,6 +228,23 @@ impl StorageMut for MemStorage {
         log.base_term = log.entries[cut - 1].term;
         log.base_index = up_to;
         log.entries.drain(..cut);
+        Ok(())
+    }
+
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        membership: &Membership,
+    ) -> Result<(), StorageError> {
+        if index <= self.inner.read().base_index || self.term(index).ok() == Some(term) {
+            return Ok(());
+        }
+        let mut log = self.inner.write();
+        log.entries.clear();
+        log.base_index = index;
+        log.base_term = term;
+        log.state.membership = membership.clone();
         Ok(())
     }
 }

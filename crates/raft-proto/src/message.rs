@@ -159,7 +159,7 @@ pub struct SnapshotMeta {
     pub membership: Membership,
     /// The total size of the snapshot's data in bytes.
     pub size_bytes: u64,
-    /// A checksum of the whole snapshot's data.
+    /// The CRC-32C (Castagnoli) of the whole snapshot data.
     pub checksum: u32,
 }
 
@@ -172,7 +172,7 @@ pub struct InstallSnapshotRequest {
     pub offset: u64,
     /// The chunk's bytes.
     pub data: Bytes,
-    /// A checksum of `data`.
+    /// The CRC-32C (Castagnoli) of `data`.
     pub chunk_checksum: u32,
     /// Whether this is the last chunk.
     pub done: bool,

@@ -16,4 +16,6 @@ mod node;
 mod traits;
 
 pub use node::{DriverConfig, Node, NodeError, NodeHandle, NodeStatus, Started};
-pub use traits::{LogStore, StateMachine, Transport};
+pub use traits::{
+    LogStore, SnapshotSink, SnapshotSource, SnapshotStore, SnapshotWriter, StateMachine, Transport,
+};

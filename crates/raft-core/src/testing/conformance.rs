@@ -26,6 +26,8 @@ pub fn run_all<S: StorageMut>(mut make: impl FnMut(Membership) -> S) {
     byte_limit_returns_at_least_one_entry(make(membership()));
     compaction_keeps_the_term_at_the_compaction_point(make(membership()));
     hard_state_round_trips(make(membership()));
+    installing_a_snapshot_keeps_a_matching_log(make(membership()));
+    installing_a_snapshot_replaces_a_diverging_log(make(membership()));
     out_of_range_reads_are_errors(make(membership()));
 }
 
@@ -134,6 +136,53 @@ pub fn compaction_keeps_the_term_at_the_compaction_point<S: StorageMut>(mut s: S
     assert_eq!(s.term(LogIndex(10)).unwrap(), Term(2));
     s.append(&entries(11, 12, 3)).unwrap();
     assert_eq!(s.last_index().unwrap(), LogIndex(12));
+}
+
+/// A snapshot whose last entry the log holds leaves the log as it is.
+pub fn installing_a_snapshot_keeps_a_matching_log<S: StorageMut>(mut s: S) {
+    s.append(&entries(1, 5, 1)).unwrap();
+    s.append(&entries(6, 10, 2)).unwrap();
+    let other = Membership::with_voters([NodeId(1)]);
+    s.install_snapshot(LogIndex(7), Term(2), &other).unwrap();
+    assert_eq!(s.first_index().unwrap(), LogIndex(1));
+    assert_eq!(s.last_index().unwrap(), LogIndex(10));
+    assert_eq!(
+        s.entries(LogIndex(1), LogIndex(11), usize::MAX).unwrap().len(),
+        10
+    );
+    assert_eq!(s.initial_state().unwrap().membership, membership());
+    // A snapshot behind the compaction point changes nothing either.
+    s.compact(LogIndex(8)).unwrap();
+    s.install_snapshot(LogIndex(4), Term(9), &other).unwrap();
+    assert_eq!(s.first_index().unwrap(), LogIndex(9));
+    assert_eq!(s.last_index().unwrap(), LogIndex(10));
+}
+
+/// A snapshot past the log's end, or whose last entry conflicts, replaces the whole log.
+pub fn installing_a_snapshot_replaces_a_diverging_log<S: StorageMut>(mut s: S) {
+    s.append(&entries(1, 5, 1)).unwrap();
+    let other = Membership::with_voters([NodeId(1), NodeId(4)]);
+    // Conflicting term at index 4.
+    s.install_snapshot(LogIndex(4), Term(3), &other).unwrap();
+    assert_eq!(s.first_index().unwrap(), LogIndex(5));
+    assert_eq!(s.last_index().unwrap(), LogIndex(4));
+    assert_eq!(s.term(LogIndex(4)).unwrap(), Term(3));
+    assert!(matches!(
+        s.term(LogIndex(3)),
+        Err(StorageError::Compacted(_))
+    ));
+    assert_eq!(s.initial_state().unwrap().membership, other);
+    s.append(&entries(5, 6, 3)).unwrap();
+    assert_eq!(s.last_index().unwrap(), LogIndex(6));
+    // Past the end.
+    s.install_snapshot(LogIndex(20), Term(4), &membership())
+        .unwrap();
+    assert_eq!(s.first_index().unwrap(), LogIndex(21));
+    assert_eq!(s.last_index().unwrap(), LogIndex(20));
+    assert_eq!(s.term(LogIndex(20)).unwrap(), Term(4));
+    assert_eq!(s.initial_state().unwrap().membership, membership());
+    s.append(&entries(21, 21, 4)).unwrap();
+    assert_eq!(s.last_index().unwrap(), LogIndex(21));
 }
 
 /// The hard state reads back as written.
