@@ -33,6 +33,10 @@ pub struct Config {
     pub uncommitted_entries_max: u64,
     /// The most read-index requests the leader confirms at once; more are refused.
     pub read_requests_max: usize,
+    /// The most bytes of snapshot data in one chunk of a snapshot transfer.
+    pub snapshot_chunk_bytes_max: usize,
+    /// The most snapshot chunks in flight to one follower.
+    pub snapshot_chunks_inflight_max: usize,
     /// The index the application's state machine has already applied. Entries up to it are
     /// not handed out for applying again after a restart.
     pub applied: LogIndex,
@@ -55,6 +59,8 @@ impl Config {
             apply_entries_max: 4096,
             uncommitted_entries_max: 1 << 16,
             read_requests_max: 4096,
+            snapshot_chunk_bytes_max: 1 << 20,
+            snapshot_chunks_inflight_max: 16,
             applied: LogIndex(0),
             seed: id.0,
         }
@@ -80,6 +86,12 @@ impl Config {
         }
         if self.apply_entries_max == 0 {
             return fail("apply_entries_max must be at least 1");
+        }
+        if self.snapshot_chunk_bytes_max == 0 {
+            return fail("snapshot_chunk_bytes_max must be at least 1");
+        }
+        if self.snapshot_chunks_inflight_max == 0 {
+            return fail("snapshot_chunks_inflight_max must be at least 1");
         }
         if self.uncommitted_entries_max == 0 {
             return fail("uncommitted_entries_max must be at least 1");

@@ -52,6 +52,9 @@ pub enum Error {
     /// Reading the log failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Reading or restoring a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// The result type of the core.

@@ -43,6 +43,7 @@ mod progress;
 pub mod quorum;
 mod raft;
 mod rng;
+mod snapshot;
 mod storage;
 
 #[cfg(feature = "testing")]
@@ -51,7 +52,8 @@ pub mod testing;
 pub use config::Config;
 pub use error::{Error, Result, SnapshotError, StorageError};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
-pub use progress::{Progress, ProgressState};
+pub use progress::{Progress, ProgressState, SnapshotTransfer};
 pub use raft::{ReadState, Role};
 pub use rng::Rng;
+pub use snapshot::{SnapshotChunk, SnapshotSend};
 pub use storage::{limit_bytes, InitialState, MemStorage, Storage, StorageMut};

@@ -26,6 +26,10 @@ pub(crate) struct RaftLog<S> {
     pub(crate) applying: LogIndex,
     /// The last index the application reported applied.
     pub(crate) applied: LogIndex,
+    /// The last entry a snapshot covers, below which nothing is readable: the store's
+    /// compaction point at start, or a snapshot installed since (which the store may not
+    /// reflect until the install is persisted).
+    floor: (LogIndex, Term),
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -36,16 +40,25 @@ impl<S: Storage> RaftLog<S> {
     ) -> Result<Self, StorageError> {
         let last = storage.last_index()?;
         let first = storage.first_index()?;
+        let floor_term = if first.prev() == LogIndex(0) {
+            Term(0)
+        } else {
+            storage.term(first.prev())?
+        };
+        // Everything up to the compaction point, and everything the state machine applied
+        // (restored from a snapshot), is committed.
+        let applied = applied.max(first.prev());
+        assert!(
+            applied <= last,
+            "the state machine applied {applied}, past the log's last index {last}: install the snapshot in the log store first"
+        );
+        let committed = committed.max(applied);
         assert!(
             committed <= last,
             "the persisted commit index {committed} is past the durable log's last index {last}"
         );
-        let applied = applied.max(first.prev());
-        assert!(
-            applied <= committed,
-            "applied {applied} is past the commit index {committed}"
-        );
         Ok(RaftLog {
+            floor: (first.prev(), floor_term),
             storage,
             unstable: Vec::new(),
             unstable_offset: last.next(),
@@ -66,9 +79,11 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn first_index(&self) -> LogIndex {
-        self.storage
+        let stored = self
+            .storage
             .first_index()
-            .unwrap_or_else(|e| panic!("storage failed: {e}"))
+            .unwrap_or_else(|e| panic!("storage failed: {e}"));
+        stored.max(self.floor.0.next())
     }
 
     pub(crate) fn last_term(&self) -> Term {
@@ -86,6 +101,9 @@ impl<S: Storage> RaftLog<S> {
         }
         if index == LogIndex(0) {
             return Some(Term(0));
+        }
+        if index <= self.floor.0 {
+            return (index == self.floor.0).then_some(self.floor.1);
         }
         match self.storage.term(index) {
             Ok(t) => Some(t),
@@ -116,6 +134,9 @@ impl<S: Storage> RaftLog<S> {
     ) -> Result<Vec<Entry>, StorageError> {
         if low > high {
             return Ok(Vec::new());
+        }
+        if low <= self.floor.0 {
+            return Err(StorageError::Compacted(low));
         }
         let high = high.min(low.plus(count_max as u64 - 1));
         let mut out = Vec::new();
@@ -255,6 +276,28 @@ impl<S: Storage> RaftLog<S> {
             self.applying
         );
         self.applied = self.applied.max(index);
+    }
+
+    /// A snapshot covering everything up to (`index`, `term`) was installed (the state
+    /// machine holds it). If the log holds that entry, the entries after it stay; otherwise
+    /// the whole log is discarded and continues at `index + 1`. Either way `index` is
+    /// committed and applied.
+    pub(crate) fn restore(&mut self, index: LogIndex, term: Term) {
+        assert!(
+            index > self.committed,
+            "a snapshot at {index} is already covered by the commit index {}",
+            self.committed
+        );
+        if !self.match_term(index, term) {
+            self.unstable.clear();
+            self.unstable_offset = index.next();
+            self.handed = index;
+            self.persisted = index;
+            self.floor = (index, term);
+        }
+        self.committed = index;
+        self.applying = index;
+        self.applied = index;
     }
 
     /// The first index of the run of entries that share the term at `index`, going back no

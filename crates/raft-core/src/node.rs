@@ -1,12 +1,13 @@
 //! [`RawNode`]: the public face of the core, and the [`Ready`] contract.
 
 use bytes::Bytes;
-use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, Term};
+use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::raft::{Raft, ReadState, Role};
+use crate::snapshot::{SnapshotChunk, SnapshotSend};
 use crate::storage::Storage;
 
 /// Volatile state an application may want to observe: who leads, and in which role we are.
@@ -24,18 +25,27 @@ pub struct SoftState {
 /// For each `Ready`, in this order:
 /// 1. Send `messages` now. They do not depend on this Ready being durable: they are the
 ///    leader's appends and heartbeats (a leader may send entries before its own copy is
-///    durable, §10.2.1 of the dissertation) and vote requests.
-/// 2. Append `entries` to stable storage (if `entries[0].index` is at or below the stored last
+///    durable, §10.2.1 of the dissertation) and vote requests. For each of `snapshot_sends`,
+///    read the chunk from the snapshot store and send
+///    [`SnapshotSend::into_message`]; a chunk that cannot be read is skipped (the leader
+///    resends after a stall).
+/// 2. If `snapshot` is set, install it first: restore the state machine from that received
+///    snapshot, then make the log continue after it
+///    ([`StorageMut::install_snapshot`](crate::StorageMut::install_snapshot)).
+/// 3. Write `snapshot_chunks` into the partial copy of their snapshot. After a chunk marked
+///    `last`, make the copy durable, verify its whole checksum, keep it as the newest
+///    snapshot if valid, and report with [`RawNode::on_snapshot_received`].
+/// 4. Append `entries` to stable storage (if `entries[0].index` is at or below the stored last
 ///    index, discard the stored suffix from there first), then persist `hard_state` if set.
 ///    Entries before the hard state: the hard state's commit index may name them.
-/// 3. Once both are durable, send `persisted_messages` (votes and append acknowledgements
-///    promise that something is on disk) and call [`RawNode::on_persisted`] with
-///    [`Ready::persist_ack`].
-/// 4. Apply `committed_entries` to the state machine in order, then call
+/// 5. Once all of that is done and durable, send `persisted_messages` (votes and
+///    acknowledgements promise that something is on disk) and call
+///    [`RawNode::on_persisted`] with [`Ready::persist_ack`].
+/// 6. Apply `committed_entries` to the state machine in order, then call
 ///    [`RawNode::on_applied`] with the last one's index.
 ///
-/// Several Readies may be outstanding at once, as long as each one's step 2 completes in the
-/// order the Readies were handed out. A synchronous application does 1 to 4 and then calls
+/// Several Readies may be outstanding at once, as long as each one's steps 2 to 4 complete in
+/// the order the Readies were handed out. A synchronous application does 1 to 4 and then calls
 /// [`RawNode::advance`], which is steps 3 and 4's acknowledgements in one.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be persisted, sent, applied and acknowledged"]
@@ -55,6 +65,12 @@ pub struct Ready {
     /// Finished read-index requests: serve each read once the state machine has applied its
     /// index.
     pub read_states: Vec<ReadState>,
+    /// A received snapshot to install before anything else of this Ready is persisted.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Received snapshot chunks to write.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Snapshot chunks to read and send.
+    pub snapshot_sends: Vec<SnapshotSend>,
 }
 
 /// What [`RawNode::on_persisted`] acknowledges: the durable end of one [`Ready`].
@@ -176,6 +192,9 @@ impl<S: Storage> RawNode<S> {
             || !self.raft.msgs_after_persist.is_empty()
             || self.raft.log.has_next_committed()
             || !self.raft.read_states.is_empty()
+            || self.raft.snapshot_install.is_some()
+            || !self.raft.snapshot_chunks.is_empty()
+            || !self.raft.snapshot_sends.is_empty()
     }
 
     /// Takes what the application must persist, send and apply. See [`Ready`].
@@ -191,6 +210,9 @@ impl<S: Storage> RawNode<S> {
                 .log
                 .take_committed(self.raft.cfg.apply_entries_max),
             read_states: std::mem::take(&mut self.raft.read_states),
+            snapshot: self.raft.snapshot_install.take(),
+            snapshot_chunks: std::mem::take(&mut self.raft.snapshot_chunks),
+            snapshot_sends: std::mem::take(&mut self.raft.snapshot_sends),
             ..Ready::default()
         };
         if soft != self.prev_soft {
@@ -212,6 +234,27 @@ impl<S: Storage> RawNode<S> {
     /// The state machine applied every committed entry up to `index`.
     pub fn on_applied(&mut self, index: LogIndex) {
         self.raft.log.applied_to(index);
+    }
+
+    /// The snapshot store holds `meta` as its newest snapshot: this node took it, or found it
+    /// at startup. A leader sends it to followers whose entries were compacted away. The
+    /// application compacts the log behind it (keeping some trailing entries, so that slightly
+    /// lagging followers still replicate from the log).
+    pub fn on_snapshot_stored(&mut self, meta: SnapshotMeta) {
+        self.raft.on_snapshot_stored(meta);
+    }
+
+    /// The last chunk of a received snapshot was written: `valid` tells whether the whole
+    /// snapshot matched its checksum (then the store keeps it as its newest). A valid snapshot
+    /// past the commit index is installed: the next Ready carries it in
+    /// [`Ready::snapshot`]. An invalid one makes the leader start the transfer over.
+    pub fn on_snapshot_received(&mut self, meta: &SnapshotMeta, valid: bool) {
+        self.raft.on_snapshot_received(meta, valid);
+    }
+
+    /// The newest snapshot this node knows of.
+    pub fn snapshot(&self) -> Option<&SnapshotMeta> {
+        self.raft.snapshot.as_ref()
     }
 
     /// Acknowledges a Ready that was fully persisted and applied.
@@ -245,6 +288,12 @@ impl<S: Storage> RawNode<S> {
     /// The commit index.
     pub fn commit_index(&self) -> LogIndex {
         self.raft.log.committed
+    }
+
+    /// The first index the log still holds (entries before it were compacted into a
+    /// snapshot).
+    pub fn first_index(&self) -> LogIndex {
+        self.raft.log.first_index()
     }
 
     /// The last index of the log.

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use raft_proto::{
     AppendRequest, AppendResponse, ConflictHint, Entry, EntryPayload, HardState, HeartbeatRequest,
-    HeartbeatResponse, LogIndex, Membership, Message, MessageBody, NodeId, ReadIndexRequest,
-    ReadIndexResponse, Term, VoteRequest, VoteResponse,
+    HeartbeatResponse, InstallSnapshotRequest, InstallSnapshotResponse, LogIndex, Membership,
+    Message, MessageBody, NodeId, ReadIndexRequest, ReadIndexResponse, SnapshotMeta, Term,
+    VoteRequest, VoteResponse,
 };
 
 use crate::config::Config;
@@ -19,7 +20,12 @@ use crate::log::RaftLog;
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
 use crate::rng::Rng;
+use crate::snapshot::{self, Receiving, SnapshotChunk, SnapshotSend};
 use crate::storage::Storage;
+
+/// A snapshot transfer that saw this many heartbeat answers without progress probes again and
+/// resends from what the follower holds.
+const SNAPSHOT_STALL_HEARTBEATS: u32 = 3;
 
 /// The role a node plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +96,16 @@ pub(crate) struct Raft<S> {
     reads_forwarded: std::collections::BTreeSet<u64>,
     /// Finished reads for the application.
     pub(crate) read_states: Vec<ReadState>,
+    /// The newest snapshot in the application's store: what a leader sends.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// The snapshot this follower is receiving.
+    receiving: Option<Receiving>,
+    /// Received chunks for the application to write.
+    pub(crate) snapshot_chunks: Vec<SnapshotChunk>,
+    /// Chunks for the application to read and send.
+    pub(crate) snapshot_sends: Vec<SnapshotSend>,
+    /// A received snapshot to install (restore the state machine, reset the log store).
+    pub(crate) snapshot_install: Option<SnapshotMeta>,
 }
 
 impl<S: Storage> Raft<S> {
@@ -121,6 +137,11 @@ impl<S: Storage> Raft<S> {
             read_acked: BTreeMap::new(),
             reads_forwarded: std::collections::BTreeSet::new(),
             read_states: Vec::new(),
+            snapshot: None,
+            receiving: None,
+            snapshot_chunks: Vec::new(),
+            snapshot_sends: Vec::new(),
+            snapshot_install: None,
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -497,7 +518,16 @@ impl<S: Storage> Raft<S> {
         match m.body {
             MessageBody::Append(req) => {
                 self.hear_from_leader(m.from);
+                if self.receiving.as_ref().is_some_and(|r| r.complete) {
+                    // A received snapshot awaits its install, which may replace the log:
+                    // take no entries until then (as if the message were lost).
+                    return;
+                }
                 self.handle_append(m.from, req);
+            }
+            MessageBody::InstallSnapshot(req) => {
+                self.hear_from_leader(m.from);
+                self.handle_snapshot_chunk(m.from, req);
             }
             MessageBody::Heartbeat(req) => {
                 self.hear_from_leader(m.from);
@@ -519,7 +549,9 @@ impl<S: Storage> Raft<S> {
     fn step_candidate(&mut self, m: Message) {
         match m.body {
             // A leader of our term exists: follow it (§5.2).
-            MessageBody::Append(_) | MessageBody::Heartbeat(_) => {
+            MessageBody::Append(_)
+            | MessageBody::Heartbeat(_)
+            | MessageBody::InstallSnapshot(_) => {
                 let term = self.term;
                 self.become_follower(term, Some(m.from));
                 self.step_follower(m);
@@ -622,6 +654,7 @@ impl<S: Storage> Raft<S> {
         pr.recent_active = true;
         match m.body {
             MessageBody::AppendResponse(r) => self.handle_append_response(from, r),
+            MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(from, r),
             MessageBody::HeartbeatResponse(r) => {
                 if r.context > 0 {
                     let acked = self.read_acked.entry(from).or_insert(0);
@@ -630,6 +663,11 @@ impl<S: Storage> Raft<S> {
                 }
                 let inflight_max = self.cfg.inflight_msgs_max;
                 let pr = self.progress.get_mut(&from).expect("checked above");
+                if let Some(transfer) = &mut pr.snapshot {
+                    transfer.heartbeat_answered(SNAPSHOT_STALL_HEARTBEATS);
+                    self.send_snapshot_chunks(from);
+                    return;
+                }
                 pr.probe_sent = false;
                 if pr.state == ProgressState::Replicate && pr.inflight.len() >= inflight_max {
                     // An ack may have been lost: let one more append through so the window
@@ -664,6 +702,7 @@ impl<S: Storage> Raft<S> {
         let stale = match pr.state {
             ProgressState::Probe => r.index != pr.next_index.prev(),
             ProgressState::Replicate => r.index <= pr.match_index,
+            ProgressState::Snapshot => true,
         };
         if stale {
             return;
@@ -717,6 +756,10 @@ impl<S: Storage> Raft<S> {
         let Some(pr) = self.progress.get(&to) else {
             return false;
         };
+        if pr.state == ProgressState::Snapshot {
+            self.send_snapshot_chunks(to);
+            return false;
+        }
         if pr.is_paused(inflight_max) {
             return false;
         }
@@ -726,8 +769,9 @@ impl<S: Storage> Raft<S> {
         }
         let prev_log_index = next.prev();
         let Some(prev_log_term) = self.log.term(prev_log_index) else {
-            // The entries the follower needs were compacted; snapshot transfer brings it up
-            // to date. Until that exists, it cannot be served from the log.
+            // The entries the follower needs were compacted (cornerstone's
+            // `last_log_idx < starting_idx - 1`): send the snapshot instead.
+            self.start_snapshot(to);
             return false;
         };
         let entries = match self.log.entries(
@@ -737,7 +781,10 @@ impl<S: Storage> Raft<S> {
             self.cfg.msg_bytes_max,
         ) {
             Ok(e) => e,
-            Err(_) => return false,
+            Err(_) => {
+                self.start_snapshot(to);
+                return false;
+            }
         };
         let sent_last = entries.last().map_or(prev_log_index, |e| e.index);
         let more = !entries.is_empty() && sent_last < last;
@@ -756,6 +803,223 @@ impl<S: Storage> Raft<S> {
             body,
         });
         more && pr.state == ProgressState::Replicate
+    }
+
+    /// Switches `to` to receiving the newest snapshot, if there is one that covers what the
+    /// log no longer has.
+    fn start_snapshot(&mut self, to: NodeId) {
+        let Some(meta) = self.snapshot.clone() else {
+            return;
+        };
+        if meta.last_index < self.log.first_index().prev() {
+            // The log was compacted past the newest snapshot: the application broke the
+            // rule that compaction follows snapshots. Nothing can bring this follower up.
+            return;
+        }
+        let pr = self.progress.get_mut(&to).expect("caller checked");
+        pr.become_snapshot(meta);
+        self.send_snapshot_chunks(to);
+    }
+
+    /// Asks the application to send the next chunks of `to`'s snapshot transfer, as far as
+    /// its window allows.
+    fn send_snapshot_chunks(&mut self, to: NodeId) {
+        let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
+        let window = self.cfg.snapshot_chunks_inflight_max;
+        let (from, term) = (self.id, self.term);
+        let Some(t) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
+            return;
+        };
+        let send = |offset: u64, len: u64| SnapshotSend {
+            from,
+            to,
+            term,
+            meta: t.meta.clone(),
+            offset,
+            len: len as usize,
+        };
+        if t.probe_needed {
+            self.snapshot_sends.push(send(0, 0));
+            t.probe_needed = false;
+            t.probing = true;
+            return;
+        }
+        if t.probing {
+            return;
+        }
+        let size = t.meta.size_bytes;
+        let mut sends = Vec::new();
+        while t.inflight.len() < window && t.sent < size {
+            let len = chunk_max.min(size - t.sent);
+            sends.push(send(t.sent, len));
+            t.sent += len;
+            t.inflight.push_back(t.sent);
+        }
+        self.snapshot_sends.extend(sends);
+    }
+
+    fn handle_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
+        let pr = self.progress.get_mut(&from).expect("caller checked");
+        if r.installed {
+            // The follower's log covers the snapshot and matches ours up to its end (a
+            // snapshot holds committed entries only): continue from the log after it.
+            let done = pr
+                .snapshot
+                .as_ref()
+                .is_some_and(|t| t.meta.last_index <= r.last_index);
+            if r.last_index <= self.log.last_index() {
+                pr.acked(r.last_index);
+            }
+            if done {
+                pr.become_probe();
+                self.send_append(from, true);
+            }
+            self.maybe_commit();
+            return;
+        }
+        match &mut pr.snapshot {
+            Some(t) if t.meta.last_index == r.last_index => {
+                t.answered(r.next_offset, r.rejected);
+                self.send_snapshot_chunks(from);
+            }
+            _ => {}
+        }
+    }
+
+    /// A follower's handling of one chunk. Chunks are accepted strictly in order; a chunk
+    /// past the expected offset is dropped silently (an earlier one was lost: the leader's
+    /// stall detection resends), an earlier one is answered with what we hold.
+    fn handle_snapshot_chunk(&mut self, from: NodeId, req: InstallSnapshotRequest) {
+        let meta = &req.meta;
+        if meta.last_index <= self.log.committed {
+            // Our log already covers it.
+            if self
+                .receiving
+                .as_ref()
+                .is_some_and(|r| r.meta == *meta && !r.complete)
+            {
+                self.receiving = None;
+            }
+            self.send_later(from, snapshot::installed(meta));
+            return;
+        }
+        let same = self.receiving.as_ref().is_some_and(|r| r.meta == *meta);
+        if !same {
+            if self.receiving.as_ref().is_some_and(|r| r.complete) {
+                // Another snapshot awaits its install; this one can come again later.
+                return;
+            }
+            self.receiving = Some(Receiving {
+                meta: meta.clone(),
+                next: 0,
+                complete: false,
+            });
+            if req.offset > 0 {
+                // A transfer we know nothing of (we restarted): start it over.
+                self.send_later(from, snapshot::response(meta, 0, true));
+                return;
+            }
+        }
+        let r = self.receiving.as_mut().expect("set above");
+        if r.complete {
+            self.send_later(from, snapshot::response(meta, meta.size_bytes, false));
+            return;
+        }
+        if req.offset < r.next {
+            let next = r.next;
+            self.send_later(from, snapshot::response(meta, next, false));
+            return;
+        }
+        if req.offset > r.next {
+            return;
+        }
+        let end = req.offset + req.data.len() as u64;
+        let valid = crc32c::crc32c(&req.data) == req.chunk_checksum
+            && end <= meta.size_bytes
+            && req.done == (end == meta.size_bytes);
+        if !valid {
+            let next = r.next;
+            self.send_later(from, snapshot::response(meta, next, true));
+            return;
+        }
+        if req.data.is_empty() && !req.done {
+            // A probe: tell the leader where to resume.
+            let next = r.next;
+            self.send_later(from, snapshot::response(meta, next, false));
+            return;
+        }
+        r.next = end;
+        r.complete = req.done;
+        self.snapshot_chunks.push(SnapshotChunk {
+            meta: meta.clone(),
+            offset: req.offset,
+            data: req.data,
+            last: req.done,
+        });
+        if !req.done {
+            self.send_later(from, snapshot::response(meta, end, false));
+        }
+    }
+
+    /// The application wrote the last chunk of `meta` and verified the whole snapshot
+    /// (`valid`), or found it corrupt.
+    pub(crate) fn on_snapshot_received(&mut self, meta: &SnapshotMeta, valid: bool) {
+        if !self
+            .receiving
+            .as_ref()
+            .is_some_and(|r| r.complete && r.meta == *meta)
+        {
+            return;
+        }
+        self.receiving = None;
+        let leader = self.leader.filter(|_| self.role == Role::Follower);
+        if !valid {
+            if let Some(leader) = leader {
+                // Start the transfer over.
+                let body = snapshot::response(meta, 0, true);
+                self.msgs.push(Message {
+                    from: self.id,
+                    to: leader,
+                    term: self.term,
+                    body,
+                });
+            }
+            return;
+        }
+        self.on_snapshot_stored(meta.clone());
+        if meta.last_index > self.log.committed {
+            self.log.restore(meta.last_index, meta.last_term);
+            self.membership = meta.membership.clone();
+            self.snapshot_install = Some(meta.clone());
+        }
+        if let Some(leader) = leader {
+            self.send_later(leader, snapshot::installed(meta));
+        }
+    }
+
+    /// The application's store holds `meta` as its newest snapshot.
+    pub(crate) fn on_snapshot_stored(&mut self, meta: SnapshotMeta) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.last_index >= meta.last_index)
+        {
+            return;
+        }
+        self.snapshot = Some(meta.clone());
+        // Transfers of an older snapshot start over with this one (the store dropped the
+        // old one).
+        let restart: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| p.state == ProgressState::Snapshot)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in restart {
+            let pr = self.progress.get_mut(&id).expect("listed above");
+            pr.become_snapshot(meta.clone());
+            self.send_snapshot_chunks(id);
+        }
     }
 
     fn broadcast_heartbeat(&mut self) {

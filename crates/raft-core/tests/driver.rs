@@ -10,10 +10,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::executor::LocalPool;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::task::LocalSpawnExt;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use raft_core::driver::{DriverConfig, Node, NodeError, NodeHandle, StateMachine, Transport};
+use raft_core::driver::{
+    DriverConfig, Node, NodeError, NodeHandle, SnapshotSink, SnapshotSource, StateMachine,
+    Transport,
+};
+use raft_core::testing::MemSnapshotStore;
 use raft_core::{Config, MemStorage};
 use raft_proto::{LogIndex, Membership, Message, NodeId};
 
@@ -58,6 +63,32 @@ impl StateMachine for Recorder {
         applied.push((index, command.clone()));
         applied.len()
     }
+
+    /// The list as (index, length, bytes) records.
+    async fn snapshot(&mut self, sink: &mut SnapshotSink<'_>) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for (index, command) in self.0.lock().iter() {
+            out.extend_from_slice(&index.0.to_be_bytes());
+            out.extend_from_slice(&(command.len() as u32).to_be_bytes());
+            out.extend_from_slice(command);
+        }
+        sink.write_all(&out).await
+    }
+
+    async fn restore(&mut self, source: &mut SnapshotSource<'_>) -> std::io::Result<()> {
+        let mut data = Vec::new();
+        source.read_to_end(&mut data).await?;
+        let mut list = Vec::new();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let index = u64::from_be_bytes(rest[..8].try_into().unwrap());
+            let len = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            list.push((LogIndex(index), Bytes::copy_from_slice(&rest[12..12 + len])));
+            rest = &rest[12 + len..];
+        }
+        *self.0.lock() = list;
+        Ok(())
+    }
 }
 
 struct Cluster {
@@ -66,50 +97,92 @@ struct Cluster {
     ticks: Vec<mpsc::UnboundedSender<()>>,
     handles: Vec<NodeHandle<usize>>,
     applied: Vec<Applied>,
+    /// The applied list of the node started last.
+    applied_slot: Applied,
+    stores: Vec<(MemStorage, MemSnapshotStore)>,
+    config: Config,
+    driver: DriverConfig,
 }
+
+const IDS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
 impl Cluster {
     fn new() -> Cluster {
-        let pool = LocalPool::new();
-        let net = Network::default();
-        let ids = [NodeId(1), NodeId(2), NodeId(3)];
-        let membership = Membership::with_voters(ids);
+        Cluster::with(Config::new(NodeId(1)), DriverConfig::default())
+    }
+
+    /// A cluster whose nodes use `config` (with their own ids) and `driver`.
+    fn with(config: Config, driver: DriverConfig) -> Cluster {
+        let membership = Membership::with_voters(IDS);
         let mut cluster = Cluster {
-            pool,
-            net: net.clone(),
+            pool: LocalPool::new(),
+            net: Network::default(),
             ticks: Vec::new(),
             handles: Vec::new(),
             applied: Vec::new(),
+            applied_slot: Applied::default(),
+            stores: Vec::new(),
+            config,
+            driver: DriverConfig {
+                addresses: IDS.iter().map(|&n| (n, format!("node-{n}"))).collect(),
+                ..driver
+            },
         };
-        for id in ids {
-            let (inbox_tx, inbox_rx) = mpsc::channel(1024);
-            net.inboxes.lock().insert(id, inbox_tx);
-            let (tick_tx, tick_rx) = mpsc::unbounded();
-            let applied = Arc::new(Mutex::new(Vec::new()));
-            let driver = DriverConfig {
-                addresses: ids.iter().map(|&n| (n, format!("node-{n}"))).collect(),
-                ..DriverConfig::default()
-            };
-            let (node, handle) = Node::new(
-                Config::new(id),
-                driver,
-                MemStorage::new(membership.clone()),
-                Recorder(Arc::clone(&applied)),
-                NetTransport { net: net.clone() },
-            )
-            .unwrap();
-            cluster
-                .pool
-                .spawner()
-                .spawn_local(async move {
-                    let _ = node.run(inbox_rx.fuse(), tick_rx.fuse()).await;
-                })
-                .unwrap();
-            cluster.ticks.push(tick_tx);
+        for _ in IDS {
+            let stores = (MemStorage::new(membership.clone()), MemSnapshotStore::new());
+            cluster.stores.push(stores);
+            cluster.ticks.push(mpsc::unbounded().0);
+            let handle = cluster.start(cluster.stores.len() - 1);
             cluster.handles.push(handle);
-            cluster.applied.push(applied);
+            cluster.applied.push(Arc::clone(&cluster.applied_slot));
         }
         cluster
+    }
+
+    /// Starts node `i` from its stores (a restart after a crash: the partial copy of a
+    /// snapshot being received is lost).
+    fn start(&mut self, i: usize) -> NodeHandle<usize> {
+        let id = IDS[i];
+        let (inbox_tx, inbox_rx) = mpsc::channel(1024);
+        self.net.inboxes.lock().insert(id, inbox_tx);
+        let (tick_tx, tick_rx) = mpsc::unbounded();
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (log, snapshots) = self.stores[i].clone();
+        snapshots.restart();
+        let mut config = self.config.clone();
+        config.id = id;
+        config.seed = id.0;
+        let (node, handle) = self
+            .pool
+            .run_until(Node::new(
+                config,
+                self.driver.clone(),
+                log,
+                Recorder(Arc::clone(&applied)),
+                snapshots,
+                NetTransport {
+                    net: self.net.clone(),
+                },
+            ))
+            .unwrap();
+        self.pool
+            .spawner()
+            .spawn_local(async move {
+                let _ = node.run(inbox_rx.fuse(), tick_rx.fuse()).await;
+            })
+            .unwrap();
+        self.ticks[i] = tick_tx;
+        self.applied_slot = applied;
+        handle
+    }
+
+    /// Crashes node `i` and starts it again from its stores.
+    fn restart(&mut self, i: usize) {
+        let h = self.handles[i].clone();
+        self.spawn(async move { h.shutdown().await });
+        self.handles[i] = self.start(i);
+        self.applied[i] = Arc::clone(&self.applied_slot);
+        self.pool.run_until_stalled();
     }
 
     fn tick(&mut self, n: usize) {
@@ -261,4 +334,111 @@ fn shutdown_fails_pending_requests() {
     let h = c.handles[leader].clone();
     let after = c.spawn(async move { h.propose(Bytes::from_static(b"q")).await });
     assert_eq!(*after.borrow(), Some(Err(NodeError::ShuttingDown)));
+}
+
+/// Proposes `n` commands one at a time on the leader, ticking until each resolves.
+fn write(c: &mut Cluster, leader: usize, n: usize, tag: &str) {
+    for k in 0..n {
+        let h = c.handles[leader].clone();
+        let command = Bytes::from(format!("{tag}{k}"));
+        let done = c.spawn(async move { h.propose(command).await });
+        for _ in 0..10 {
+            if done.borrow().is_some() {
+                break;
+            }
+            c.tick(1);
+        }
+        assert!(
+            matches!(*done.borrow(), Some(Ok(_))),
+            "{tag}{k}: {:?}",
+            done.borrow()
+        );
+    }
+}
+
+fn small_snapshots() -> Cluster {
+    let mut config = Config::new(NodeId(1));
+    config.snapshot_chunk_bytes_max = 64;
+    config.snapshot_chunks_inflight_max = 2;
+    let driver = DriverConfig {
+        snapshot_entries: 10,
+        snapshot_trailing_entries: 3,
+        ..DriverConfig::default()
+    };
+    Cluster::with(config, driver)
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_catches_up_by_snapshot_then_by_log() {
+    let mut c = small_snapshots();
+    let leader = c.elect();
+    let lagging = (leader + 1) % 3;
+    c.net.cut.lock().insert(IDS[lagging]);
+    write(&mut c, leader, 45, "a");
+    let status = c.handles[leader].status();
+    assert!(status.snapshots.taken >= 4, "{status:?}");
+    assert!(status.first_index > LogIndex(30), "compacted: {status:?}");
+    c.net.cut.lock().clear();
+    c.tick(20);
+    write(&mut c, leader, 3, "b");
+    c.tick(5);
+    let lagging_status = c.handles[lagging].status();
+    assert_eq!(lagging_status.snapshots.installed, 1, "{lagging_status:?}");
+    let leader_status = c.handles[leader].status();
+    assert!(
+        leader_status.snapshots.chunks_sent > 2,
+        "several chunks: {leader_status:?}"
+    );
+    assert_eq!(leader_status.snapshots.transfers_started, 1);
+    let expected = c.applied[leader].lock().clone();
+    assert_eq!(expected.len(), 48);
+    for applied in &c.applied {
+        assert_eq!(*applied.lock(), expected);
+    }
+}
+
+#[test]
+fn a_restart_applies_the_log_after_the_snapshot_only() {
+    let mut c = small_snapshots();
+    let leader = c.elect();
+    write(&mut c, leader, 25, "a");
+    let follower = (leader + 1) % 3;
+    c.restart(follower);
+    c.tick(5);
+    write(&mut c, leader, 2, "b");
+    c.tick(5);
+    let restarted = c.handles[follower].status();
+    assert_eq!(
+        restarted.snapshots.last_index,
+        LogIndex(20),
+        "{restarted:?}"
+    );
+    let expected = c.applied[leader].lock().clone();
+    assert_eq!(expected.len(), 27);
+    assert_eq!(
+        *c.applied[follower].lock(),
+        expected,
+        "each command exactly once"
+    );
+}
+
+#[test]
+fn a_snapshot_on_request_compacts_the_log() {
+    let mut c = Cluster::with(
+        Config::new(NodeId(1)),
+        DriverConfig {
+            snapshot_entries: 0,
+            snapshot_trailing_entries: 1,
+            ..DriverConfig::default()
+        },
+    );
+    let leader = c.elect();
+    write(&mut c, leader, 5, "a");
+    assert_eq!(c.handles[leader].status().snapshots.taken, 0);
+    let h = c.handles[leader].clone();
+    let meta = c.spawn(async move { h.snapshot().await });
+    let meta = meta.borrow().clone().unwrap().unwrap();
+    assert_eq!(meta.last_index, c.handles[leader].status().applied_index);
+    c.tick(1);
+    assert_eq!(c.handles[leader].status().first_index, meta.last_index);
 }

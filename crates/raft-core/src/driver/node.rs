@@ -9,12 +9,13 @@ use futures::future::BoxFuture;
 use futures::stream::{FusedStream, FuturesOrdered};
 use futures::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
-use raft_proto::{EntryPayload, LogIndex, Message, NodeId, Term};
+use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
-use super::traits::{LogStore, StateMachine, Transport};
-use crate::error::{Error, StorageError};
-use crate::node::{PersistAck, RawNode};
+use super::traits::{LogStore, SnapshotStore, StateMachine, Transport};
+use crate::error::{Error, SnapshotError, StorageError};
+use crate::node::{PersistAck, RawNode, Ready};
 use crate::raft::Role;
+use crate::snapshot::SnapshotSend;
 use crate::Config;
 
 /// Bounds of the driver's own queues.
@@ -29,6 +30,14 @@ pub struct DriverConfig {
     pub reads_waiting_max: usize,
     /// Peer addresses, to name the leader's address in [`NodeError::NotLeader`].
     pub addresses: BTreeMap<NodeId, String>,
+    /// Take a snapshot whenever the applied index reaches a multiple of this (0: only on
+    /// request). Multiples make every node snapshot at the same indexes, so that the same
+    /// state gives the same snapshot everywhere and a transfer interrupted by a leader change
+    /// resumes on the new leader.
+    pub snapshot_entries: u64,
+    /// After a snapshot, the log keeps this many entries behind it, so that slightly lagging
+    /// followers still replicate from the log instead of receiving a snapshot.
+    pub snapshot_trailing_entries: u64,
 }
 
 impl Default for DriverConfig {
@@ -38,6 +47,8 @@ impl Default for DriverConfig {
             persist_inflight_max: 64,
             reads_waiting_max: 4096,
             addresses: BTreeMap::new(),
+            snapshot_entries: 10_000,
+            snapshot_trailing_entries: 5_000,
         }
     }
 }
@@ -66,6 +77,13 @@ pub enum NodeError {
     /// The node is shutting down or has stopped.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The entry may or may not have been applied: this node installed a snapshot that
+    /// covers its index, and a snapshot does not carry responses.
+    #[error("outcome unknown: a snapshot covered the proposal's entry")]
+    OutcomeUnknown,
+    /// Taking a snapshot failed.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
     /// The log store failed; the node stopped (fail-stop).
     #[error("storage failed: {0}")]
     Storage(String),
@@ -88,11 +106,39 @@ pub struct NodeStatus {
     pub applied_index: LogIndex,
     /// The last index of the log.
     pub last_index: LogIndex,
+    /// The first index the log still holds.
+    pub first_index: LogIndex,
+    /// Snapshot counters.
+    pub snapshots: SnapshotStats,
+}
+
+/// What the driver did with snapshots (counters since start).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// The newest snapshot's last index (0: none).
+    pub last_index: LogIndex,
+    /// Snapshots taken of this node's state machine.
+    pub taken: u64,
+    /// Transfers to a follower started from offset 0.
+    pub transfers_started: u64,
+    /// Transfers to a follower resumed at an offset the follower already held.
+    pub transfers_resumed: u64,
+    /// Chunks sent (probes excluded) and their bytes.
+    pub chunks_sent: u64,
+    /// Bytes of snapshot data sent.
+    pub bytes_sent: u64,
+    /// Chunks received and written.
+    pub chunks_received: u64,
+    /// Received snapshots installed.
+    pub installed: u64,
+    /// Received snapshots that failed verification.
+    pub rejected: u64,
 }
 
 enum Request<R> {
     Propose(Bytes, oneshot::Sender<Result<R, NodeError>>),
     Read(oneshot::Sender<Result<LogIndex, NodeError>>),
+    Snapshot(oneshot::Sender<Result<SnapshotMeta, NodeError>>),
     Campaign,
     Shutdown,
 }
@@ -138,6 +184,14 @@ impl<R: Send + 'static> NodeHandle<R> {
         rx.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
+    /// Takes a snapshot of the state machine now (at the applied index) and compacts the log
+    /// behind it.
+    pub async fn snapshot(&self) -> Result<SnapshotMeta, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Request::Snapshot(tx)).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
     /// Starts an election on this node now.
     pub async fn campaign(&self) -> Result<(), NodeError> {
         self.request(Request::Campaign).await
@@ -167,14 +221,15 @@ struct Waiter<R> {
 }
 
 /// A new driver and the first handle to it.
-pub type Started<L, M, T> = (Node<L, M, T>, NodeHandle<<M as StateMachine>::Response>);
+pub type Started<L, M, T, P> = (Node<L, M, T, P>, NodeHandle<<M as StateMachine>::Response>);
 
 /// The driver of one Raft node.
-pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport> {
+pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotStore> {
     raw: RawNode<L>,
     log: L,
     state_machine: M,
     transport: T,
+    snapshots: P,
     config: DriverConfig,
     requests: mpsc::Receiver<Request<M::Response>>,
     status: Arc<Mutex<NodeStatus>>,
@@ -184,25 +239,59 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport> {
     /// Reads confirmed at an index this node has not applied yet, in arrival order.
     reads_waiting: VecDeque<(LogIndex, oneshot::Sender<Result<LogIndex, NodeError>>)>,
     next_read_id: u64,
+    /// The last applied index, its term and the configuration in force there: what a
+    /// snapshot taken now covers.
     applied: LogIndex,
+    applied_term: Term,
+    applied_membership: Membership,
+    /// Peers whose snapshot transfer just probed: the next chunk tells whether it resumes.
+    probed: BTreeMap<NodeId, ()>,
+    stats: SnapshotStats,
 }
 
-impl<L, M, T> Node<L, M, T>
+impl<L, M, T, P> Node<L, M, T, P>
 where
     L: LogStore + Clone,
     M: StateMachine,
     T: Transport,
+    P: SnapshotStore,
 {
-    /// A driver for the node described by `config`, reading its state from `log`.
-    pub fn new(
+    /// A driver for the node described by `config`, reading its state from `log` and the
+    /// newest snapshot in `snapshots`: the state machine is restored from that snapshot (the
+    /// log must then continue after it; a crash between keeping a received snapshot and
+    /// installing it in the log is repaired here), and only entries after it are applied.
+    pub async fn new(
         config: Config,
         driver: DriverConfig,
         log: L,
         state_machine: M,
+        snapshots: P,
         transport: T,
-    ) -> Result<Started<L, M, T>, Error> {
+    ) -> Result<Started<L, M, T, P>, Error> {
+        let mut config = config;
+        let mut state_machine = state_machine;
+        let mut applied_term = Term(0);
+        let mut applied_membership = log.initial_state()?.membership;
+        let latest = snapshots.latest();
+        if let Some(meta) = &latest {
+            let mut source = snapshots.open(meta).await?;
+            state_machine
+                .restore(&mut source)
+                .await
+                .map_err(|e| SnapshotError::Corrupt(format!("restoring {meta:?}: {e}")))?;
+            log.install_snapshot(meta.last_index, meta.last_term, meta.membership.clone())
+                .await?;
+            config.applied = meta.last_index;
+            applied_term = meta.last_term;
+            applied_membership = meta.membership.clone();
+        }
         let applied = config.applied;
-        let raw = RawNode::new(config, log.clone())?;
+        let mut raw = RawNode::new(config, log.clone())?;
+        let mut stats = SnapshotStats::default();
+        if let Some(meta) = latest {
+            stats.last_index = meta.last_index;
+            raw.on_snapshot_stored(meta);
+        }
         let (tx, rx) = mpsc::channel(driver.request_queue_max);
         let status = Arc::new(Mutex::new(NodeStatus::default()));
         let node = Node {
@@ -210,6 +299,7 @@ where
             log,
             state_machine,
             transport,
+            snapshots,
             config: driver,
             requests: rx,
             status: Arc::clone(&status),
@@ -219,6 +309,10 @@ where
             reads_waiting: VecDeque::new(),
             next_read_id: 0,
             applied,
+            applied_term,
+            applied_membership,
+            probed: BTreeMap::new(),
+            stats,
         };
         node.publish_status();
         Ok((
@@ -242,7 +336,9 @@ where
         // Proposals of a lost term stay registered: they resolve when their index is applied,
         // with the response if their entry survived, or LeadershipLost.
         let result = loop {
-            self.handle_ready().await;
+            if let Err(e) = self.handle_ready().await {
+                break Err(e);
+            }
             futures::select_biased! {
                 done = self.persisting.select_next_some() => match done {
                     Ok(p) => self.on_persisted(p),
@@ -251,7 +347,7 @@ where
                 msg = inbound.select_next_some() => self.raw.step(msg),
                 () = ticks.select_next_some() => self.raw.tick(),
                 req = self.requests.select_next_some() => {
-                    if !self.handle_request(req) {
+                    if !self.handle_request(req).await {
                         break Ok(());
                     }
                 },
@@ -262,7 +358,7 @@ where
         result
     }
 
-    fn handle_request(&mut self, req: Request<M::Response>) -> bool {
+    async fn handle_request(&mut self, req: Request<M::Response>) -> bool {
         match req {
             Request::Propose(command, reply) => match self.raw.propose(command) {
                 Ok(index) => {
@@ -284,6 +380,10 @@ where
                     self.raw.read_index(self.next_read_id);
                 }
             }
+            Request::Snapshot(reply) => {
+                let result = self.take_snapshot().await;
+                let _ = reply.send(result);
+            }
             Request::Campaign => self.raw.campaign(),
             Request::Shutdown => return false,
         }
@@ -303,14 +403,17 @@ where
         }
     }
 
-    /// Takes every Ready: messages out, the write to the log store, committed entries to the
-    /// state machine, read points to their waiters.
-    async fn handle_ready(&mut self) {
+    /// Takes every Ready: messages out, snapshot chunks read and sent or written, the write
+    /// to the log store, committed entries to the state machine, read points to their
+    /// waiters. Errors are fatal for the node.
+    async fn handle_ready(&mut self) -> Result<(), NodeError> {
         while self.raw.has_ready() && self.persisting.len() < self.config.persist_inflight_max {
             let mut ready = self.raw.ready();
             if !ready.messages.is_empty() {
                 self.transport.send(std::mem::take(&mut ready.messages));
             }
+            self.send_snapshot_chunks(std::mem::take(&mut ready.snapshot_sends))
+                .await;
             for rs in std::mem::take(&mut ready.read_states) {
                 if let Some(reply) = self.reads_pending.remove(&rs.request_id) {
                     match rs.index {
@@ -321,6 +424,10 @@ where
                     }
                 }
             }
+            if let Some(meta) = ready.snapshot.take() {
+                self.install_snapshot(meta).await?;
+            }
+            self.write_snapshot_chunks(&mut ready).await;
             let ack = ready.persist_ack();
             let messages = std::mem::take(&mut ready.persisted_messages);
             let write = self
@@ -334,20 +441,219 @@ where
             // Committed entries are durable here already: apply them now.
             if let Some(last) = ready.last_committed_index() {
                 for entry in &ready.committed_entries {
+                    if entry.index <= self.applied {
+                        // Handed out before a snapshot that covers it was installed.
+                        continue;
+                    }
                     let response = match &entry.payload {
                         EntryPayload::Normal(command) => {
                             Some(self.state_machine.apply(entry.index, command).await)
                         }
-                        _ => None,
+                        EntryPayload::Membership(m) => {
+                            self.applied_membership = m.clone();
+                            None
+                        }
+                        EntryPayload::Noop => None,
                     };
                     self.complete(entry.index, entry.term, response);
+                    self.applied = entry.index;
+                    self.applied_term = entry.term;
+                    let every = self.config.snapshot_entries;
+                    if every > 0 && entry.index.0.is_multiple_of(every) {
+                        if let Err(e) = self.take_snapshot().await {
+                            // Not fatal: the log keeps growing until a later snapshot works.
+                            tracing::warn!(index = entry.index.0, "taking a snapshot failed: {e}");
+                        }
+                    }
                 }
-                self.applied = last;
                 self.raw.on_applied(last);
             }
             self.serve_reads();
             self.publish_status();
         }
+        Ok(())
+    }
+
+    /// Reads each chunk the core asks for and sends it; a chunk that cannot be read (a newer
+    /// snapshot replaced it) is skipped: the core starts that transfer over.
+    async fn send_snapshot_chunks(&mut self, sends: Vec<SnapshotSend>) {
+        if sends.is_empty() {
+            return;
+        }
+        let mut out = Vec::with_capacity(sends.len());
+        for send in sends {
+            if send.len == 0 {
+                self.probed.insert(send.to, ());
+                out.push(send.into_message(Bytes::new()));
+                continue;
+            }
+            if self.probed.remove(&send.to).is_some() {
+                if send.offset == 0 {
+                    self.stats.transfers_started += 1;
+                    tracing::info!(
+                        to = send.to.0,
+                        snapshot = send.meta.last_index.0,
+                        bytes = send.meta.size_bytes,
+                        "snapshot transfer starts"
+                    );
+                } else {
+                    self.stats.transfers_resumed += 1;
+                    tracing::info!(
+                        to = send.to.0,
+                        snapshot = send.meta.last_index.0,
+                        offset = send.offset,
+                        "snapshot transfer resumes at the acknowledged offset"
+                    );
+                }
+            }
+            match self
+                .snapshots
+                .read_chunk(&send.meta, send.offset, send.len)
+                .await
+            {
+                Ok(data) if data.len() == send.len => {
+                    self.stats.chunks_sent += 1;
+                    self.stats.bytes_sent += data.len() as u64;
+                    out.push(send.into_message(data));
+                }
+                _ => {}
+            }
+        }
+        self.transport.send(out);
+    }
+
+    /// Writes received chunks; after the last one of a snapshot, verifies and keeps it and
+    /// tells the core.
+    async fn write_snapshot_chunks(&mut self, ready: &mut Ready) {
+        for chunk in std::mem::take(&mut ready.snapshot_chunks) {
+            let written = self
+                .snapshots
+                .write_chunk(&chunk.meta, chunk.offset, &chunk.data)
+                .await;
+            self.stats.chunks_received += 1;
+            if !chunk.last {
+                // A failed write shows when the whole snapshot is verified.
+                continue;
+            }
+            let valid = match written {
+                Ok(()) => self.snapshots.finish_received(&chunk.meta).await.is_ok(),
+                Err(_) => false,
+            };
+            if valid {
+                self.stats.last_index = self.stats.last_index.max(chunk.meta.last_index);
+                tracing::info!(snapshot = chunk.meta.last_index.0, "received a snapshot");
+            } else {
+                self.stats.rejected += 1;
+                tracing::warn!(
+                    snapshot = chunk.meta.last_index.0,
+                    "a received snapshot failed verification; the transfer starts over"
+                );
+            }
+            self.raw.on_snapshot_received(&chunk.meta, valid);
+        }
+    }
+
+    /// Installs a received snapshot: the state machine restores it, the log continues after
+    /// it (ordered with the other log writes).
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), NodeError> {
+        let fail = |e: String| {
+            NodeError::Storage(format!(
+                "installing the snapshot at {}: {e}",
+                meta.last_index
+            ))
+        };
+        let mut source = self
+            .snapshots
+            .open(&meta)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.state_machine
+            .restore(&mut source)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let install =
+            self.log
+                .install_snapshot(meta.last_index, meta.last_term, meta.membership.clone());
+        self.persisting.push_back(
+            install
+                .map(|r| {
+                    r.map(|()| Persisted {
+                        ack: PersistAck::default(),
+                        messages: Vec::new(),
+                    })
+                })
+                .boxed(),
+        );
+        // Proposals this node made at indexes the snapshot covers were applied or replaced
+        // there; which one is not known.
+        let covered: Vec<LogIndex> = self
+            .waiters
+            .range(..=meta.last_index)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in covered {
+            let waiter = self.waiters.remove(&index).expect("listed above");
+            let _ = waiter.reply.send(Err(NodeError::OutcomeUnknown));
+        }
+        self.applied = meta.last_index;
+        self.applied_term = meta.last_term;
+        self.applied_membership = meta.membership;
+        self.stats.installed += 1;
+        Ok(())
+    }
+
+    /// Snapshots the state machine at the applied index, makes it the newest snapshot and
+    /// compacts the log behind it (keeping `snapshot_trailing_entries`).
+    async fn take_snapshot(&mut self) -> Result<SnapshotMeta, NodeError> {
+        let fail = |e: String| NodeError::Snapshot(e);
+        if let Some(meta) = self.raw.snapshot() {
+            if meta.last_index >= self.applied {
+                return Ok(meta.clone());
+            }
+        }
+        if self.applied == LogIndex(0) {
+            return Err(fail("nothing applied yet".into()));
+        }
+        let mut writer = self
+            .snapshots
+            .begin()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.state_machine
+            .snapshot(&mut writer)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let meta = writer
+            .finish(
+                self.applied,
+                self.applied_term,
+                self.applied_membership.clone(),
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.stats.taken += 1;
+        self.stats.last_index = meta.last_index;
+        self.raw.on_snapshot_stored(meta.clone());
+        let up_to = LogIndex(
+            meta.last_index
+                .0
+                .saturating_sub(self.config.snapshot_trailing_entries),
+        );
+        let first = self.log.first_index().map_err(|e| fail(e.to_string()))?;
+        if up_to >= first {
+            let compact = self.log.compact(up_to);
+            self.persisting.push_back(
+                compact
+                    .map(|r| {
+                        r.map(|()| Persisted {
+                            ack: PersistAck::default(),
+                            messages: Vec::new(),
+                        })
+                    })
+                    .boxed(),
+            );
+        }
+        Ok(meta)
     }
 
     fn on_persisted(&mut self, p: Persisted) {
@@ -401,6 +707,8 @@ where
             commit_index: status.hard_state.commit,
             applied_index: self.applied,
             last_index: status.last_index,
+            first_index: self.raw.first_index(),
+            snapshots: self.stats.clone(),
         };
     }
 
@@ -421,6 +729,9 @@ where
                     let _ = reply.send(Err(error.clone()));
                 }
                 Request::Read(reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Request::Snapshot(reply) => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 _ => {}

@@ -94,7 +94,10 @@ pub trait SnapshotStore: Send + Sync + 'static {
     async fn begin(&self) -> Result<Box<dyn SnapshotWriter>, SnapshotError>;
 
     /// Opens snapshot `meta`'s data for reading (to restore a state machine from it).
-    async fn open(&self, meta: &SnapshotMeta) -> Result<Box<SnapshotSource<'static>>, SnapshotError>;
+    async fn open(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> Result<Box<SnapshotSource<'static>>, SnapshotError>;
 
     /// Reads up to `len` bytes of snapshot `meta` from `offset` (fewer only at its end).
     async fn read_chunk(

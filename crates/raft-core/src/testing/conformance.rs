@@ -147,7 +147,9 @@ pub fn installing_a_snapshot_keeps_a_matching_log<S: StorageMut>(mut s: S) {
     assert_eq!(s.first_index().unwrap(), LogIndex(1));
     assert_eq!(s.last_index().unwrap(), LogIndex(10));
     assert_eq!(
-        s.entries(LogIndex(1), LogIndex(11), usize::MAX).unwrap().len(),
+        s.entries(LogIndex(1), LogIndex(11), usize::MAX)
+            .unwrap()
+            .len(),
         10
     );
     assert_eq!(s.initial_state().unwrap().membership, membership());

@@ -2,4 +2,7 @@
 //! must pass, and the deterministic cluster simulator.
 
 pub mod conformance;
+mod mem_snapshots;
 pub mod sim;
+
+pub use mem_snapshots::MemSnapshotStore;

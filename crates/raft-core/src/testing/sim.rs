@@ -10,9 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
-use raft_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, Message, NodeId, Term};
+use raft_proto::{
+    Entry, EntryPayload, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
+    SnapshotMeta, Term,
+};
 
-use crate::{Config, MemStorage, PersistAck, RawNode, Ready, Rng, Role, Storage, StorageMut};
+use crate::{
+    Config, MemStorage, PersistAck, RawNode, Ready, Rng, Role, SnapshotChunk, Storage, StorageMut,
+};
 
 /// Where the simulator keeps each node's durable state. A crash drops every handle the node
 /// had and reopens the store with [`open`](StoreFactory::open), so a store with recovery
@@ -81,6 +86,15 @@ pub struct SimConfig {
     pub propose_rate: f64,
     /// Per tick: probability that a client asks a random node for a linearizable read.
     pub read_rate: f64,
+    /// After a write that applied entries: probability that the node takes a snapshot and
+    /// compacts its log behind it.
+    pub snapshot_rate: f64,
+    /// A compaction keeps up to this many entries behind the snapshot (drawn per compaction).
+    pub trailing_entries_max: u64,
+    /// Probability that a snapshot chunk is corrupted in transit (its checksum catches it).
+    pub chunk_corrupt_rate: f64,
+    /// Probability that a received snapshot is corrupt on disk when it is verified.
+    pub snapshot_corrupt_rate: f64,
     /// Print every event.
     pub verbose: bool,
     /// The configuration template of every node (`id` and `seed` are set per node).
@@ -99,6 +113,8 @@ impl SimConfig {
         node.heartbeat_ticks = 2;
         node.append_entries_max = 8;
         node.inflight_msgs_max = 4;
+        node.snapshot_chunk_bytes_max = 16;
+        node.snapshot_chunks_inflight_max = 3;
         let mut cfg = SimConfig {
             seed,
             nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
@@ -115,6 +131,12 @@ impl SimConfig {
             restart_only_for_quorum: false,
             propose_rate: 0.6,
             read_rate: 0.3,
+            // Every third seed runs without snapshots; the others compact often, so followers
+            // that fall behind are brought up by snapshot.
+            snapshot_rate: if seed % 3 == 0 { 0.0 } else { 0.03 },
+            trailing_entries_max: 4,
+            chunk_corrupt_rate: 0.01,
+            snapshot_corrupt_rate: 0.02,
             verbose: false,
             node,
         };
@@ -122,6 +144,7 @@ impl SimConfig {
             0 => {}
             1 => {
                 cfg.node.append_entries_max = 1;
+                cfg.node.snapshot_chunks_inflight_max = 1;
                 cfg.crash_rate = 0.02;
                 cfg.partition_rate = 0.03;
                 cfg.latency_units_max = 40;
@@ -131,6 +154,8 @@ impl SimConfig {
                 cfg.duplicate_rate = 0.1;
                 cfg.latency_units_max = 60;
                 cfg.disk_units_max = 40;
+                cfg.node.snapshot_chunk_bytes_max = 7;
+                cfg.chunk_corrupt_rate = 0.05;
             }
             3 => {
                 // Without check-quorum an isolated leader keeps believing it leads: reads it
@@ -183,6 +208,14 @@ pub struct SimReport {
     pub reads_ok: u64,
     /// Read-index requests refused (no leader, leadership lost).
     pub reads_failed: u64,
+    /// Snapshots nodes took of their own state machines.
+    pub snapshots_taken: u64,
+    /// Snapshot chunks sent (probes included).
+    pub snapshot_chunks_sent: u64,
+    /// Received snapshots that failed verification.
+    pub snapshots_rejected: u64,
+    /// Received snapshots installed.
+    pub snapshots_installed: u64,
 }
 
 /// A violated property, with where it happened.
@@ -219,6 +252,10 @@ enum Event {
 
 /// A write a node handed out and the disk has not finished.
 struct PendingWrite {
+    /// A received snapshot to install first.
+    install: Option<SnapshotMeta>,
+    /// Received snapshot chunks to write.
+    chunks: Vec<SnapshotChunk>,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
     persisted_messages: Vec<Message>,
@@ -236,8 +273,52 @@ struct SimNode<S> {
     disk_busy_until: u64,
     /// Bumped at each crash so that events of an earlier life are ignored.
     incarnation: u64,
-    /// The state machine: the last applied index, rebuilt from the log after a restart.
+    /// The state machine: the last applied index and its term, and a digest of everything
+    /// applied. Restored from the newest snapshot and the log after a restart.
     applied: LogIndex,
+    applied_term: Term,
+    digest: u64,
+    /// The newest durable snapshot and its data.
+    snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// A snapshot being received (volatile: lost in a crash).
+    partial: Option<(SnapshotMeta, Vec<u8>)>,
+}
+
+/// The simulated state machine's digest after applying `entry` on top of `digest` (FNV-1a).
+fn digest_step(digest: u64, entry: &Entry) -> u64 {
+    let mut h = digest ^ 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&entry.index.0.to_be_bytes());
+    eat(&entry.term.0.to_be_bytes());
+    match &entry.payload {
+        EntryPayload::Normal(data) => eat(data),
+        EntryPayload::Noop => eat(b"noop"),
+        EntryPayload::Membership(m) => eat(format!("{m:?}").as_bytes()),
+    }
+    h
+}
+
+/// The simulated state machine's snapshot: applied index and digest, padded so that
+/// snapshots span several chunks.
+fn snapshot_data(index: LogIndex, digest: u64) -> Bytes {
+    let mut data = Vec::new();
+    data.extend_from_slice(&index.0.to_be_bytes());
+    data.extend_from_slice(&digest.to_be_bytes());
+    let pad = 8 + (index.0 * 7 + digest % 13) % 48;
+    data.extend((0..pad).map(|i| (digest >> (i % 8 * 8)) as u8 ^ i as u8));
+    Bytes::from(data)
+}
+
+/// The applied index and digest a snapshot holds.
+fn parse_snapshot(data: &[u8]) -> Option<(LogIndex, u64)> {
+    let index = u64::from_be_bytes(data.get(0..8)?.try_into().ok()?);
+    let digest = u64::from_be_bytes(data.get(8..16)?.try_into().ok()?);
+    Some((LogIndex(index), digest))
 }
 
 /// The global safety checker. Every method returns the violated property on failure.
@@ -253,6 +334,8 @@ pub struct Checker {
     /// term of the node that first reported it, lowered to keep the list non-decreasing
     /// (an index is committed no later than any index after it).
     commit_terms: Vec<Term>,
+    /// The state machine digest after applying each committed index, as far as computed.
+    digests: Vec<u64>,
 }
 
 impl Checker {
@@ -351,6 +434,7 @@ impl Checker {
         &self,
         node: NodeId,
         term: Term,
+        first_index: LogIndex,
         term_at: impl Fn(LogIndex) -> Option<Term>,
     ) -> Result<(), String> {
         let upto = self.commit_terms.partition_point(|&t| t <= term);
@@ -359,6 +443,10 @@ impl Checker {
         }
         let index = LogIndex(upto as u64);
         let expected = self.committed[upto - 1];
+        if index < first_index {
+            // Compacted into a snapshot, whose state was checked when it was taken.
+            return Ok(());
+        }
         if term_at(index) != Some(expected) {
             return Err(format!(
                 "Leader Completeness: {node}, leader of {term}, has {:?} at committed index {index} (committed term {expected})",
@@ -366,6 +454,58 @@ impl Checker {
             ));
         }
         Ok(())
+    }
+
+    /// The digest of a state machine that applied the committed log up to `index`.
+    fn digest_at(&mut self, index: LogIndex) -> Result<u64, String> {
+        while (self.digests.len() as u64) < index.0 {
+            let i = LogIndex(self.digests.len() as u64 + 1);
+            let term = self
+                .committed_term(i)
+                .ok_or_else(|| format!("a snapshot covers {i}, which is not committed"))?;
+            let (_, payload) = self
+                .written
+                .get(&(i, term))
+                .ok_or_else(|| format!("committed entry {i}@{term} was never written"))?;
+            let entry = Entry {
+                term,
+                index: i,
+                payload: payload.clone(),
+            };
+            let prev = self.digests.last().copied().unwrap_or(0);
+            self.digests.push(digest_step(prev, &entry));
+        }
+        Ok(match index.0 {
+            0 => 0,
+            i => self.digests[i as usize - 1],
+        })
+    }
+
+    /// State Machine Safety for snapshots: a snapshot taken or restored at `index` holds the
+    /// state of exactly the committed log up to `index`.
+    fn snapshot_seen(
+        &mut self,
+        node: NodeId,
+        what: &str,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<(LogIndex, u64), String> {
+        let (index, digest) = parse_snapshot(data)
+            .ok_or_else(|| format!("{node} {what} an unreadable snapshot {meta:?}"))?;
+        if index != meta.last_index || self.committed_term(index) != Some(meta.last_term) {
+            return Err(format!(
+                "State Machine Safety: {node} {what} a snapshot of {index} labelled {}@{}, but the committed term there is {:?}",
+                meta.last_index,
+                meta.last_term,
+                self.committed_term(meta.last_index)
+            ));
+        }
+        if digest != self.digest_at(index)? {
+            return Err(format!(
+                "State Machine Safety: {node} {what} a snapshot at {index} whose state differs from the committed log's"
+            ));
+        }
+        Ok((index, digest))
     }
 
     /// State Machine Safety: nodes apply the same entries in the same order, exactly once.
@@ -461,6 +601,10 @@ impl<F: StoreFactory> Cluster<F> {
                 disk_busy_until: 0,
                 incarnation: 0,
                 applied: LogIndex(0),
+                applied_term: Term(0),
+                digest: 0,
+                snapshot: None,
+                partial: None,
             };
             cluster.nodes.insert(id, node);
             cluster.start_node(id);
@@ -476,8 +620,23 @@ impl<F: StoreFactory> Cluster<F> {
         config.id = id;
         let node = self.nodes.get_mut(&id).expect("known node");
         config.seed = self.cfg.seed ^ (id.0 << 32) ^ node.incarnation.wrapping_mul(0x9E37_79B9);
-        node.raw = Some(RawNode::new(config, node.durable.clone()).expect("valid config"));
-        node.applied = LogIndex(0);
+        // The state machine starts from the newest snapshot (the log continues after it: a
+        // crash may have come between keeping a received snapshot and installing it).
+        node.partial = None;
+        (node.applied, node.applied_term, node.digest) = (LogIndex(0), Term(0), 0);
+        if let Some((meta, data)) = &node.snapshot {
+            let (index, digest) = parse_snapshot(data).expect("the simulator wrote it");
+            (node.applied, node.applied_term, node.digest) = (index, meta.last_term, digest);
+            node.durable
+                .install_snapshot(meta.last_index, meta.last_term, &meta.membership)
+                .expect("install the snapshot in the log");
+            config.applied = index;
+        }
+        let mut raw = RawNode::new(config, node.durable.clone()).expect("valid config");
+        if let Some((meta, _)) = &node.snapshot {
+            raw.on_snapshot_stored(meta.clone());
+        }
+        node.raw = Some(raw);
     }
 
     fn schedule(&mut self, delay: u64, event: Event) {
@@ -760,19 +919,33 @@ impl<F: StoreFactory> Cluster<F> {
                 self.trace(|| format!("{id} is now {:?} (leader {:?})", soft.role, soft.leader));
             }
             let ack = ready.persist_ack();
+            let mut chunk_messages = Vec::new();
+            for send in ready.snapshot_sends {
+                let node = &self.nodes[&id];
+                // A chunk of a snapshot the store no longer has is skipped.
+                if let Some((meta, data)) = node.snapshot.as_ref().filter(|s| s.0 == send.meta) {
+                    debug_assert_eq!(data.len() as u64, meta.size_bytes);
+                    let at = send.offset as usize;
+                    let chunk = data.slice(at..at + send.len);
+                    chunk_messages.push(send.into_message(chunk));
+                    self.report.snapshot_chunks_sent += 1;
+                }
+            }
             let delay = 1 + self.rng.below(self.cfg.disk_units_max);
             let node = self.nodes.get_mut(&id).expect("known node");
             let done_at = node.disk_busy_until.max(self.now + delay);
             node.disk_busy_until = done_at;
             let incarnation = node.incarnation;
             node.pending.push_back(PendingWrite {
+                install: ready.snapshot,
+                chunks: ready.snapshot_chunks,
                 entries: ready.entries,
                 hard_state: ready.hard_state,
                 persisted_messages: ready.persisted_messages,
                 committed_entries: ready.committed_entries,
                 ack,
             });
-            for m in ready.messages {
+            for m in ready.messages.into_iter().chain(chunk_messages) {
                 self.send(m);
             }
             self.schedule(done_at - self.now, Event::DiskDone(id, incarnation));
@@ -785,6 +958,13 @@ impl<F: StoreFactory> Cluster<F> {
         let Some(write) = node.pending.pop_front() else {
             return Ok(());
         };
+        if let Some(meta) = &write.install {
+            self.install_snapshot(id, meta)?;
+        }
+        for chunk in write.chunks {
+            self.write_chunk(id, chunk)?;
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
         node.durable
             .append(&write.entries)
             .map_err(|e| e.to_string())?;
@@ -793,19 +973,137 @@ impl<F: StoreFactory> Cluster<F> {
         }
         let raw = node.raw.as_mut().expect("a node with pending writes is up");
         raw.on_persisted(write.ack);
-        let mut applied = node.applied;
+        let (mut applied, mut digest, mut applied_term) =
+            (node.applied, node.digest, node.applied_term);
         for e in &write.committed_entries {
+            if e.index <= applied {
+                // Handed out before a snapshot that covers it was installed.
+                continue;
+            }
             self.checker.applied(id, applied, e)?;
-            applied = e.index;
+            (applied, applied_term) = (e.index, e.term);
+            digest = digest_step(digest, e);
         }
         let node = self.nodes.get_mut(&id).expect("known node");
-        node.applied = applied;
+        let moved = applied > node.applied;
+        (node.applied, node.digest, node.applied_term) = (applied, digest, applied_term);
         if let Some(last) = write.committed_entries.last() {
             node.raw.as_mut().expect("up").on_applied(last.index);
         }
         for m in write.persisted_messages {
             self.send(m);
         }
+        if moved && self.rng.chance(self.cfg.snapshot_rate) {
+            self.take_snapshot(id)?;
+        }
+        Ok(())
+    }
+
+    /// Restores `id`'s state machine from its newest snapshot, which must be `meta`, and makes
+    /// its log continue after it.
+    fn install_snapshot(&mut self, id: NodeId, meta: &SnapshotMeta) -> Result<(), String> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some((stored, data)) = node.snapshot.clone() else {
+            return Err(format!(
+                "{id} was told to install {meta:?}, but holds no snapshot"
+            ));
+        };
+        if stored != *meta {
+            return Err(format!(
+                "{id} was told to install {meta:?}, but its newest snapshot is {stored:?}"
+            ));
+        }
+        let (index, digest) = self.checker.snapshot_seen(id, "restored", meta, &data)?;
+        let node = self.nodes.get_mut(&id).expect("known node");
+        (node.applied, node.applied_term, node.digest) = (index, meta.last_term, digest);
+        node.durable
+            .install_snapshot(meta.last_index, meta.last_term, &meta.membership)
+            .map_err(|e| e.to_string())?;
+        self.report.snapshots_installed += 1;
+        self.trace(|| format!("{id} installs the snapshot at {index}"));
+        Ok(())
+    }
+
+    /// Writes a received chunk; after the last one, verifies the snapshot and keeps it.
+    fn write_chunk(&mut self, id: NodeId, chunk: SnapshotChunk) -> Result<(), String> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.partial.as_ref().is_none_or(|p| p.0 != chunk.meta) {
+            node.partial = Some((chunk.meta.clone(), Vec::new()));
+        }
+        let (_, data) = node.partial.as_mut().expect("set above");
+        let at = chunk.offset as usize;
+        if data.len() < at {
+            data.resize(at, 0);
+        }
+        data.truncate(at);
+        data.extend_from_slice(&chunk.data);
+        if !chunk.last {
+            return Ok(());
+        }
+        let (meta, mut data) = node.partial.take().expect("set above");
+        if !self.quiet && self.rng.chance(self.cfg.snapshot_corrupt_rate) && !data.is_empty() {
+            let at = self.rng.below(data.len() as u64) as usize;
+            data[at] ^= 0x10;
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let valid = data.len() as u64 == meta.size_bytes && crc32c::crc32c(&data) == meta.checksum;
+        if valid {
+            if node
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.0.last_index < meta.last_index)
+            {
+                node.snapshot = Some((meta.clone(), Bytes::from(data)));
+            }
+        }
+        node.raw
+            .as_mut()
+            .expect("up")
+            .on_snapshot_received(&meta, valid);
+        if !valid {
+            self.report.snapshots_rejected += 1;
+        }
+        self.trace(|| {
+            format!(
+                "{id} received the snapshot at {} (valid: {valid})",
+                meta.last_index
+            )
+        });
+        Ok(())
+    }
+
+    /// `id` snapshots its state machine and compacts its log behind the snapshot.
+    fn take_snapshot(&mut self, id: NodeId) -> Result<(), String> {
+        let node = &self.nodes[&id];
+        let index = node.applied;
+        if node
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.0.last_index >= index)
+        {
+            return Ok(());
+        }
+        let data = snapshot_data(index, node.digest);
+        let meta = SnapshotMeta {
+            last_index: index,
+            last_term: node.applied_term,
+            membership: self.membership.clone(),
+            size_bytes: data.len() as u64,
+            checksum: crc32c::crc32c(&data),
+        };
+        self.checker.snapshot_seen(id, "took", &meta, &data)?;
+        let trailing = self.rng.below(self.cfg.trailing_entries_max + 1);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.snapshot = Some((meta.clone(), data));
+        node.raw.as_mut().expect("up").on_snapshot_stored(meta);
+        let durable_last = node.durable.last_index().map_err(|e| e.to_string())?;
+        let up_to = LogIndex(index.0.saturating_sub(trailing)).min(durable_last);
+        let first = node.durable.first_index().map_err(|e| e.to_string())?;
+        if up_to >= first {
+            node.durable.compact(up_to).map_err(|e| e.to_string())?;
+        }
+        self.report.snapshots_taken += 1;
+        self.trace(|| format!("{id} snapshots at {index}, compacts to {up_to}"));
         Ok(())
     }
 
@@ -817,6 +1115,15 @@ impl<F: StoreFactory> Cluster<F> {
         if !self.quiet && self.rng.chance(self.cfg.drop_rate) {
             self.report.lost += 1;
             return;
+        }
+        let mut m = m;
+        if let MessageBody::InstallSnapshot(req) = &mut m.body {
+            if !self.quiet && !req.data.is_empty() && self.rng.chance(self.cfg.chunk_corrupt_rate) {
+                let mut data = req.data.to_vec();
+                let at = self.rng.below(data.len() as u64) as usize;
+                data[at] ^= 0x01;
+                req.data = Bytes::from(data);
+            }
         }
         if !self.quiet && self.rng.chance(self.cfg.duplicate_rate) {
             let delay = 1 + self.rng.below(self.cfg.latency_units_max);
@@ -841,7 +1148,7 @@ impl<F: StoreFactory> Cluster<F> {
                 .commit_seen(id, raw.term(), raw.commit_index(), |i| raw.term_at(i))?;
             if raw.role() == Role::Leader {
                 self.checker
-                    .leader_complete(id, raw.term(), |i| raw.term_at(i))?;
+                    .leader_complete(id, raw.term(), raw.first_index(), |i| raw.term_at(i))?;
             }
         }
         self.check_durability()
@@ -856,7 +1163,10 @@ impl<F: StoreFactory> Cluster<F> {
         let holders = self
             .nodes
             .values()
-            .filter(|n| n.durable.term(index).ok() == Some(term))
+            .filter(|n| {
+                n.durable.term(index).ok() == Some(term)
+                    || n.snapshot.as_ref().is_some_and(|s| s.0.last_index >= index)
+            })
             .count();
         if holders <= self.nodes.len() / 2 {
             return Err(format!(
@@ -1120,10 +1430,14 @@ mod tests {
             .unwrap_err();
         assert!(err.starts_with("State Machine Safety"), "{err}");
         // A leader of term 3 must hold index 2 of term 1; a leader of term 0 need not.
-        let err = c.leader_complete(NodeId(2), Term(3), log_b).unwrap_err();
+        let err = c
+            .leader_complete(NodeId(2), Term(3), LogIndex(1), log_b)
+            .unwrap_err();
         assert!(err.starts_with("Leader Completeness"), "{err}");
-        c.leader_complete(NodeId(1), Term(2), log_a).unwrap();
-        c.leader_complete(NodeId(2), Term(0), log_b).unwrap();
+        c.leader_complete(NodeId(1), Term(2), LogIndex(1), log_a)
+            .unwrap();
+        c.leader_complete(NodeId(2), Term(0), LogIndex(1), log_b)
+            .unwrap();
         // Applying out of order, an uncommitted index, or another payload fails.
         c.applied(NodeId(1), LogIndex(0), &entry(1, 1, b"x"))
             .unwrap();
