@@ -42,6 +42,8 @@ pub struct SnapshotTransfer {
     pub probing: bool,
     /// Heartbeat answers seen since `acked` last moved.
     pub(crate) stalled: u32,
+    /// No chunk with data was sent yet.
+    pub(crate) fresh: bool,
 }
 
 impl SnapshotTransfer {
@@ -54,6 +56,7 @@ impl SnapshotTransfer {
             probe_needed: true,
             probing: false,
             stalled: 0,
+            fresh: true,
         }
     }
 

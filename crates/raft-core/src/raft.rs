@@ -23,10 +23,6 @@ use crate::rng::Rng;
 use crate::snapshot::{self, Receiving, SnapshotChunk, SnapshotSend};
 use crate::storage::Storage;
 
-/// A snapshot transfer that saw this many heartbeat answers without progress probes again and
-/// resends from what the follower holds.
-const SNAPSHOT_STALL_HEARTBEATS: u32 = 3;
-
 /// The role a node plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -664,7 +660,10 @@ impl<S: Storage> Raft<S> {
                 let inflight_max = self.cfg.inflight_msgs_max;
                 let pr = self.progress.get_mut(&from).expect("checked above");
                 if let Some(transfer) = &mut pr.snapshot {
-                    transfer.heartbeat_answered(SNAPSHOT_STALL_HEARTBEATS);
+                    // A transfer without progress for about an election timeout lost chunks
+                    // or answers: probe again and resend from what the follower holds.
+                    let stall = self.cfg.election_ticks / self.cfg.heartbeat_ticks + 1;
+                    transfer.heartbeat_answered(stall);
                     self.send_snapshot_chunks(from);
                     return;
                 }
@@ -830,16 +829,17 @@ impl<S: Storage> Raft<S> {
         let Some(t) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
             return;
         };
-        let send = |offset: u64, len: u64| SnapshotSend {
+        let send = |offset: u64, len: u64, first: bool| SnapshotSend {
             from,
             to,
             term,
             meta: t.meta.clone(),
             offset,
             len: len as usize,
+            first,
         };
         if t.probe_needed {
-            self.snapshot_sends.push(send(0, 0));
+            self.snapshot_sends.push(send(0, 0, false));
             t.probe_needed = false;
             t.probing = true;
             return;
@@ -851,7 +851,8 @@ impl<S: Storage> Raft<S> {
         let mut sends = Vec::new();
         while t.inflight.len() < window && t.sent < size {
             let len = chunk_max.min(size - t.sent);
-            sends.push(send(t.sent, len));
+            sends.push(send(t.sent, len, t.fresh));
+            t.fresh = false;
             t.sent += len;
             t.inflight.push_back(t.sent);
         }

@@ -24,6 +24,9 @@ pub struct SnapshotSend {
     pub offset: u64,
     /// How many bytes to read (the chunk never passes the snapshot's end).
     pub len: usize,
+    /// The first chunk with data of a transfer: at offset 0 the transfer starts, past 0 it
+    /// resumes a copy the follower already partly holds (logs and metrics tell them apart).
+    pub first: bool,
 }
 
 impl SnapshotSend {

@@ -244,8 +244,6 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotS
     applied: LogIndex,
     applied_term: Term,
     applied_membership: Membership,
-    /// Peers whose snapshot transfer just probed: the next chunk tells whether it resumes.
-    probed: BTreeMap<NodeId, ()>,
     stats: SnapshotStats,
 }
 
@@ -311,7 +309,6 @@ where
             applied,
             applied_term,
             applied_membership,
-            probed: BTreeMap::new(),
             stats,
         };
         node.publish_status();
@@ -483,11 +480,10 @@ where
         let mut out = Vec::with_capacity(sends.len());
         for send in sends {
             if send.len == 0 {
-                self.probed.insert(send.to, ());
                 out.push(send.into_message(Bytes::new()));
                 continue;
             }
-            if self.probed.remove(&send.to).is_some() {
+            if send.first {
                 if send.offset == 0 {
                     self.stats.transfers_started += 1;
                     tracing::info!(

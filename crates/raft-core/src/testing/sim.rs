@@ -133,7 +133,7 @@ impl SimConfig {
             read_rate: 0.3,
             // Every third seed runs without snapshots; the others compact often, so followers
             // that fall behind are brought up by snapshot.
-            snapshot_rate: if seed % 3 == 0 { 0.0 } else { 0.03 },
+            snapshot_rate: if seed.is_multiple_of(3) { 0.0 } else { 0.03 },
             trailing_entries_max: 4,
             chunk_corrupt_rate: 0.01,
             snapshot_corrupt_rate: 0.02,
@@ -183,6 +183,26 @@ impl SimConfig {
     }
 }
 
+impl SimConfig {
+    /// A run without random faults, proposals, reads or snapshots: a test drives it.
+    pub fn quiet(seed: u64, nodes: usize) -> SimConfig {
+        let mut cfg = SimConfig::new(seed);
+        cfg.nodes = nodes;
+        cfg.drop_rate = 0.0;
+        cfg.duplicate_rate = 0.0;
+        cfg.partition_rate = 0.0;
+        cfg.crash_rate = 0.0;
+        cfg.leader_crash_rate = 0.0;
+        cfg.restart_only_for_quorum = false;
+        cfg.propose_rate = 0.0;
+        cfg.read_rate = 0.0;
+        cfg.snapshot_rate = 0.0;
+        cfg.chunk_corrupt_rate = 0.0;
+        cfg.snapshot_corrupt_rate = 0.0;
+        cfg
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
@@ -216,6 +236,12 @@ pub struct SimReport {
     pub snapshots_rejected: u64,
     /// Received snapshots installed.
     pub snapshots_installed: u64,
+    /// Snapshot transfers that began at offset 0 after their probe.
+    pub snapshot_transfers: u64,
+    /// Snapshot transfers that resumed at an offset the follower already held.
+    pub snapshot_resumes: u64,
+    /// Chunk answers that rejected a chunk (bad checksum, or a transfer the follower lost).
+    pub snapshot_chunk_rejects: u64,
 }
 
 /// A violated property, with where it happened.
@@ -690,6 +716,31 @@ impl<F: StoreFactory> Cluster<F> {
         self.nodes.keys().copied().collect()
     }
 
+    /// The fault rates and settings of the run; a test may change them between steps.
+    pub fn config_mut(&mut self) -> &mut SimConfig {
+        &mut self.cfg
+    }
+
+    /// What the run did so far.
+    pub fn report(&self) -> &SimReport {
+        &self.report
+    }
+
+    /// The newest snapshot `id` holds durably.
+    pub fn snapshot_meta(&self, id: NodeId) -> Option<SnapshotMeta> {
+        self.nodes[&id].snapshot.as_ref().map(|s| s.0.clone())
+    }
+
+    /// Makes `id` snapshot its state machine now and compact its log behind the snapshot,
+    /// keeping `trailing` entries.
+    pub fn snapshot(&mut self, id: NodeId, trailing: u64) -> Result<(), String> {
+        if self.nodes[&id].raw.is_none() {
+            return Ok(());
+        }
+        self.take_snapshot_keeping(id, trailing)?;
+        self.drain(id)
+    }
+
     /// The highest index known committed anywhere.
     pub fn committed_index(&self) -> LogIndex {
         self.checker.committed_index()
@@ -921,6 +972,19 @@ impl<F: StoreFactory> Cluster<F> {
             let ack = ready.persist_ack();
             let mut chunk_messages = Vec::new();
             for send in ready.snapshot_sends {
+                if send.first {
+                    if send.offset == 0 {
+                        self.report.snapshot_transfers += 1;
+                    } else {
+                        self.report.snapshot_resumes += 1;
+                        self.trace(|| {
+                            format!(
+                                "{id} resumes the transfer to {} at {}",
+                                send.to, send.offset
+                            )
+                        });
+                    }
+                }
                 let node = &self.nodes[&id];
                 // A chunk of a snapshot the store no longer has is skipped.
                 if let Some((meta, data)) = node.snapshot.as_ref().filter(|s| s.0 == send.meta) {
@@ -1047,14 +1111,12 @@ impl<F: StoreFactory> Cluster<F> {
         }
         let node = self.nodes.get_mut(&id).expect("known node");
         let valid = data.len() as u64 == meta.size_bytes && crc32c::crc32c(&data) == meta.checksum;
-        if valid {
-            if node
-                .snapshot
-                .as_ref()
-                .is_none_or(|s| s.0.last_index < meta.last_index)
-            {
-                node.snapshot = Some((meta.clone(), Bytes::from(data)));
-            }
+        let newer = node
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| s.0.last_index < meta.last_index);
+        if valid && newer {
+            node.snapshot = Some((meta.clone(), Bytes::from(data)));
         }
         node.raw
             .as_mut()
@@ -1074,6 +1136,11 @@ impl<F: StoreFactory> Cluster<F> {
 
     /// `id` snapshots its state machine and compacts its log behind the snapshot.
     fn take_snapshot(&mut self, id: NodeId) -> Result<(), String> {
+        let trailing = self.rng.below(self.cfg.trailing_entries_max + 1);
+        self.take_snapshot_keeping(id, trailing)
+    }
+
+    fn take_snapshot_keeping(&mut self, id: NodeId, trailing: u64) -> Result<(), String> {
         let node = &self.nodes[&id];
         let index = node.applied;
         if node
@@ -1092,7 +1159,6 @@ impl<F: StoreFactory> Cluster<F> {
             checksum: crc32c::crc32c(&data),
         };
         self.checker.snapshot_seen(id, "took", &meta, &data)?;
-        let trailing = self.rng.below(self.cfg.trailing_entries_max + 1);
         let node = self.nodes.get_mut(&id).expect("known node");
         node.snapshot = Some((meta.clone(), data));
         node.raw.as_mut().expect("up").on_snapshot_stored(meta);
@@ -1117,6 +1183,11 @@ impl<F: StoreFactory> Cluster<F> {
             return;
         }
         let mut m = m;
+        if let MessageBody::InstallSnapshotResponse(r) = &m.body {
+            if r.rejected {
+                self.report.snapshot_chunk_rejects += 1;
+            }
+        }
         if let MessageBody::InstallSnapshot(req) = &mut m.body {
             if !self.quiet && !req.data.is_empty() && self.rng.chance(self.cfg.chunk_corrupt_rate) {
                 let mut data = req.data.to_vec();
