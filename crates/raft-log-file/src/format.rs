@@ -1,11 +1,13 @@
-//! The on-disk format: segment headers, batch records and hard-state slots.
+//! The on-disk format of segments: segment headers and batch records. (The state file's slots
+//! are in `state.rs`.)
 //!
 //! All integers are little-endian; every structure starts at an 8-byte aligned offset.
 
 use bytes::Bytes;
 use raft_proto::{Entry, EntryPayload, LogIndex, Membership, Term};
 
-/// The format version written in every segment header and state slot.
+/// The format version written in every segment header. (State slots carry a version of
+/// their own.)
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Segment header: 64 bytes.

@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! LOCK                         held (flock) while a process has the log open
-//! state                        two 4 KiB slots: hard state, compaction point, membership
+//! state                        two 4 KiB slots: hard state, compaction point, membership,
+//!                              first segment of the log
 //! 00000000000000000001.seg     segment files, preallocated to `segment_bytes_max`
 //! 00000000000000000002.seg
 //! ```
@@ -43,11 +44,43 @@
 //! last index replaces the log from there: truncation appends, it never overwrites, so bytes a
 //! reader holds never change.
 //!
+//! # Compaction and snapshot installation
+//!
+//! [`LogFile::compact`] records the new compaction point (synced), then deletes whole
+//! segments that hold nothing past it; recovery skips entries at or before the compaction
+//! point in segments whose deletion a crash interrupted.
+//!
+//! [`LogFile::install_snapshot`] may have to discard every entry, including ones past the
+//! snapshot's index (a diverging suffix), and restart the log after an index far past the
+//! last one. One synced state write records the new compaction point, the snapshot's
+//! membership and a *first segment*: the id of a fresh segment the log continues in. Every
+//! segment with a lower id is dead from that moment, whatever it holds; recovery deletes such
+//! segments unread. Then the writer moves to the fresh segment, the old files are removed and
+//! the directory is synced. A crash before the state write lands reopens the old log; after
+//! it, the empty log after the snapshot, which the next append continues at `index + 1`.
+//!
+//! # The async interface
+//!
+//! [`LogFile`] implements raft-core's [`LogStore`](raft_core::driver::LogStore): `persist`
+//! submits its entries at call time (they join the next group commit) and queues a job for a
+//! background sync thread, which waits for the entries to be synced and then writes the hard
+//! state, job after job in call order.
+//!
+//! `compact` and `install_snapshot` are ordered with those writes by running inside the call:
+//! the call waits until the sync thread has finished every job queued before it (a barrier
+//! job), so every earlier persist, entries and hard state, is durable and its future
+//! resolved; then it runs [`LogFile::compact`] or [`LogFile::install_snapshot`], which hold
+//! off appends while they run and are durable when they return. A `persist` called later
+//! submits only after that, so it cannot overtake the operation. The returned future is ready
+//! at once. The price is that these calls block the caller for the earlier syncs and their
+//! own; they are rare (once per snapshot).
+//!
 //! # Guarantees
 //! - [`LogFile::append`] returns once its entries are synced; appends that arrive during a
 //!   sync share the next one (group commit).
 //! - A failed write or sync is fatal: the store refuses every later write.
 //! - Hard state and compaction point are written to alternating checksummed slots and synced.
+//! - A snapshot installation is crash-atomic: a crash leaves the old log or the new one.
 //! - New files are synced and their directory is synced before they are relied on.
 //! - One process per directory (the `LOCK` file).
 

@@ -1,5 +1,8 @@
 //! Rebuilding the index on open: one scan over every segment, in order.
 //!
+//! - Segments with an id below the state's first segment predate an installed snapshot: they
+//!   are removed unread (their batches may even hold indexes past the compaction point, of an
+//!   older log). The log starts at the compaction point plus one in the first segment kept.
 //! - Zeros where a batch header should be end a segment's data.
 //! - In the last segment, a batch that fails its checksum with no valid batch after it is a
 //!   torn write (the one batch whose sync had not returned): it is zeroed and the log ends
@@ -60,6 +63,15 @@ pub(crate) fn recover(io: &Io, options: &Options, state: &StateRecord) -> Result
         })
         .collect();
     ids.sort_unstable();
+    // What an installed snapshot discarded: the state write that made it so landed, the
+    // removal of the files may not have.
+    let live = ids.partition_point(|(id, _)| *id < state.first_segment);
+    if live > 0 {
+        for (_, name) in ids.drain(..live) {
+            io.remove(&name)?;
+        }
+        io.sync_dir()?;
+    }
     let mut index = Index {
         first: state.compacted_index.next(),
         base_term: state.compacted_term,

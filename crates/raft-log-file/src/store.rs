@@ -222,7 +222,13 @@ impl LogFile {
         let (segment, segment_id, segment_len, offset) = match recovered.tail {
             Some(t) => (t.handle, t.id, t.len, t.offset),
             None => {
-                let id = index.segments.keys().next_back().map_or(1, |id| id + 1);
+                // Never below the first segment of the log: lower ids are what an installed
+                // snapshot discarded.
+                let id = index
+                    .segments
+                    .keys()
+                    .next_back()
+                    .map_or(state.record.first_segment.max(1), |id| id + 1);
                 let (handle, seg, len) = create_segment(&io, id, options.segment_bytes_max, false)?;
                 index.segments.insert(id, seg);
                 (handle, id, len, SEGMENT_HEADER_BYTES as u64)
@@ -397,19 +403,7 @@ impl LogFile {
         let inner = &*self.inner;
         let mut id = w.segment_id + 1;
         let fits = |len: u64| len >= SEGMENT_HEADER_BYTES as u64 + need;
-        let prepared = match inner.preparing.lock().take() {
-            Some((pid, preparer)) if pid == id => Some(
-                preparer
-                    .join()
-                    .map_err(|_| Error::Failed("the segment preparer panicked".into()))??,
-            ),
-            Some((_, preparer)) => {
-                let _ = preparer.join();
-                None
-            }
-            None => None,
-        };
-        let (handle, seg, len) = match prepared {
+        let (handle, seg, len) = match self.take_prepared(id)? {
             Some(p) if fits(p.2) => p,
             other => {
                 if let Some((_, empty, _)) = other {
@@ -431,6 +425,63 @@ impl LogFile {
         w.offset = SEGMENT_HEADER_BYTES as u64;
         self.prepare_next(id + 1);
         Ok(())
+    }
+
+    /// The segment prepared in the background, if it is segment `id` (waiting until it is
+    /// ready). A preparation of another id is waited for and dropped.
+    fn take_prepared(&self, id: u64) -> Result<Option<NewSegment>> {
+        let preparing = self.inner.preparing.lock().take();
+        match preparing {
+            Some((pid, preparer)) if pid == id => {
+                Ok(Some(preparer.join().map_err(|_| {
+                    Error::Failed("the segment preparer panicked".into())
+                })??))
+            }
+            Some((_, preparer)) => {
+                let _ = preparer.join();
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `op` with the log to itself, after every append submitted before the call: those
+    /// are written and synced first, and no append is written or submitted until `op`
+    /// returns (`op` may move the end of the log, [`Group::last`]). A failure of `op` other
+    /// than [`Error::Invalid`] is fatal, like a failed append: the store refuses later writes.
+    fn exclusive<T>(&self, op: impl FnOnce(&mut Group) -> Result<T>) -> Result<T> {
+        let inner = &*self.inner;
+        let mut g = inner.group.lock();
+        // Holding the group lock while no batch is being written: nobody else writes until it
+        // is released (a writer marks itself under this lock), and `submit` waits for it.
+        while g.writing {
+            inner.group_cond.wait(&mut g);
+        }
+        if let Some(why) = &g.failed {
+            return Err(Error::Failed(why.clone()));
+        }
+        let batch = std::mem::take(&mut g.pending);
+        let flushed = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.write_batch(&batch)
+        };
+        // Every ticket issued so far is now durable, or failed with the batch.
+        g.done = g.next_ticket;
+        let result = match flushed {
+            Ok(()) => op(&mut g),
+            Err(e) => {
+                g.failed = Some(e.to_string());
+                Err(e)
+            }
+        };
+        if let Err(e) = &result {
+            if !matches!(e, Error::Invalid(_)) && g.failed.is_none() {
+                g.failed = Some(e.to_string());
+            }
+        }
+        inner.group_cond.notify_all();
+        result
     }
 
     /// Starts preparing segment `id` in the background (zero-filled and synced), so that the
@@ -533,10 +584,15 @@ impl LogFile {
         state.write(&self.inner.io, record)
     }
 
-    /// Drops the entries up to and including `up_to`, which a snapshot covers. The compaction
+    /// Drops the entries up to and including `up_to`, which a snapshot covers. Entries
+    /// submitted before are synced first, and appends wait while it runs. The compaction
     /// point and its term are recorded durably first; then whole segments that hold nothing
     /// past `up_to` are deleted, oldest first.
     pub fn compact(&self, up_to: LogIndex) -> Result<()> {
+        self.exclusive(|_| self.compact_exclusive(up_to))
+    }
+
+    fn compact_exclusive(&self, up_to: LogIndex) -> Result<()> {
         let inner = &*self.inner;
         // Lock order: writer, then state, then index.
         let writer = inner.writer.lock();
@@ -583,6 +639,83 @@ impl LogFile {
             index.segments.remove(&id);
         }
         Ok(())
+    }
+
+    /// Makes the log continue after an installed snapshot that covers everything up to
+    /// (`index`, `term`) and whose cluster configuration is `membership`. Entries submitted
+    /// before are synced first, and appends wait while it runs.
+    ///
+    /// If the log holds that entry (same index and term), or is compacted past `index`
+    /// (`index < first_index()`), nothing changes: the entries agree with the snapshot.
+    /// Otherwise every entry is discarded, and the log continues at `index + 1` with
+    /// `term(index) == term` and `membership` as the persisted membership. `index` may be
+    /// anywhere past the compaction point, also far past the last index. Durable at return.
+    ///
+    /// On disk, one synced state write records the new compaction point, the membership and
+    /// the id of a fresh segment from which the log now starts: every older segment is dead
+    /// from then on (recovery deletes them, whatever they hold). Then the writer moves to that
+    /// fresh segment, the old segment files are removed and the directory is synced. A crash
+    /// before the state write lands reopens the old log; after it, the empty log after the
+    /// snapshot.
+    ///
+    /// Refused ([`Error::Invalid`]) when it would discard committed entries: the persisted
+    /// commit index is past `index` and the log's entry at `index` has another term.
+    pub fn install_snapshot(
+        &self,
+        index: LogIndex,
+        term: Term,
+        membership: &Membership,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        self.exclusive(|g| {
+            // Lock order: writer, then state, then index.
+            let mut w = inner.writer.lock();
+            {
+                let log = inner.index.read();
+                if index < log.first || log.term(index).ok() == Some(term) {
+                    return Ok(());
+                }
+            }
+            let commit = inner.state.lock().record.hard_state.commit;
+            if commit > index {
+                return Err(Error::Invalid(format!(
+                    "installing a snapshot at index {index} (term {term}) would discard the committed entries up to {commit}"
+                )));
+            }
+            let fresh = w.segment_id + 1;
+            self.update_state(|r| {
+                r.compacted_index = index;
+                r.compacted_term = term;
+                r.membership = membership.clone();
+                r.first_segment = fresh;
+            })?;
+            let (handle, seg, len) = match self.take_prepared(fresh)? {
+                Some(prepared) => prepared,
+                None => create_segment(&inner.io, fresh, inner.options.segment_bytes_max, false)?,
+            };
+            let stale: Vec<String> = {
+                let mut log = inner.index.write();
+                log.slots.clear();
+                log.first = index.next();
+                log.base_term = term;
+                let old = std::mem::take(&mut log.segments);
+                log.segments.insert(fresh, seg);
+                old.into_values().map(|s| s.name).collect()
+            };
+            w.segment = handle;
+            w.segment_id = fresh;
+            w.segment_len = len;
+            w.offset = SEGMENT_HEADER_BYTES as u64;
+            g.last = index;
+            // Readers holding entries of these keep their maps; the files go.
+            for name in &stale {
+                inner.io.remove(name)?;
+            }
+            inner.io.sync_dir()?;
+            drop(w);
+            self.prepare_next(fresh + 1);
+            Ok(())
+        })
     }
 
     /// How many segment files the store has.
@@ -633,6 +766,15 @@ impl StorageMut for LogFile {
 
     fn compact(&mut self, up_to: LogIndex) -> Result<(), StorageError> {
         LogFile::compact(self, up_to).map_err(to_storage_error)
+    }
+
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        membership: &Membership,
+    ) -> Result<(), StorageError> {
+        LogFile::install_snapshot(self, index, term, membership).map_err(to_storage_error)
     }
 }
 

@@ -1,12 +1,14 @@
 //! Crash tests in the style of ALICE (Pillai et al., OSDI 2014).
 //!
-//! A workload runs with every file operation recorded. At each crash point (after every
+//! A workload of appends (some truncating), compactions, snapshot installations and hard-state
+//! writes runs with every file operation recorded. At each crash point (after every
 //! operation) the test builds the states a file system may leave behind: only what was synced;
 //! everything issued; synced data plus random subsets of the unsynced writes at 512-byte and
 //! 4 KiB granularity (and unsynced creations and removals applied or not); unsynced writes
 //! turned to zeros; and a flipped bit inside the unsynced tail. Each state is opened: recovery
 //! must succeed, and the log must equal the log as it was after the last acknowledged
-//! operation or after the one in flight — never less than what was acknowledged durable.
+//! operation or after the one in flight — never less than what was acknowledged durable —
+//! and then take an append that survives another recovery.
 //! Finally, a flipped bit in synced data before the tail must make opening fail.
 
 use std::collections::BTreeMap;
@@ -14,33 +16,42 @@ use std::path::Path;
 
 use raft_core::Rng;
 use raft_log_file::{Error, LogFile, Op, Options, Recorder};
-use raft_proto::{Entry, HardState, LogIndex, NodeId, Term};
+use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 /// The log as an acknowledged operation left it.
 #[derive(Clone, Debug, PartialEq)]
 struct Snapshot {
     first: LogIndex,
+    /// The term at `first - 1`.
+    base_term: Term,
     entries: Vec<Entry>,
     hard_state: HardState,
+    membership: Membership,
 }
 
 fn snapshot(log: &LogFile) -> Snapshot {
+    let state = log.initial_state();
     Snapshot {
         first: log.first_index(),
+        base_term: log.term(log.first_index().prev()).unwrap(),
         entries: log
             .entries(log.first_index(), log.last_index().next(), usize::MAX)
             .unwrap(),
-        hard_state: log.initial_state().hard_state,
+        hard_state: state.hard_state,
+        membership: state.membership,
     }
 }
 
 /// Runs the workload; returns the recorded operations and, for each acknowledged operation,
-/// how many file operations had been recorded when it returned and the log it left.
-fn run_workload(dir: &Path, seed: u64) -> (Vec<Op>, Vec<(usize, Snapshot)>) {
+/// how many file operations had been recorded when it returned and the log it left. Without
+/// `zero_fill`, no segment is prepared ahead: rotations and snapshot installations create
+/// theirs in line.
+fn run_workload(dir: &Path, seed: u64, zero_fill: bool) -> (Vec<Op>, Vec<(usize, Snapshot)>) {
     let recorder = Recorder::default();
     let options = Options {
         segment_bytes_max: 1024,
         sync: false,
+        zero_fill_segments: zero_fill,
         recorder: Some(recorder.clone()),
         ..Options::default()
     };
@@ -48,9 +59,40 @@ fn run_workload(dir: &Path, seed: u64) -> (Vec<Op>, Vec<(usize, Snapshot)>) {
     let mut rng = Rng::new(seed);
     let mut checkpoints = vec![(recorder.len(), snapshot(&log))];
     let mut term = 1;
+    let mut installs = 0;
     for _ in 0..40 {
         let last = log.last_index().0;
-        match rng.below(10) {
+        match rng.below(12) {
+            10 | 11 => {
+                // Install a snapshot: past the end (a follower far behind), or at an index the
+                // log holds with another term (a diverging suffix, not committed), or with the
+                // same term (nothing changes).
+                let first = log.first_index().0;
+                let commit = log.initial_state().hard_state.commit.0;
+                let low = first.max(commit).max(1);
+                let (index, snapshot_term) = match rng.below(3) {
+                    0 if low <= last => {
+                        let i = low + rng.below(last - low + 1);
+                        (i, log.term(LogIndex(i)).unwrap().0)
+                    }
+                    1 if low <= last => {
+                        term += 1;
+                        (low + rng.below(last - low + 1), term)
+                    }
+                    _ => {
+                        term += 1;
+                        (last + 1 + rng.below(30), term)
+                    }
+                };
+                let voters = (1..=1 + rng.below(4)).map(NodeId);
+                log.install_snapshot(
+                    LogIndex(index),
+                    Term(snapshot_term),
+                    &Membership::with_voters(voters),
+                )
+                .unwrap();
+                installs += 1;
+            }
             0 => {
                 let to = LogIndex(last.saturating_sub(3).max(log.first_index().0 - 1));
                 log.compact(to).unwrap();
@@ -96,6 +138,7 @@ fn run_workload(dir: &Path, seed: u64) -> (Vec<Op>, Vec<(usize, Snapshot)>) {
         }
         checkpoints.push((recorder.len(), snapshot(&log)));
     }
+    assert!(installs > 0, "seed {seed} installs no snapshot");
     (recorder.ops(), checkpoints)
 }
 
@@ -244,7 +287,7 @@ fn open(dir: &Path) -> Result<LogFile, Error> {
 fn every_crash_state_recovers_what_was_acknowledged() {
     for seed in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        let (ops, checkpoints) = run_workload(dir.path(), seed);
+        let (ops, checkpoints) = run_workload(dir.path(), seed, seed != 1);
         assert!(
             ops.len() > 100,
             "the workload is too small: {} operations",
@@ -298,7 +341,25 @@ fn every_crash_state_recovers_what_was_acknowledged() {
                     panic!("seed {seed}, crash after op {crash} ({variant:?}): recovered {got:?}, expected one of {allowed:?}")
                 };
                 assert!(got.hard_state.commit <= matched.hard_state.commit);
-                assert!(got.hard_state.commit <= got.first.prev().plus(got.entries.len() as u64));
+                let last = got.first.prev().plus(got.entries.len() as u64);
+                assert!(got.hard_state.commit <= last);
+                // The recovered log goes on: an append lands where it should and survives
+                // the next recovery.
+                let next = Entry::normal(Term(1000), last.next(), b"after recovery".to_vec());
+                log.append(std::slice::from_ref(&next)).unwrap_or_else(|e| {
+                    panic!("seed {seed}, crash after op {crash} ({variant:?}): append after recovery failed: {e}")
+                });
+                drop(log);
+                let log = open(state_dir.path()).unwrap_or_else(|e| {
+                    panic!("seed {seed}, crash after op {crash} ({variant:?}): second open failed: {e}")
+                });
+                let mut expected = got.clone();
+                expected.entries.push(next);
+                assert_eq!(
+                    snapshot(&log),
+                    expected,
+                    "seed {seed}, crash after op {crash} ({variant:?}): the append after recovery"
+                );
                 states += 1;
             }
         }
@@ -309,7 +370,7 @@ fn every_crash_state_recovers_what_was_acknowledged() {
 #[test]
 fn a_flipped_bit_in_synced_data_before_the_tail_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
-    let (ops, _) = run_workload(dir.path(), 7);
+    let (ops, _) = run_workload(dir.path(), 7, true);
     let files = build(&ops, Variant::Everything);
     // Every batch write to a surviving segment, except the last one written: that one is the
     // tail, where damage is indistinguishable from a torn write. (Segments prepared ahead by

@@ -1,5 +1,5 @@
 //! Behaviour of the log store: conformance, reopening, locking, zero-copy reads, corruption
-//! handling and group commit.
+//! handling, group commit and snapshot installation.
 
 use std::sync::Arc;
 
@@ -448,4 +448,246 @@ fn a_commit_only_hard_state_change_is_not_synced_but_term_and_vote_are() {
     drop(log);
     let log = LogFile::open(dir.path(), Options::default()).unwrap();
     assert_eq!(log.initial_state().hard_state.vote, Some(NodeId(2)));
+}
+
+fn voters(ids: impl IntoIterator<Item = u64>) -> Membership {
+    Membership::with_voters(ids.into_iter().map(NodeId))
+}
+
+#[test]
+fn a_snapshot_past_the_end_restarts_the_log_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = voters([1, 2, 3]);
+    let installed = voters([1, 2, 3, 4]);
+    {
+        let log = LogFile::open(
+            dir.path(),
+            Options {
+                membership: first.clone(),
+                ..opts()
+            },
+        )
+        .unwrap();
+        for chunk in entries(1, 80, 1).chunks(4) {
+            log.append(chunk).unwrap();
+        }
+        assert!(log.segment_count() > 2);
+        assert!(segment_files(dir.path()).len() > 2);
+        // A follower far behind gets a snapshot up to 1000.
+        log.install_snapshot(LogIndex(1000), Term(3), &installed)
+            .unwrap();
+        assert_eq!(log.first_index(), LogIndex(1001));
+        assert_eq!(log.last_index(), LogIndex(1000));
+        assert_eq!(log.term(LogIndex(1000)).unwrap(), Term(3));
+        assert!(matches!(
+            log.entries(LogIndex(40), LogIndex(41), usize::MAX),
+            Err(raft_core::StorageError::Compacted(_))
+        ));
+        assert_eq!(log.initial_state().membership, installed);
+        assert_eq!(log.segment_count(), 1, "every old segment is dropped");
+        // Only the fresh segment and, maybe, the one prepared after it remain.
+        assert!(segment_files(dir.path()).len() <= 2);
+        log.append(&entries(1001, 1003, 3)).unwrap();
+    }
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.first_index(), LogIndex(1001));
+    assert_eq!(log.last_index(), LogIndex(1003));
+    assert_eq!(log.term(LogIndex(1000)).unwrap(), Term(3));
+    assert_eq!(
+        log.entries(LogIndex(1001), LogIndex(1004), usize::MAX)
+            .unwrap(),
+        entries(1001, 1003, 3)
+    );
+    assert_eq!(log.initial_state().membership, installed);
+    // And it goes on across rotations.
+    for chunk in entries(1004, 1040, 3).chunks(4) {
+        log.append(chunk).unwrap();
+    }
+    drop(log);
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        log.entries(LogIndex(1001), LogIndex(1041), usize::MAX)
+            .unwrap(),
+        entries(1001, 1040, 3)
+    );
+}
+
+#[test]
+fn a_snapshot_the_log_holds_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = voters([1, 2, 3]);
+    let log = LogFile::open(
+        dir.path(),
+        Options {
+            membership: m.clone(),
+            ..opts()
+        },
+    )
+    .unwrap();
+    for chunk in entries(1, 30, 1).chunks(5) {
+        log.append(chunk).unwrap();
+    }
+    log.compact(LogIndex(10)).unwrap();
+    let segments = log.segment_count();
+    // The log holds (20, 1); and (5, 9) is behind the compaction point.
+    log.install_snapshot(LogIndex(20), Term(1), &voters([7]))
+        .unwrap();
+    log.install_snapshot(LogIndex(5), Term(9), &voters([8]))
+        .unwrap();
+    log.install_snapshot(LogIndex(10), Term(9), &voters([8]))
+        .unwrap();
+    let check = |log: &LogFile| {
+        assert_eq!(log.first_index(), LogIndex(11));
+        assert_eq!(log.last_index(), LogIndex(30));
+        assert_eq!(
+            log.entries(LogIndex(11), LogIndex(31), usize::MAX).unwrap(),
+            entries(11, 30, 1)
+        );
+        assert_eq!(log.initial_state().membership, m);
+    };
+    check(&log);
+    assert_eq!(log.segment_count(), segments);
+    drop(log);
+    check(&LogFile::open(dir.path(), opts()).unwrap());
+}
+
+#[test]
+fn a_snapshot_with_a_conflicting_term_replaces_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let installed = voters([2, 3]);
+    {
+        let log = LogFile::open(dir.path(), opts()).unwrap();
+        for chunk in entries(1, 40, 1).chunks(4) {
+            log.append(chunk).unwrap();
+        }
+        let segments = log.segment_count();
+        // Entry 20 has term 1 here; the snapshot says 2: everything goes, also 21..40.
+        log.install_snapshot(LogIndex(20), Term(2), &installed)
+            .unwrap();
+        assert!(log.segment_count() < segments);
+        assert_eq!(log.first_index(), LogIndex(21));
+        assert_eq!(log.last_index(), LogIndex(20));
+        assert_eq!(log.term(LogIndex(20)).unwrap(), Term(2));
+        assert!(matches!(
+            log.entries(LogIndex(21), LogIndex(22), usize::MAX),
+            Err(raft_core::StorageError::Unavailable(_))
+        ));
+        // An append into the old suffix's indexes is an append at the end now.
+        log.append(&entries(21, 25, 2)).unwrap();
+    }
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.initial_state().membership, installed);
+    assert_eq!(log.first_index(), LogIndex(21));
+    assert_eq!(log.last_index(), LogIndex(25));
+    assert_eq!(log.term(LogIndex(20)).unwrap(), Term(2));
+    assert_eq!(
+        log.entries(LogIndex(21), LogIndex(26), usize::MAX).unwrap(),
+        entries(21, 25, 2)
+    );
+}
+
+#[test]
+fn segments_left_by_a_crash_during_installation_are_removed_on_open() {
+    // A crash after the installation's state write but before the old segments' removal
+    // reached the disk: bring the old files back and reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    {
+        let log = LogFile::open(dir.path(), opts()).unwrap();
+        for chunk in entries(1, 40, 1).chunks(4) {
+            log.append(chunk).unwrap();
+        }
+        for seg in segment_files(dir.path()) {
+            std::fs::copy(&seg, saved.path().join(seg.file_name().unwrap())).unwrap();
+        }
+        log.install_snapshot(LogIndex(20), Term(2), &voters([1]))
+            .unwrap();
+        log.append(&entries(21, 22, 2)).unwrap();
+    }
+    let fresh = segment_files(dir.path());
+    for seg in segment_files(saved.path()) {
+        let to = dir.path().join(seg.file_name().unwrap());
+        if !to.exists() {
+            std::fs::copy(&seg, to).unwrap();
+        }
+    }
+    assert!(segment_files(dir.path()).len() > fresh.len());
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.first_index(), LogIndex(21));
+    assert_eq!(log.last_index(), LogIndex(22));
+    assert_eq!(
+        log.entries(LogIndex(21), LogIndex(23), usize::MAX).unwrap(),
+        entries(21, 22, 2)
+    );
+    assert_eq!(segment_files(dir.path()), fresh, "the stale files are gone");
+}
+
+#[test]
+fn a_snapshot_that_would_discard_committed_entries_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    log.append(&entries(1, 10, 1)).unwrap();
+    log.set_hard_state(HardState {
+        term: Term(1),
+        vote: None,
+        commit: LogIndex(8),
+    })
+    .unwrap();
+    let err = log
+        .install_snapshot(LogIndex(5), Term(2), &voters([1]))
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(log.last_index(), LogIndex(10));
+    // Not fatal: the store takes writes.
+    log.append(&entries(11, 11, 1)).unwrap();
+}
+
+#[test]
+fn the_async_log_store_orders_compaction_and_installation_with_persists() {
+    use raft_core::driver::LogStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open(dir.path(), opts()).unwrap();
+    let hs = |t, commit| HardState {
+        term: Term(t),
+        vote: Some(NodeId(1)),
+        commit: LogIndex(commit),
+    };
+    let m = voters([1, 2]);
+    // Nothing is awaited before the last call: each operation must apply after the writes
+    // issued before it, and before the ones issued after it.
+    let writes = vec![
+        log.persist(entries(1, 6, 1), Some(hs(1, 0))),
+        // Compacts entries that were only submitted.
+        LogStore::compact(&log, LogIndex(5)),
+        log.persist(entries(7, 30, 1), Some(hs(1, 5))),
+        // Conflicts with entry 20 of the write before.
+        LogStore::install_snapshot(&log, LogIndex(20), Term(2), m.clone()),
+        // Continues after the snapshot (a gap for the log before it).
+        log.persist(entries(21, 23, 2), Some(hs(2, 20))),
+        LogStore::install_snapshot(&log, LogIndex(100), Term(3), voters([3])),
+        log.persist(entries(101, 101, 3), None),
+        // Holds (101, 3): no change.
+        LogStore::install_snapshot(&log, LogIndex(101), Term(3), m.clone()),
+        LogStore::compact(&log, LogIndex(100)),
+    ];
+    futures::executor::block_on(async {
+        for w in writes {
+            w.await.unwrap();
+        }
+    });
+    let check = |log: &LogFile| {
+        assert_eq!(log.first_index(), LogIndex(101));
+        assert_eq!(log.last_index(), LogIndex(101));
+        assert_eq!(log.term(LogIndex(100)).unwrap(), Term(3));
+        assert_eq!(
+            log.entries(LogIndex(101), LogIndex(102), usize::MAX)
+                .unwrap(),
+            entries(101, 101, 3)
+        );
+        assert_eq!(log.initial_state().hard_state, hs(2, 20));
+        assert_eq!(log.initial_state().membership, voters([3]));
+    };
+    check(&log);
+    drop(log);
+    check(&LogFile::open(dir.path(), opts()).unwrap());
 }

@@ -1,9 +1,11 @@
-//! Property test: random sequences of appends (with truncation), compactions, hard-state
-//! writes and reopens, checked against an in-memory model after every step.
+//! Property test: random sequences of appends (with truncation), compactions, snapshot
+//! installations, hard-state writes and reopens, checked against an in-memory model after
+//! every step.
 
 use proptest::prelude::*;
+use raft_core::driver::LogStore;
 use raft_log_file::{LogFile, Options};
-use raft_proto::{Entry, HardState, LogIndex, NodeId, Term};
+use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -20,6 +22,16 @@ enum Step {
     SetHardState {
         vote: Option<u64>,
     },
+    /// Install a snapshot at `percent` of the way from two entries before the compaction
+    /// point to eight entries past the end; with the log's own term at that index if
+    /// `matching` (and it holds it), else a new term. `via_log_store`: through the async
+    /// `LogStore` interface.
+    InstallSnapshot {
+        percent: u64,
+        matching: bool,
+        voters: u64,
+        via_log_store: bool,
+    },
     Reopen,
 }
 
@@ -28,6 +40,9 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (0u64..4, 1u64..8, 0usize..300).prop_map(|(back, count, size)| Step::Append { back, count, size }),
         1 => (0u64..6).prop_map(|back| Step::Compact { back }),
         1 => prop::option::of(1u64..4).prop_map(|vote| Step::SetHardState { vote }),
+        1 => (0u64..=100, any::<bool>(), 1u64..5, any::<bool>()).prop_map(
+            |(percent, matching, voters, via_log_store)| Step::InstallSnapshot { percent, matching, voters, via_log_store }
+        ),
         1 => Just(Step::Reopen),
     ]
 }
@@ -39,12 +54,21 @@ struct Model {
     compacted: LogIndex,
     compacted_term: Term,
     hard_state: HardState,
+    membership: Membership,
     term: u64,
 }
 
 impl Model {
     fn last(&self) -> LogIndex {
         self.compacted.plus(self.entries.len() as u64)
+    }
+
+    fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == self.compacted {
+            return Some(self.compacted_term);
+        }
+        let at = index.0.checked_sub(self.compacted.0 + 1)?;
+        self.entries.get(at as usize).map(|e| e.term)
     }
 }
 
@@ -57,6 +81,7 @@ fn check(log: &LogFile, model: &Model) {
         .unwrap();
     assert_eq!(got, model.entries);
     assert_eq!(log.initial_state().hard_state, model.hard_state);
+    assert_eq!(log.initial_state().membership, model.membership);
 }
 
 proptest! {
@@ -102,6 +127,36 @@ proptest! {
                     };
                     log.set_hard_state(hs).unwrap();
                     model.hard_state = hs;
+                }
+                Step::InstallSnapshot { percent, matching, voters, via_log_store } => {
+                    let low = model.compacted.0.saturating_sub(2);
+                    let high = model.last().0 + 8;
+                    let index = LogIndex(low + (high - low) * percent / 100);
+                    let term = match model.term(index) {
+                        Some(t) if matching => t,
+                        _ => {
+                            model.term += 1;
+                            Term(model.term)
+                        }
+                    };
+                    let membership = Membership::with_voters((1..=voters).map(NodeId));
+                    if via_log_store {
+                        futures::executor::block_on(LogStore::install_snapshot(
+                            &log,
+                            index,
+                            term,
+                            membership.clone(),
+                        ))
+                        .unwrap();
+                    } else {
+                        log.install_snapshot(index, term, &membership).unwrap();
+                    }
+                    if index > model.compacted && model.term(index) != Some(term) {
+                        model.entries.clear();
+                        model.compacted = index;
+                        model.compacted_term = term;
+                        model.membership = membership;
+                    }
                 }
                 Step::Reopen => {
                     drop(log);
