@@ -56,6 +56,18 @@ pub struct Flags {
     /// How long a client request may wait for commit before it fails with Unavailable, in ms.
     #[arg(long, default_value_t = 5000)]
     pub request_timeout: u64,
+    /// Applied entries between snapshots: a snapshot is taken whenever the applied index
+    /// reaches a multiple of this, and the log is compacted behind it.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot, so that a slightly lagging follower catches
+    /// up from the log rather than by snapshot (etcd's
+    /// --experimental-snapshot-catchup-entries).
+    #[arg(long, default_value_t = 5_000)]
+    pub snapshot_catchup_entries: u64,
+    /// The most bytes of snapshot data in one chunk sent to a follower.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(8 << 20)))]
+    pub snapshot_chunk_bytes: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, default_value = "info")]
     pub log_level: String,

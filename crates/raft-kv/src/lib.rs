@@ -2,8 +2,10 @@
 //! so that etcdctl and etcd's client libraries work against it.
 //!
 //! - [`store`]: the state machine (keys, values, etcd's revisions; members' addresses).
+//! - [`snapshot`]: the store's versioned, checksummed snapshot format and the helpers that
+//!   write and read it through raft-core's snapshot streams.
 //! - [`server`]: the gRPC services (`KV.Range/Put/DeleteRange`, `Cluster.MemberList`,
-//!   `Maintenance.Status`) and the forwarding of writes from followers to the leader.
+//!   `Maintenance.Status/Snapshot`) and the forwarding of writes from followers to the leader.
 //! - [`config`]: etcd-style flags.
 //! - [`run`]: wires raft-core's driver, raft-log-file and raft-transport-tcp together.
 //!
@@ -13,6 +15,7 @@
 
 pub mod config;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 
 mod run;

@@ -7,10 +7,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::RwLock;
-use raft_core::driver::{DriverConfig, Node, NodeError, StateMachine};
+use raft_core::driver::{
+    DriverConfig, Node, NodeError, SnapshotSink, SnapshotSource, StateMachine,
+};
 use raft_core::Config;
 use raft_log_file::{LogFile, Options};
 use raft_proto::{LogIndex, Membership};
+use raft_snapshot::FileSnapshotStore;
 use raft_transport_tcp::{TcpTransport, TransportConfig};
 use tokio::sync::watch;
 use tokio_stream::wrappers::IntervalStream;
@@ -19,6 +22,7 @@ use crate::config::{ClusterState, ServerConfig};
 use crate::proto::etcdserverpb::{cluster_server, kv_server, maintenance_server};
 use crate::proto::raftkv::internal_server;
 use crate::server::{ClusterService, InternalService, KvService, MaintenanceService, Shared};
+use crate::snapshot::{read_store_snapshot, write_store_snapshot};
 use crate::store::{Command, MemberInfo, Outcome, Store};
 
 /// The state machine: decodes each committed command and applies it to the shared store.
@@ -35,6 +39,16 @@ impl StateMachine for KvStateMachine {
             Ok(c) => self.store.write().apply(c),
             Err(e) => Outcome::Rejected(format!("undecodable command: {e}")),
         }
+    }
+
+    async fn snapshot(&mut self, sink: &mut SnapshotSink<'_>) -> std::io::Result<()> {
+        write_store_snapshot(&self.store, sink).await
+    }
+
+    async fn restore(&mut self, source: &mut SnapshotSource<'_>) -> std::io::Result<()> {
+        let restored = read_store_snapshot(source).await?;
+        *self.store.write() = restored;
+        Ok(())
     }
 }
 
@@ -82,6 +96,15 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     if let Some(report) = &log.recovery().torn_tail {
         tracing::warn!(file = %report.0, offset = report.1, "cut a torn write off the log tail");
     }
+    let snap_dir = data_dir.join("snap");
+    let snapshots = FileSnapshotStore::open(&snap_dir, raft_snapshot::Options::default())
+        .map_err(|e| format!("cannot open the snapshot store: {e}"))?;
+    for (path, why) in &snapshots.recovery().rejected {
+        tracing::warn!(file = %path.display(), "ignored a damaged snapshot: {why}");
+    }
+    for path in &snapshots.recovery().removed {
+        tracing::info!(file = %path.display(), "removed a snapshot file left by a crash");
+    }
 
     let mut transport_config = TransportConfig::new(config.id, config.cluster_id, config.peer_addr);
     for m in config.members.iter().filter(|m| m.id != config.id) {
@@ -101,7 +124,10 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = 1;
     raft.seed = config.id.0 ^ std::process::id() as u64;
+    raft.snapshot_chunk_bytes_max = config.flags.snapshot_chunk_bytes as usize;
     let driver = DriverConfig {
+        snapshot_entries: config.flags.snapshot_count,
+        snapshot_trailing_entries: config.flags.snapshot_catchup_entries,
         addresses: config
             .members
             .iter()
@@ -116,8 +142,10 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         KvStateMachine {
             store: Arc::clone(&store),
         },
+        snapshots,
         transport.clone(),
     )
+    .await
     .map_err(|e| format!("cannot start raft: {e}"))?;
 
     let shared = Arc::new(Shared::new(handle, Arc::clone(&store), config.clone()));

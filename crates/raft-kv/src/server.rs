@@ -188,6 +188,11 @@ fn node_error_status(e: NodeError) -> Status {
             Status::unavailable(format!("etcdserver: too many requests ({why})"))
         }
         NodeError::ShuttingDown => Status::unavailable("etcdserver: server stopped"),
+        // etcd's answer when it cannot tell whether a proposal was applied.
+        NodeError::OutcomeUnknown => {
+            Status::unavailable("etcdserver: request timed out, possibly due to leader change")
+        }
+        NodeError::Snapshot(why) => Status::internal(format!("etcdserver: snapshot failed: {why}")),
         NodeError::Storage(why) => Status::internal(format!("etcdserver: storage failed: {why}")),
     }
 }
@@ -350,6 +355,34 @@ fn sort(
 /// `etcdserverpb.Maintenance`.
 pub struct MaintenanceService(pub Arc<Shared>);
 
+/// The most snapshot bytes in one `SnapshotResponse` of `Maintenance.Snapshot` (etcd's chunk
+/// size).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+
+/// The messages of a `Maintenance.Snapshot` stream.
+pub type SnapshotStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Splits an encoded snapshot into `Maintenance.Snapshot` responses of at most
+/// [`SNAPSHOT_CHUNK_BYTES`], each with `remaining_bytes` counting the bytes still to come
+/// after it (0 in the last). Made lazily, one chunk at a time, as the stream is polled.
+fn snapshot_responses(
+    encoded: Bytes,
+    header: Option<pb::ResponseHeader>,
+) -> impl Iterator<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static {
+    let total = encoded.len();
+    (0..total.div_ceil(SNAPSHOT_CHUNK_BYTES)).map(move |i| {
+        let start = i * SNAPSHOT_CHUNK_BYTES;
+        let end = (start + SNAPSHOT_CHUNK_BYTES).min(total);
+        Ok(pb::SnapshotResponse {
+            header,
+            remaining_bytes: (total - end) as u64,
+            blob: encoded[start..end].to_vec(),
+            version: VERSION.to_string(),
+        })
+    })
+}
+
 /// Bytes the directory's files occupy on disk (the log's segments are preallocated and
 /// zero-filled ahead of use, so a fresh member already occupies one segment).
 fn dir_bytes(dir: &std::path::Path) -> i64 {
@@ -389,6 +422,36 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             db_size_in_use: size,
             is_learner: false,
         }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    /// Streams this member's state in raft-kv's snapshot format (see [`crate::snapshot`]),
+    /// after a linearizable read barrier: the snapshot holds every write acknowledged before
+    /// the request. The blobs concatenated are [`Store::write_snapshot`]'s output in etcd's
+    /// envelope ([`etcd_envelope`]: zero padding to a multiple of 512 bytes, then a SHA-256),
+    /// which `etcdctl snapshot save` requires; [`read_etcd_snapshot`] reads the saved file.
+    /// (It is not a bbolt database: `etcdctl snapshot status/restore` cannot use it.) The
+    /// encoded snapshot is held in memory once while it streams.
+    ///
+    /// [`etcd_envelope`]: crate::snapshot::etcd_envelope
+    /// [`read_etcd_snapshot`]: crate::snapshot::read_etcd_snapshot
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.0.read_barrier().await?;
+        let (encoded, revision) = {
+            let store = self.0.store.read();
+            let mut encoded = Vec::new();
+            store
+                .write_snapshot(&mut encoded)
+                .map_err(|e| Status::internal(format!("etcdserver: snapshot failed: {e}")))?;
+            (encoded, store.revision())
+        };
+        let encoded = crate::snapshot::etcd_envelope(encoded);
+        let responses = snapshot_responses(Bytes::from(encoded), self.0.header(revision));
+        Ok(Response::new(Box::pin(futures::stream::iter(responses))))
     }
 }
 
@@ -452,5 +515,32 @@ impl raftkv::internal_server::Internal for InternalService {
             outcome,
             raft_term: self.0.node.status().term.0,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_responses_count_down_to_zero() {
+        let total = 2 * SNAPSHOT_CHUNK_BYTES + 5;
+        let encoded: Vec<u8> = (0..total).map(|i| i as u8).collect();
+        let responses: Vec<pb::SnapshotResponse> =
+            snapshot_responses(Bytes::from(encoded.clone()), None)
+                .map(|r| r.expect("a response"))
+                .collect();
+        let remaining: Vec<u64> = responses.iter().map(|r| r.remaining_bytes).collect();
+        assert_eq!(
+            remaining,
+            [total - SNAPSHOT_CHUNK_BYTES, 5, 0].map(|n| n as u64)
+        );
+        let joined: Vec<u8> = responses.iter().flat_map(|r| r.blob.clone()).collect();
+        assert_eq!(joined, encoded);
+        assert!(responses.iter().all(|r| r.version == VERSION));
+        // Exactly one chunk when it fits.
+        let one: Vec<_> = snapshot_responses(Bytes::from_static(b"abc"), None).collect();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].as_ref().unwrap().remaining_bytes, 0);
     }
 }

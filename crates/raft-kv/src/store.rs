@@ -6,6 +6,7 @@
 //! at an older revision gets etcd's "compacted" error.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -106,7 +107,10 @@ pub enum Outcome {
 }
 
 /// The state: every key, the revision and the members' addresses.
-#[derive(Debug)]
+///
+/// Two stores are equal when they hold the same revision, keys and members; equal stores
+/// write identical snapshots ([`Store::write_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Store {
     revision: i64,
     data: BTreeMap<Vec<u8>, KeyValue>,
@@ -143,6 +147,48 @@ impl Store {
     /// The published members.
     pub fn members(&self) -> &BTreeMap<u64, MemberInfo> {
         &self.members
+    }
+
+    /// Every key, in key order.
+    pub fn key_values(&self) -> impl DoubleEndedIterator<Item = &KeyValue> + '_ {
+        self.data.values()
+    }
+
+    /// A store holding exactly this (the snapshot reader checks the maps' consistency).
+    pub(crate) fn from_parts(
+        revision: i64,
+        data: BTreeMap<Vec<u8>, KeyValue>,
+        members: BTreeMap<u64, MemberInfo>,
+    ) -> Store {
+        Store {
+            revision,
+            data,
+            members,
+        }
+    }
+
+    /// Writes a snapshot of the whole store into `w`: a header (magic bytes, format version),
+    /// one record per item (the revision, each member, each key), and a trailer (record count
+    /// and CRC-32C); the layout is in [`crate::snapshot`]. Equal stores write identical bytes.
+    ///
+    /// Writes go straight to `w`, a few per record: give a buffered writer for a file or
+    /// socket. Errors: `w`'s, or [`io::ErrorKind::InvalidInput`] for a record above
+    /// [`RECORD_BYTES_MAX`](crate::snapshot::RECORD_BYTES_MAX).
+    pub fn write_snapshot(&self, w: &mut impl io::Write) -> io::Result<()> {
+        crate::snapshot::write(self, w)
+    }
+
+    /// Reads a store from a snapshot written by [`Store::write_snapshot`], record by record
+    /// (the encoded snapshot is never held whole). It must end exactly at the trailer.
+    ///
+    /// Rejects a wrong magic, an unknown format version, truncated data, a bad checksum or
+    /// record count, records out of their canonical order, and bytes after the trailer, with
+    /// an error saying which; never panics on garbage. Reads go straight to `r`, a few per
+    /// record: give a buffered reader for a file or socket.
+    pub fn read_snapshot(
+        r: &mut impl io::Read,
+    ) -> Result<Store, crate::snapshot::SnapshotFormatError> {
+        crate::snapshot::read(r)
     }
 
     /// The keys of a range, in key order. `range_end` is etcd's (see [`range_bounds`]);

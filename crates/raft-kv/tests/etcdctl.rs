@@ -1,6 +1,7 @@
 //! etcd's own command-line client (`etcdctl`, API v3) against a three-member `raft-kv`
 //! cluster, with all three members as endpoints: put, get, get --prefix, del, endpoint
-//! status, member list, and txn (which raft-kv does not serve).
+//! status, member list, and txn (which raft-kv does not serve); and `snapshot save` against
+//! one member.
 //!
 //! etcdctl comes from Debian's `etcd-client` package. Without it the test prints a notice and
 //! passes, except under CI (the `CI` environment variable is set), where it fails and says
@@ -14,6 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{bounded, run_bounded, Cluster, Finished};
+use raft_kv::proto::etcdserverpb::{MemberListRequest, SnapshotRequest};
+use raft_kv::snapshot::{etcd_envelope, read_etcd_snapshot};
 
 /// Whether `etcdctl` runs here; fails under CI if it does not.
 fn etcdctl_installed() -> bool {
@@ -152,6 +155,96 @@ async fn etcdctl_works_against_a_three_member_cluster() {
         let txn = etcdctl_with_input(&e, &["txn"], "\n\n\n").await;
         assert!(!txn.status.success(), "txn succeeded:\n{}", txn.stdout);
         assert!(txn.stderr.contains("Unimplemented"), "txn:\n{}", txn.stderr);
+    })
+    .await;
+}
+
+/// `etcdctl snapshot save` stores `Maintenance.Snapshot`'s stream from one member as it comes:
+/// the file is raft-kv's snapshot of that member's store, holding every acknowledged write, in
+/// etcd's envelope (padding and SHA-256, which etcdctl checks for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_snapshot_save_writes_the_store() {
+    if !etcdctl_installed() {
+        return;
+    }
+    bounded(Duration::from_secs(45), async {
+        let cluster = Cluster::start(3).await;
+        let e = cluster
+            .members
+            .iter()
+            .map(|m| m.endpoint())
+            .collect::<Vec<_>>()
+            .join(",");
+        for (key, value) in [("snap/a", "1"), ("snap/b", "2"), ("snap/c", "3")] {
+            assert_eq!(etcdctl_ok(&e, &["put", key, value]).await, "OK\n");
+        }
+        assert_eq!(etcdctl_ok(&e, &["put", "snap/a", "again"]).await, "OK\n");
+        assert_eq!(etcdctl_ok(&e, &["del", "snap/b"]).await, "1\n");
+
+        // Wait until member 0 has every member's published addresses: from then on its store
+        // changes only with writes, so two snapshots of it give the same bytes.
+        let mut members = cluster.cluster(0);
+        loop {
+            let list = members
+                .member_list(MemberListRequest::default())
+                .await
+                .expect("member list")
+                .into_inner();
+            if list.members.iter().all(|m| !m.client_ur_ls.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // etcdctl 3.4 takes exactly one endpoint for a snapshot.
+        let file = cluster.dir().join("saved.snapshot");
+        let path = file.to_str().expect("a UTF-8 path");
+        let out = etcdctl_ok(&cluster.members[0].endpoint(), &["snapshot", "save", path]).await;
+        assert!(out.contains("Snapshot saved at"), "snapshot save:\n{out}");
+        let saved = std::fs::read(&file).expect("the saved snapshot");
+
+        let store = read_etcd_snapshot(&saved).expect("a raft-kv snapshot in etcd's envelope");
+        // The file is the store's snapshot, zero-padded, with a SHA-256.
+        let mut plain = Vec::new();
+        store.write_snapshot(&mut plain).expect("encoding");
+        assert_eq!(etcd_envelope(plain), saved);
+        let kvs: Vec<(&[u8], &[u8], i64)> = store
+            .key_values()
+            .map(|kv| (&kv.key[..], &kv.value[..], kv.version))
+            .collect();
+        assert_eq!(
+            kvs,
+            [
+                (&b"snap/a"[..], &b"again"[..], 2),
+                (&b"snap/c"[..], &b"3"[..], 1)
+            ]
+        );
+        // Four puts and one delete after the initial revision 1.
+        assert_eq!(store.revision(), 6);
+        let names: Vec<&str> = store.members().values().map(|m| m.name.as_str()).collect();
+        let mut expected: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
+        expected.sort_unstable();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, expected);
+
+        // The file holds exactly the streamed bytes; remaining_bytes counts down to 0.
+        let mut stream = cluster
+            .maintenance(0)
+            .snapshot(SnapshotRequest {})
+            .await
+            .expect("Maintenance.Snapshot")
+            .into_inner();
+        let mut streamed = Vec::new();
+        let mut remaining = Vec::new();
+        while let Some(r) = stream.message().await.expect("a snapshot chunk") {
+            assert_eq!(r.header.expect("a header").revision, 6);
+            streamed.extend_from_slice(&r.blob);
+            remaining.push(r.remaining_bytes);
+        }
+        assert_eq!(streamed, saved);
+        assert_eq!(remaining.last(), Some(&0));
+        assert!(remaining.windows(2).all(|w| w[0] > w[1]), "{remaining:?}");
     })
     .await;
 }
