@@ -37,6 +37,13 @@ pub struct Config {
     pub snapshot_chunk_bytes_max: usize,
     /// The most snapshot chunks in flight to one follower.
     pub snapshot_chunks_inflight_max: usize,
+    /// A learner being promoted must catch up within this many rounds of replication (a
+    /// round brings it to the leader's last index at the round's start; it has caught up when
+    /// a round takes less than an election timeout), or the promotion fails.
+    pub catch_up_rounds_max: u32,
+    /// A node that learns a configuration without itself reports that it was removed after
+    /// this many election timeouts without a leader. It never campaigns while outside.
+    pub removed_election_timeouts: u32,
     /// The index the application's state machine has already applied. Entries up to it are
     /// not handed out for applying again after a restart.
     pub applied: LogIndex,
@@ -61,6 +68,8 @@ impl Config {
             read_requests_max: 4096,
             snapshot_chunk_bytes_max: 1 << 20,
             snapshot_chunks_inflight_max: 16,
+            catch_up_rounds_max: 10,
+            removed_election_timeouts: 3,
             applied: LogIndex(0),
             seed: id.0,
         }
@@ -92,6 +101,9 @@ impl Config {
         }
         if self.snapshot_chunks_inflight_max == 0 {
             return fail("snapshot_chunks_inflight_max must be at least 1");
+        }
+        if self.catch_up_rounds_max == 0 {
+            return fail("catch_up_rounds_max must be at least 1");
         }
         if self.uncommitted_entries_max == 0 {
             return fail("uncommitted_entries_max must be at least 1");

@@ -46,6 +46,15 @@ pub enum Error {
         /// How many entries are waiting for commit.
         uncommitted: u64,
     },
+    /// A leadership transfer is in progress: the leader takes no proposals until it ends.
+    #[error("leadership is being transferred to {to}")]
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+    /// A configuration change was refused; the message says why.
+    #[error("configuration change refused: {0}")]
+    MembershipChange(String),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -38,6 +38,7 @@ mod config;
 pub mod driver;
 mod error;
 mod log;
+mod membership;
 mod node;
 mod progress;
 pub mod quorum;
@@ -51,6 +52,7 @@ pub mod testing;
 
 pub use config::Config;
 pub use error::{Error, Result, SnapshotError, StorageError};
+pub use membership::{MembershipChange, MembershipError, MembershipResult};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
 pub use progress::{Progress, ProgressState, SnapshotTransfer};
 pub use raft::{ReadState, Role};

@@ -281,14 +281,15 @@ impl<S: Storage> RaftLog<S> {
     /// A snapshot covering everything up to (`index`, `term`) was installed (the state
     /// machine holds it). If the log holds that entry, the entries after it stay; otherwise
     /// the whole log is discarded and continues at `index + 1`. Either way `index` is
-    /// committed and applied.
-    pub(crate) fn restore(&mut self, index: LogIndex, term: Term) {
+    /// committed and applied. Returns whether the log was kept.
+    pub(crate) fn restore(&mut self, index: LogIndex, term: Term) -> bool {
         assert!(
             index > self.committed,
             "a snapshot at {index} is already covered by the commit index {}",
             self.committed
         );
-        if !self.match_term(index, term) {
+        let keep = self.match_term(index, term);
+        if !keep {
             self.unstable.clear();
             self.unstable_offset = index.next();
             self.handed = index;
@@ -298,6 +299,7 @@ impl<S: Storage> RaftLog<S> {
         self.committed = index;
         self.applying = index;
         self.applied = index;
+        keep
     }
 
     /// The first index of the run of entries that share the term at `index`, going back no

@@ -5,6 +5,7 @@ use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, Snapsh
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::membership::{MembershipChange, MembershipResult};
 use crate::progress::Progress;
 use crate::raft::{Raft, ReadState, Role};
 use crate::snapshot::{SnapshotChunk, SnapshotSend};
@@ -71,6 +72,8 @@ pub struct Ready {
     pub snapshot_chunks: Vec<SnapshotChunk>,
     /// Snapshot chunks to read and send.
     pub snapshot_sends: Vec<SnapshotSend>,
+    /// Finished configuration changes (see [`RawNode::propose_membership`]).
+    pub membership_results: Vec<MembershipResult>,
 }
 
 /// What [`RawNode::on_persisted`] acknowledges: the durable end of one [`Ready`].
@@ -114,6 +117,9 @@ pub struct Status {
     pub applied_index: LogIndex,
     /// The configuration in force.
     pub membership: Membership,
+    /// This node learned a configuration without itself and gave up campaigning (after
+    /// `removed_election_timeouts` election timeouts without a leader).
+    pub removed: bool,
 }
 
 /// One Raft node as a deterministic state machine: no I/O, no clock, no threads.
@@ -171,6 +177,49 @@ impl<S: Storage> RawNode<S> {
         self.raft.read_index(request_id);
     }
 
+    /// Starts a configuration change; this node must be the leader, with no other change in
+    /// progress and an entry of its term committed. Refusals come back at once
+    /// ([`Error::MembershipChange`](crate::Error::MembershipChange), `NotLeader`,
+    /// `TransferInProgress`); the outcome of an accepted change comes in
+    /// [`Ready::membership_results`] under `request_id`, once the final configuration is
+    /// committed (a joint change is left automatically) or the change failed.
+    ///
+    /// Configurations take effect on each node when their entry is appended, not when it
+    /// commits.
+    pub fn propose_membership(&mut self, request_id: u64, change: MembershipChange) -> Result<()> {
+        self.raft.propose_membership(request_id, change)
+    }
+
+    /// Hands leadership to voter `to`: the leader stops taking proposals, brings `to` up to
+    /// date and tells it to campaign at once (TimeoutNow; its election skips pre-vote and the
+    /// followers' lease). Abandoned after an election timeout. Learners and unknown nodes are
+    /// refused.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<()> {
+        self.raft.transfer_leadership(to)
+    }
+
+    /// The target of the leadership transfer in progress, if any.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.raft.transfer_target()
+    }
+
+    /// Whether this node learned a configuration without itself and gave up (see
+    /// [`Config::removed_election_timeouts`]).
+    pub fn is_removed(&self) -> bool {
+        self.raft.removed
+    }
+
+    /// The configuration in force on this node.
+    pub fn membership(&self) -> &Membership {
+        &self.raft.membership
+    }
+
+    /// The index of the log entry that defines the configuration in force (0 when it comes
+    /// from the snapshot or the store's initial state).
+    pub fn membership_index(&self) -> LogIndex {
+        self.raft.membership_index()
+    }
+
     /// Starts an election now instead of waiting for the election timeout.
     pub fn campaign(&mut self) {
         self.raft.campaign();
@@ -195,6 +244,7 @@ impl<S: Storage> RawNode<S> {
             || self.raft.snapshot_install.is_some()
             || !self.raft.snapshot_chunks.is_empty()
             || !self.raft.snapshot_sends.is_empty()
+            || !self.raft.membership_results.is_empty()
     }
 
     /// Takes what the application must persist, send and apply. See [`Ready`].
@@ -213,6 +263,7 @@ impl<S: Storage> RawNode<S> {
             snapshot: self.raft.snapshot_install.take(),
             snapshot_chunks: std::mem::take(&mut self.raft.snapshot_chunks),
             snapshot_sends: std::mem::take(&mut self.raft.snapshot_sends),
+            membership_results: std::mem::take(&mut self.raft.membership_results),
             ..Ready::default()
         };
         if soft != self.prev_soft {
@@ -321,6 +372,7 @@ impl<S: Storage> RawNode<S> {
             persisted_index: self.raft.log.persisted,
             applied_index: self.raft.log.applied,
             membership: self.raft.membership.clone(),
+            removed: self.raft.removed,
         }
     }
 

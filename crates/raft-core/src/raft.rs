@@ -17,6 +17,7 @@ use raft_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
+use crate::membership::{self, ConfigLog, MembershipChange, MembershipError, MembershipResult};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
 use crate::rng::Rng;
@@ -63,7 +64,21 @@ pub(crate) struct Raft<S> {
     pub(crate) role: Role,
     pub(crate) leader: Option<NodeId>,
     pub(crate) log: RaftLog<S>,
+    /// The configuration in force: the latest in `configs`.
     pub(crate) membership: Membership,
+    /// The configuration entries of the log, to revert one that is truncated.
+    configs: ConfigLog,
+    /// The leader's configuration change in progress.
+    pending_change: Option<PendingChange>,
+    /// Finished configuration changes for the application.
+    pub(crate) membership_results: Vec<MembershipResult>,
+    /// The leader's leadership transfer in progress.
+    transfer: Option<Transfer>,
+    /// Election timeouts this node spent outside the configuration it knows.
+    removed_timeouts: u32,
+    /// This node learned a configuration without it and gave up after
+    /// `removed_election_timeouts` election timeouts.
+    pub(crate) removed: bool,
     /// The leader's progress for every member but itself.
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// Votes received in the current (pre-)campaign, including our own once it is durable.
@@ -109,6 +124,18 @@ impl<S: Storage> Raft<S> {
         cfg.validate()?;
         let init = storage.initial_state()?;
         let log = RaftLog::new(storage, init.hard_state.commit, cfg.applied)?;
+        // The configuration in force is the latest configuration entry of the log.
+        let mut configs = ConfigLog::new(init.membership);
+        let mut next = log.first_index();
+        while next <= log.last_index() {
+            let batch = log.entries(next, log.last_index(), 4096, usize::MAX)?;
+            for e in &batch {
+                if let EntryPayload::Membership(m) = &e.payload {
+                    configs.appended(e.index, m.clone());
+                }
+            }
+            next = batch.last().map_or(next, |e| e.index).next();
+        }
         let mut raft = Raft {
             id: cfg.id,
             term: init.hard_state.term,
@@ -116,7 +143,13 @@ impl<S: Storage> Raft<S> {
             role: Role::Follower,
             leader: None,
             log,
-            membership: init.membership,
+            membership: configs.current().clone(),
+            configs,
+            pending_change: None,
+            membership_results: Vec::new(),
+            transfer: None,
+            removed_timeouts: 0,
+            removed: false,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             self_vote_pending: false,
@@ -179,6 +212,13 @@ impl<S: Storage> Raft<S> {
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         self.fail_reads();
+        if let Some(change) = self.pending_change.take() {
+            self.membership_results.push(MembershipResult {
+                request_id: change.request_id,
+                result: Err(MembershipError::LeadershipLost),
+            });
+        }
+        self.transfer = None;
         self.set_term(term);
         self.role = Role::Follower;
         self.leader = leader;
@@ -256,6 +296,14 @@ impl<S: Storage> Raft<S> {
             _ => {
                 if self.election_elapsed >= self.randomized_election_ticks {
                     self.election_elapsed = 0;
+                    let excluded = !self.membership.is_empty()
+                        && !self.membership.members().contains(&self.id);
+                    if excluded {
+                        // Removed (or never added): it does not campaign, and after a few
+                        // election timeouts without a leader it reports it.
+                        self.removed_timeouts += 1;
+                        self.removed = self.removed_timeouts >= self.cfg.removed_election_timeouts;
+                    }
                     if self.is_voter() {
                         self.campaign();
                     }
@@ -266,6 +314,14 @@ impl<S: Storage> Raft<S> {
 
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
+        self.tick_catch_up();
+        if let Some(t) = &mut self.transfer {
+            t.elapsed += 1;
+            if t.elapsed >= self.cfg.election_ticks {
+                // The target did not take over within an election timeout: give up.
+                self.transfer = None;
+            }
+        }
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
@@ -350,6 +406,9 @@ impl<S: Storage> Raft<S> {
                 leader: self.leader,
             });
         }
+        if let Some(t) = &self.transfer {
+            return Err(Error::TransferInProgress { to: t.to });
+        }
         let uncommitted = self.log.last_index().0 - self.log.committed.0;
         if uncommitted + commands.len() as u64 > self.cfg.uncommitted_entries_max {
             return Err(Error::Busy { uncommitted });
@@ -364,6 +423,7 @@ impl<S: Storage> Raft<S> {
     fn append_own(&mut self, payloads: Vec<EntryPayload>) -> LogIndex {
         let mut index = self.log.last_index();
         let term = self.term;
+        let mut config = None;
         let entries: Vec<Entry> = payloads
             .into_iter()
             .map(|payload| {
@@ -375,7 +435,16 @@ impl<S: Storage> Raft<S> {
                 }
             })
             .collect();
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                config = Some((e.index, m.clone()));
+            }
+        }
         self.log.append(entries);
+        if let Some((at, m)) = config {
+            self.configs.appended(at, m);
+            self.config_changed();
+        }
         index
     }
 
@@ -611,7 +680,16 @@ impl<S: Storage> Raft<S> {
             .iter()
             .position(|e| !self.log.match_term(e.index, e.term));
         if let Some(at) = conflict {
-            self.log.truncate_and_append(&req.entries[at..]);
+            let new = &req.entries[at..];
+            self.log.truncate_and_append(new);
+            // A configuration takes effect when appended; one truncated away is undone.
+            self.configs.truncate(new[0].index);
+            for e in new {
+                if let EntryPayload::Membership(m) = &e.payload {
+                    self.configs.appended(e.index, m.clone());
+                }
+            }
+            self.config_changed();
         }
         self.log.commit_to(req.leader_commit.min(last_new));
         self.send_later(from, append_ok(last_new));
@@ -692,8 +770,14 @@ impl<S: Storage> Raft<S> {
             }
             if moved {
                 self.maybe_commit();
+                if self.role != Role::Leader {
+                    return;
+                }
             }
             self.send_appends_while_open(from);
+            if moved {
+                self.maybe_send_timeout_now(from);
+            }
             return;
         }
         // A rejection. Ignore it unless it answers the latest probe (or, when streaming, it
@@ -989,8 +1073,11 @@ impl<S: Storage> Raft<S> {
         }
         self.on_snapshot_stored(meta.clone());
         if meta.last_index > self.log.committed {
-            self.log.restore(meta.last_index, meta.last_term);
-            self.membership = meta.membership.clone();
+            if !self.log.restore(meta.last_index, meta.last_term) {
+                // The log was replaced: the snapshot's configuration is in force.
+                self.configs.reset(meta.membership.clone());
+                self.config_changed();
+            }
             self.snapshot_install = Some(meta.clone());
         }
         if let Some(leader) = leader {
@@ -1000,6 +1087,12 @@ impl<S: Storage> Raft<S> {
 
     /// The application's store holds `meta` as its newest snapshot.
     pub(crate) fn on_snapshot_stored(&mut self, meta: SnapshotMeta) {
+        if meta.last_index.next() >= self.log.first_index() {
+            // It covers everything before the log's start: its configuration is the one in
+            // force before the log's first entry.
+            self.configs.set_base(meta.membership.clone());
+            self.config_changed();
+        }
         if self
             .snapshot
             .as_ref()
@@ -1059,6 +1152,286 @@ impl<S: Storage> Raft<S> {
             for (from, request_id) in std::mem::take(&mut self.reads_before_commit) {
                 self.handle_read(from, request_id);
             }
+            self.config_committed();
+        }
+    }
+
+    // ----- configuration changes (§6, chapter 4 of the dissertation) -------------------
+
+    /// The configuration in `configs` may have changed: take it up.
+    fn config_changed(&mut self) {
+        let current = self.configs.current();
+        if *current != self.membership {
+            self.membership = current.clone();
+            if self.membership.members().contains(&self.id) {
+                self.removed = false;
+                self.removed_timeouts = 0;
+            }
+        }
+        if self.role == Role::Leader {
+            self.sync_progress();
+        }
+    }
+
+    /// The leader tracks every member of the configuration, and keeps replicating to members
+    /// the latest configuration removed until it commits, so that they learn of it.
+    fn sync_progress(&mut self) {
+        let next = self.log.last_index().next();
+        for id in self.membership.members() {
+            if id != self.id && !self.progress.contains_key(&id) {
+                let mut pr = Progress::new(next);
+                pr.recent_active = true;
+                self.progress.insert(id, pr);
+            }
+        }
+        if self.configs.current_index() <= self.log.committed {
+            let members = self.membership.members();
+            self.progress.retain(|id, _| members.contains(id));
+        }
+    }
+
+    /// The commit index moved on the leader: finish or continue configuration work.
+    fn config_committed(&mut self) {
+        let committed = self.log.committed;
+        if self.configs.current_index() > committed {
+            return;
+        }
+        self.sync_progress();
+        if let Some(change) = &self.pending_change {
+            if let Stage::Commit { index, then } = &change.stage {
+                if *index <= committed {
+                    let (request_id, then) = (change.request_id, *then);
+                    match then {
+                        Then::Done => {
+                            self.pending_change = None;
+                            self.membership_results.push(MembershipResult {
+                                request_id,
+                                result: Ok(self.membership.clone()),
+                            });
+                        }
+                        Then::LeaveJoint => {
+                            let index =
+                                self.propose_config(membership::leave_joint(&self.membership));
+                            self.pending_change = Some(PendingChange {
+                                request_id,
+                                stage: Stage::Commit {
+                                    index,
+                                    then: Then::Done,
+                                },
+                            });
+                        }
+                        Then::Promote(id) => self.start_catch_up(request_id, id),
+                    }
+                }
+            }
+        } else if self.membership.is_joint() {
+            // A joint configuration left behind by an earlier leader: leave it.
+            self.propose_config(membership::leave_joint(&self.membership));
+            return;
+        }
+        if self.role == Role::Leader && !self.is_voter() {
+            self.step_down_removed();
+        }
+    }
+
+    /// The leader is not a voter of the committed configuration: hand over and step down.
+    fn step_down_removed(&mut self) {
+        let last = self.log.last_index();
+        let best = self
+            .progress
+            .iter()
+            .filter(|(id, _)| self.membership.is_voter(**id))
+            .max_by_key(|(_, p)| p.match_index)
+            .map(|(&id, p)| (id, p.match_index));
+        if let Some((id, matched)) = best {
+            if matched == last {
+                // The most up-to-date voter campaigns at once instead of waiting for its
+                // election timeout (§3.10 of the dissertation).
+                self.msgs.push(Message {
+                    from: self.id,
+                    to: id,
+                    term: self.term,
+                    body: MessageBody::TimeoutNow,
+                });
+            }
+        }
+        let term = self.term;
+        self.become_follower(term, None);
+    }
+
+    /// Appends a configuration entry on the leader and sends it out.
+    fn propose_config(&mut self, membership: Membership) -> LogIndex {
+        let index = self.append_own(vec![EntryPayload::Membership(membership)]);
+        self.broadcast_append();
+        index
+    }
+
+    /// Starts a configuration change on the leader; its outcome comes in
+    /// `membership_results` under `request_id`.
+    pub(crate) fn propose_membership(
+        &mut self,
+        request_id: u64,
+        change: MembershipChange,
+    ) -> Result<()> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(t) = &self.transfer {
+            return Err(Error::TransferInProgress { to: t.to });
+        }
+        if self.pending_change.is_some()
+            || self.configs.current_index() > self.log.committed
+            || self.membership.is_joint()
+        {
+            return Err(Error::MembershipChange(
+                "another configuration change is in progress; retry once it is done".into(),
+            ));
+        }
+        if self.log.term(self.log.committed) != Some(self.term) {
+            // Until an entry of its term commits, a new leader may not know the latest
+            // committed configuration (the bug in the dissertation's single-server changes).
+            return Err(Error::MembershipChange(
+                "this leader has not committed an entry of its term yet; retry shortly".into(),
+            ));
+        }
+        let (next, last) =
+            membership::plan(&self.membership, &change).map_err(Error::MembershipChange)?;
+        if let MembershipChange::Promote(id) = change {
+            self.start_catch_up(request_id, id);
+            return Ok(());
+        }
+        let then = match change {
+            MembershipChange::AddVoter(id) => Then::Promote(id),
+            _ if last => Then::Done,
+            _ => Then::LeaveJoint,
+        };
+        let index = self.propose_config(next);
+        self.pending_change = Some(PendingChange {
+            request_id,
+            stage: Stage::Commit { index, then },
+        });
+        Ok(())
+    }
+
+    /// Starts the rounds that bring learner `id` up to date before it votes.
+    fn start_catch_up(&mut self, request_id: u64, id: NodeId) {
+        self.pending_change = Some(PendingChange {
+            request_id,
+            stage: Stage::CatchUp(CatchUp {
+                id,
+                round_end: self.log.last_index(),
+                round_ticks: 0,
+                rounds: 1,
+            }),
+        });
+        self.send_append(id, true);
+    }
+
+    /// One tick of a learner's catch-up: a round ends when the learner holds the leader's last
+    /// index of the round's start. A round within an election timeout means it keeps up:
+    /// promote it. A slower round starts the next one; after `catch_up_rounds_max`, give up.
+    fn tick_catch_up(&mut self) {
+        let Some(PendingChange {
+            request_id,
+            stage: Stage::CatchUp(c),
+        }) = &mut self.pending_change
+        else {
+            return;
+        };
+        let request_id = *request_id;
+        c.round_ticks += 1;
+        let matched = self
+            .progress
+            .get(&c.id)
+            .map_or(LogIndex(0), |p| p.match_index);
+        let id = c.id;
+        if matched >= c.round_end && c.round_ticks <= self.cfg.election_ticks {
+            if !self.membership.learners.contains(&id) {
+                // Removed meanwhile; nothing to promote.
+                self.pending_change = None;
+                return;
+            }
+            let (next, _) = membership::plan(&self.membership, &MembershipChange::Promote(id))
+                .expect("a learner can be promoted");
+            let index = self.propose_config(next);
+            self.pending_change = Some(PendingChange {
+                request_id,
+                stage: Stage::Commit {
+                    index,
+                    then: Then::Done,
+                },
+            });
+            return;
+        }
+        if matched >= c.round_end || c.round_ticks > self.cfg.election_ticks {
+            c.rounds += 1;
+            if c.rounds > self.cfg.catch_up_rounds_max {
+                let rounds = c.rounds - 1;
+                self.pending_change = None;
+                self.membership_results.push(MembershipResult {
+                    request_id,
+                    result: Err(MembershipError::CatchUpFailed { id, rounds }),
+                });
+                return;
+            }
+            c.round_end = self.log.last_index();
+            c.round_ticks = 0;
+        }
+    }
+
+    // ----- leadership transfer (§3.10 of the dissertation) --------------------------------
+
+    /// Hands leadership to `to`: no more proposals, bring `to` up to date, then TimeoutNow.
+    pub(crate) fn transfer_leadership(&mut self, to: NodeId) -> Result<()> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.membership.voters.contains(&to) || !self.progress.contains_key(&to) {
+            return Err(Error::MembershipChange(format!(
+                "{to} is not a voter of the configuration; leadership goes to voters only"
+            )));
+        }
+        self.transfer = Some(Transfer { to, elapsed: 0 });
+        self.maybe_send_timeout_now(to);
+        Ok(())
+    }
+
+    /// The index of the entry that defines the configuration in force (0: the base).
+    pub(crate) fn membership_index(&self) -> LogIndex {
+        self.configs.current_index()
+    }
+
+    /// The transfer target, if one is in progress.
+    pub(crate) fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.as_ref().map(|t| t.to)
+    }
+
+    /// Sends TimeoutNow to the transfer target once it holds the whole log; else replicates.
+    fn maybe_send_timeout_now(&mut self, to: NodeId) {
+        if self.transfer.as_ref().map(|t| t.to) != Some(to) {
+            return;
+        }
+        let last = self.log.last_index();
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.match_index == last);
+        if caught_up {
+            self.msgs.push(Message {
+                from: self.id,
+                to,
+                term: self.term,
+                body: MessageBody::TimeoutNow,
+            });
+        } else {
+            self.send_append(to, true);
         }
     }
 
@@ -1203,4 +1576,38 @@ fn append_ok(index: LogIndex) -> MessageBody {
         index,
         hint: None,
     })
+}
+
+/// A configuration change the leader is carrying out.
+struct PendingChange {
+    request_id: u64,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Waiting for the configuration entry at `index` to commit.
+    Commit { index: LogIndex, then: Then },
+    /// Bringing a learner up to date before it is promoted.
+    CatchUp(CatchUp),
+}
+
+/// What follows once a configuration entry commits.
+#[derive(Clone, Copy)]
+enum Then {
+    Done,
+    LeaveJoint,
+    Promote(NodeId),
+}
+
+struct CatchUp {
+    id: NodeId,
+    /// The round ends when the learner holds this index.
+    round_end: LogIndex,
+    round_ticks: u32,
+    rounds: u32,
+}
+
+struct Transfer {
+    to: NodeId,
+    elapsed: u32,
 }

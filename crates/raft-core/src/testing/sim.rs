@@ -16,7 +16,8 @@ use raft_proto::{
 };
 
 use crate::{
-    Config, MemStorage, PersistAck, RawNode, Ready, Rng, Role, SnapshotChunk, Storage, StorageMut,
+    quorum, Config, MemStorage, MembershipChange, PersistAck, RawNode, Ready, Rng, Role,
+    SnapshotChunk, Storage, StorageMut,
 };
 
 /// Where the simulator keeps each node's durable state. A crash drops every handle the node
@@ -95,6 +96,14 @@ pub struct SimConfig {
     pub chunk_corrupt_rate: f64,
     /// Probability that a received snapshot is corrupt on disk when it is verified.
     pub snapshot_corrupt_rate: f64,
+    /// Per tick: probability that a configuration change is proposed on the leader (add,
+    /// remove, promote, replace through a joint configuration, remove the leader) or a
+    /// leadership transfer is asked for.
+    pub membership_rate: f64,
+    /// Changes keep between this many voters...
+    pub voters_min: usize,
+    /// ...and this many.
+    pub voters_max: usize,
     /// Print every event.
     pub verbose: bool,
     /// The configuration template of every node (`id` and `seed` are set per node).
@@ -137,6 +146,14 @@ impl SimConfig {
             trailing_entries_max: 4,
             chunk_corrupt_rate: 0.01,
             snapshot_corrupt_rate: 0.02,
+            // Every other pair of seeds changes the configuration as it runs.
+            membership_rate: if (seed / 10).is_multiple_of(2) {
+                0.02
+            } else {
+                0.0
+            },
+            voters_min: 3,
+            voters_max: 6,
             verbose: false,
             node,
         };
@@ -172,6 +189,7 @@ impl SimConfig {
                 cfg.node.append_entries_max = 1;
                 cfg.leader_crash_rate = 0.25;
                 cfg.restart_only_for_quorum = true;
+                cfg.membership_rate = 0.0;
                 cfg.crash_rate = 0.0;
                 cfg.partition_rate = 0.0;
                 cfg.drop_rate = 0.02;
@@ -199,6 +217,7 @@ impl SimConfig {
         cfg.snapshot_rate = 0.0;
         cfg.chunk_corrupt_rate = 0.0;
         cfg.snapshot_corrupt_rate = 0.0;
+        cfg.membership_rate = 0.0;
         cfg
     }
 }
@@ -242,6 +261,16 @@ pub struct SimReport {
     pub snapshot_resumes: u64,
     /// Chunk answers that rejected a chunk (bad checksum, or a transfer the follower lost).
     pub snapshot_chunk_rejects: u64,
+    /// Configuration changes the leader accepted, and how many of them finished.
+    pub changes_proposed: u64,
+    /// Configuration changes that committed.
+    pub changes_done: u64,
+    /// Configuration changes that failed after they were accepted (catch-up, lost leader).
+    pub changes_failed: u64,
+    /// Leadership transfers asked for, and how many a leader accepted.
+    pub transfers: u64,
+    /// Nodes that reported they were removed.
+    pub removed_reported: u64,
 }
 
 /// A violated property, with where it happened.
@@ -308,6 +337,17 @@ struct SimNode<S> {
     snapshot: Option<(SnapshotMeta, Bytes)>,
     /// A snapshot being received (volatile: lost in a crash).
     partial: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The configuration the store was created with (empty for a node added later).
+    initial: Membership,
+    /// The configuration in force at the applied index (what a snapshot records).
+    applied_membership: Membership,
+    /// Whether the node already reported that it was removed.
+    removed_reported: bool,
+}
+
+/// A configuration as a set key.
+fn config_key(m: &Membership) -> Vec<u8> {
+    format!("{m:?}").into_bytes()
 }
 
 /// The simulated state machine's digest after applying `entry` on top of `digest` (FNV-1a).
@@ -362,6 +402,9 @@ pub struct Checker {
     commit_terms: Vec<Term>,
     /// The state machine digest after applying each committed index, as far as computed.
     digests: Vec<u64>,
+    /// The configuration of the latest configuration entry in the committed log (the
+    /// initial one before any).
+    committed_config: Membership,
 }
 
 impl Checker {
@@ -435,6 +478,9 @@ impl Checker {
                 .ok_or_else(|| format!("{node} committed {i} but has no entry there"))?;
             self.committed.push(t);
             self.commit_terms.push(node_term);
+            if let Some((_, EntryPayload::Membership(m))) = self.written.get(&(LogIndex(i), t)) {
+                self.committed_config = m.clone();
+            }
         }
         let check = commit.min(known);
         if check > LogIndex(0) {
@@ -580,6 +626,11 @@ pub struct Cluster<F: StoreFactory = MemFactory> {
     /// Read requests in flight: the node asked and the committed index when it was asked.
     reads: HashMap<u64, (NodeId, LogIndex)>,
     next_read: u64,
+    /// The id the next added node gets.
+    next_node: u64,
+    next_change: u64,
+    /// Every configuration a log entry ever defined, and the initial one.
+    configs_written: BTreeSet<Vec<u8>>,
     report: SimReport,
 }
 
@@ -599,6 +650,10 @@ impl<F: StoreFactory> Cluster<F> {
             .iter()
             .map(|&id| factory.open(id, &membership))
             .collect();
+        let checker = Checker {
+            committed_config: membership.clone(),
+            ..Checker::default()
+        };
         let mut cluster = Cluster {
             factory,
             membership,
@@ -609,17 +664,24 @@ impl<F: StoreFactory> Cluster<F> {
             nodes: BTreeMap::new(),
             blocked: BTreeSet::new(),
             quiet: false,
-            checker: Checker::default(),
+            checker,
             next_command: 0,
             reads: HashMap::new(),
             next_read: 0,
+            next_node: cfg.nodes as u64 + 1,
+            next_change: 0,
+            configs_written: BTreeSet::new(),
             report: SimReport {
                 seed: cfg.seed,
                 ..SimReport::default()
             },
             cfg,
         };
+        cluster
+            .configs_written
+            .insert(config_key(&cluster.membership));
         for (&id, durable) in ids.iter().zip(stores) {
+            let initial = cluster.membership.clone();
             let node = SimNode {
                 raw: None,
                 durable,
@@ -631,6 +693,9 @@ impl<F: StoreFactory> Cluster<F> {
                 digest: 0,
                 snapshot: None,
                 partial: None,
+                applied_membership: initial.clone(),
+                initial,
+                removed_reported: false,
             };
             cluster.nodes.insert(id, node);
             cluster.start_node(id);
@@ -650,9 +715,11 @@ impl<F: StoreFactory> Cluster<F> {
         // crash may have come between keeping a received snapshot and installing it).
         node.partial = None;
         (node.applied, node.applied_term, node.digest) = (LogIndex(0), Term(0), 0);
+        node.applied_membership = node.initial.clone();
         if let Some((meta, data)) = &node.snapshot {
             let (index, digest) = parse_snapshot(data).expect("the simulator wrote it");
             (node.applied, node.applied_term, node.digest) = (index, meta.last_term, digest);
+            node.applied_membership = meta.membership.clone();
             node.durable
                 .install_snapshot(meta.last_index, meta.last_term, &meta.membership)
                 .expect("install the snapshot in the log");
@@ -792,7 +859,7 @@ impl<F: StoreFactory> Cluster<F> {
         );
         // The old handle goes first: a store may refuse a second opener.
         drop(node.durable);
-        node.durable = self.factory.open(id, &self.membership);
+        node.durable = self.factory.open(id, &node.initial);
         self.nodes.insert(id, node);
     }
 
@@ -941,6 +1008,31 @@ impl<F: StoreFactory> Cluster<F> {
                     })?
                 };
                 self.checker.entry_written(id, e, prev_term)?;
+                if let EntryPayload::Membership(m) = &e.payload {
+                    self.configs_written.insert(config_key(m));
+                }
+            }
+            // A configuration takes effect when its entry is appended.
+            if let Some(config_at) = ready
+                .entries
+                .iter()
+                .rev()
+                .find(|e| matches!(e.payload, EntryPayload::Membership(_)))
+                .map(|e| e.index)
+            {
+                if raw.membership_index() < config_at {
+                    return Err(format!(
+                        "{id} appended a configuration at {config_at} but uses the one at {}",
+                        raw.membership_index()
+                    ));
+                }
+            }
+            for r in &ready.membership_results {
+                match &r.result {
+                    Ok(_) => self.report.changes_done += 1,
+                    Err(_) => self.report.changes_failed += 1,
+                }
+                self.trace(|| format!("{id}: change {} finished: {:?}", r.request_id, r.result));
             }
             for rs in &ready.read_states {
                 let Some((asked, committed)) = self.reads.remove(&rs.request_id) else {
@@ -1047,6 +1139,12 @@ impl<F: StoreFactory> Cluster<F> {
             self.checker.applied(id, applied, e)?;
             (applied, applied_term) = (e.index, e.term);
             digest = digest_step(digest, e);
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.nodes
+                    .get_mut(&id)
+                    .expect("known node")
+                    .applied_membership = m.clone();
+            }
         }
         let node = self.nodes.get_mut(&id).expect("known node");
         let moved = applied > node.applied;
@@ -1080,6 +1178,7 @@ impl<F: StoreFactory> Cluster<F> {
         let (index, digest) = self.checker.snapshot_seen(id, "restored", meta, &data)?;
         let node = self.nodes.get_mut(&id).expect("known node");
         (node.applied, node.applied_term, node.digest) = (index, meta.last_term, digest);
+        node.applied_membership = meta.membership.clone();
         node.durable
             .install_snapshot(meta.last_index, meta.last_term, &meta.membership)
             .map_err(|e| e.to_string())?;
@@ -1154,7 +1253,7 @@ impl<F: StoreFactory> Cluster<F> {
         let meta = SnapshotMeta {
             last_index: index,
             last_term: node.applied_term,
-            membership: self.membership.clone(),
+            membership: node.applied_membership.clone(),
             size_bytes: data.len() as u64,
             checksum: crc32c::crc32c(&data),
         };
@@ -1221,28 +1320,73 @@ impl<F: StoreFactory> Cluster<F> {
                 self.checker
                     .leader_complete(id, raw.term(), raw.first_index(), |i| raw.term_at(i))?;
             }
+            // A node outside its configuration, or a learner, never campaigns.
+            if matches!(raw.role(), Role::PreCandidate | Role::Candidate)
+                && !raw.membership().is_voter(id)
+            {
+                return Err(format!(
+                    "{id} campaigns but is not a voter of its configuration {:?}",
+                    raw.membership()
+                ));
+            }
+            // The configuration in force is the one the entry of its own log it names
+            // defines; when that entry is compacted or the configuration comes from the
+            // store or a snapshot, one that some entry defines, or the initial one.
+            let membership = raw.membership();
+            let at = raw.membership_index();
+            if at == LogIndex(0) || at < raw.first_index() {
+                let known = membership.is_empty()
+                    || *membership == node.initial
+                    || self.configs_written.contains(&config_key(membership));
+                if !known {
+                    return Err(format!(
+                        "{id} uses a configuration no entry defines: {membership:?}"
+                    ));
+                }
+            } else {
+                let defined = raw
+                    .term_at(at)
+                    .and_then(|t| self.checker.written.get(&(at, t)))
+                    .map(|(_, payload)| payload);
+                if defined != Some(&EntryPayload::Membership(membership.clone())) {
+                    return Err(format!(
+                        "{id} uses {membership:?} from index {at}, where its log holds {defined:?}"
+                    ));
+                }
+            }
+        }
+        for node in self.nodes.values_mut() {
+            let removed = node.raw.as_ref().is_some_and(|r| r.is_removed());
+            if removed && !node.removed_reported {
+                node.removed_reported = true;
+                self.report.removed_reported += 1;
+            }
         }
         self.check_durability()
     }
 
-    /// No committed entry is lost to crashes: a majority holds the last committed one durably.
+    /// No committed entry is lost to crashes: the last committed one is durable on enough nodes
+    /// that every quorum of the committed configuration includes one of them.
     fn check_durability(&self) -> Result<(), String> {
         let index = self.checker.committed_index();
         let Some(term) = self.checker.committed_term(index) else {
             return Ok(());
         };
-        let holders = self
-            .nodes
-            .values()
-            .filter(|n| {
+        let holds = |id: NodeId| {
+            self.nodes.get(&id).is_some_and(|n| {
                 n.durable.term(index).ok() == Some(term)
                     || n.snapshot.as_ref().is_some_and(|s| s.0.last_index >= index)
             })
-            .count();
-        if holders <= self.nodes.len() / 2 {
+        };
+        // The nodes that lack it cannot elect a leader of the committed configuration on their
+        // own: every quorum includes a holder. (Not "a majority holds it": a leader may commit
+        // with a majority of a configuration one voter away, which for an even-sized
+        // committed configuration can be exactly half of it.)
+        let config = &self.checker.committed_config;
+        if quorum::is_quorum(config, |id| !holds(id)) {
+            let holders: Vec<NodeId> = self.ids().into_iter().filter(|&id| holds(id)).collect();
             return Err(format!(
-                "durability: committed entry {index}@{term} is durable on only {holders} of {} nodes",
-                self.nodes.len()
+                "durability: committed entry {index}@{term} is durable only on {holders:?}; the others are a quorum of {config:?}"
             ));
         }
         Ok(())
@@ -1296,6 +1440,9 @@ impl<F: StoreFactory> Cluster<F> {
                 }
             }
         }
+        if self.cfg.membership_rate > 0.0 && self.rng.chance(self.cfg.membership_rate) {
+            self.change_membership()?;
+        }
         if self.cfg.restart_only_for_quorum {
             let down: Vec<NodeId> = self
                 .ids()
@@ -1308,6 +1455,138 @@ impl<F: StoreFactory> Cluster<F> {
             }
         }
         Ok(())
+    }
+
+    /// Adds a node to the simulation (not to the cluster): it starts with an empty store that
+    /// knows no configuration, as a server started to join a running cluster.
+    pub fn add_node(&mut self) -> NodeId {
+        let id = NodeId(self.next_node);
+        self.next_node += 1;
+        let initial = Membership::default();
+        let durable = self.factory.open(id, &initial);
+        self.nodes.insert(
+            id,
+            SimNode {
+                raw: None,
+                durable,
+                pending: VecDeque::new(),
+                disk_busy_until: 0,
+                incarnation: 0,
+                applied: LogIndex(0),
+                applied_term: Term(0),
+                digest: 0,
+                snapshot: None,
+                partial: None,
+                applied_membership: initial.clone(),
+                initial,
+                removed_reported: false,
+            },
+        );
+        self.start_node(id);
+        let phase = self.rng.below(UNITS_PER_TICK);
+        self.schedule(phase, Event::Tick(id));
+        self.trace(|| format!("{id} starts, empty"));
+        id
+    }
+
+    /// Proposes `change` on `leader`; returns whether it accepted it.
+    pub fn propose_membership(
+        &mut self,
+        leader: NodeId,
+        change: MembershipChange,
+    ) -> Result<bool, String> {
+        self.next_change += 1;
+        let request_id = self.next_change;
+        let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) else {
+            return Ok(false);
+        };
+        let result = raw.propose_membership(request_id, change.clone());
+        let accepted = result.is_ok();
+        self.trace(|| format!("{leader}: change {request_id} {change:?}: {result:?}"));
+        if accepted {
+            self.report.changes_proposed += 1;
+        }
+        self.drain(leader)?;
+        Ok(accepted)
+    }
+
+    /// Asks `leader` to hand leadership to `to`; returns whether it accepted.
+    pub fn transfer_leadership(&mut self, leader: NodeId, to: NodeId) -> Result<bool, String> {
+        let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) else {
+            return Ok(false);
+        };
+        let result = raw.transfer_leadership(to);
+        let accepted = result.is_ok();
+        self.report.transfers += 1;
+        self.trace(|| format!("{leader}: transfer leadership to {to}: {result:?}"));
+        self.drain(leader)?;
+        Ok(accepted)
+    }
+
+    /// A random configuration change or leadership transfer on the current leader.
+    fn change_membership(&mut self) -> Result<(), String> {
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let m = self.node(leader).expect("up").membership().clone();
+        let pick = |rng: &mut Rng, set: &BTreeSet<NodeId>| -> Option<NodeId> {
+            let v: Vec<NodeId> = set.iter().copied().collect();
+            (!v.is_empty()).then(|| v[rng.below(v.len() as u64) as usize])
+        };
+        let voters = m.voters.len();
+        let change = match self.rng.below(6) {
+            0 if voters < self.cfg.voters_max => MembershipChange::AddVoter(self.add_node()),
+            1 if m.learners.len() < 2 => MembershipChange::AddLearner(self.add_node()),
+            2 => match pick(&mut self.rng, &m.learners) {
+                Some(id) => MembershipChange::Promote(id),
+                None => return Ok(()),
+            },
+            3 if voters > self.cfg.voters_min => {
+                // Any voter, the leader included.
+                let id = pick(&mut self.rng, &m.voters).expect("voters exist");
+                MembershipChange::Remove(id)
+            }
+            3 => match pick(&mut self.rng, &m.learners) {
+                Some(id) => MembershipChange::Remove(id),
+                None => return Ok(()),
+            },
+            4 => {
+                // Replace a voter by a learner: two voters change, through the joint
+                // configuration.
+                let (Some(learner), Some(voter)) = (
+                    pick(&mut self.rng, &m.learners),
+                    pick(&mut self.rng, &m.voters),
+                ) else {
+                    return Ok(());
+                };
+                let mut voters = m.voters.clone();
+                voters.remove(&voter);
+                voters.insert(learner);
+                let mut learners = m.learners.clone();
+                learners.remove(&learner);
+                MembershipChange::Replace { voters, learners }
+            }
+            5 => {
+                let others: BTreeSet<NodeId> =
+                    m.voters.iter().copied().filter(|&v| v != leader).collect();
+                if let Some(to) = pick(&mut self.rng, &others) {
+                    self.transfer_leadership(leader, to)?;
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        self.propose_membership(leader, change)?;
+        Ok(())
+    }
+
+    /// The members of the configuration the current leader uses (every node without a
+    /// leader).
+    fn members_now(&self) -> BTreeSet<NodeId> {
+        match self.leader().and_then(|l| self.node(l)) {
+            Some(raw) => raw.membership().members(),
+            None => self.ids().into_iter().collect(),
+        }
     }
 
     /// The faulty phase, then the quiet phase with its liveness check.
@@ -1375,8 +1654,8 @@ impl<F: StoreFactory> Cluster<F> {
                 }
             }
             let target = accepted.iter().map(|a| a.2).max().unwrap_or(LogIndex(0));
-            if accepted.len() == markers && self.ids().iter().all(|&id| self.applied(id) >= target)
-            {
+            let members = self.members_now();
+            if accepted.len() == markers && members.iter().all(|&id| self.applied(id) >= target) {
                 return Ok(());
             }
             self.run_ticks(1)?;
