@@ -139,10 +139,25 @@ impl Cluster {
         cluster
     }
 
+    /// Adds node `IDS.len() + k` to the simulation (not to the cluster) with empty stores,
+    /// as a server started to join; returns its position.
+    fn add_node(&mut self) -> usize {
+        self.stores.push((
+            MemStorage::new(Membership::default()),
+            MemSnapshotStore::new(),
+        ));
+        self.ticks.push(mpsc::unbounded().0);
+        let i = self.stores.len() - 1;
+        let handle = self.start(i);
+        self.handles.push(handle);
+        self.applied.push(Arc::clone(&self.applied_slot));
+        i
+    }
+
     /// Starts node `i` from its stores (a restart after a crash: the partial copy of a
     /// snapshot being received is lost).
     fn start(&mut self, i: usize) -> NodeHandle<usize> {
-        let id = IDS[i];
+        let id = NodeId(i as u64 + 1);
         let (inbox_tx, inbox_rx) = mpsc::channel(1024);
         self.net.inboxes.lock().insert(id, inbox_tx);
         let (tick_tx, tick_rx) = mpsc::unbounded();
@@ -441,4 +456,81 @@ fn a_snapshot_on_request_compacts_the_log() {
     assert_eq!(meta.last_index, c.handles[leader].status().applied_index);
     c.tick(1);
     assert_eq!(c.handles[leader].status().first_index, meta.last_index);
+}
+
+#[test]
+fn a_new_server_joins_as_a_learner_and_is_promoted_once_caught_up() {
+    let mut c = small_snapshots();
+    let leader = c.elect();
+    write(&mut c, leader, 25, "a");
+    let new = c.add_node();
+    let new_id = NodeId(new as u64 + 1);
+    let h = c.handles[leader].clone();
+    let added = c.spawn(async move {
+        h.change_membership(raft_core::MembershipChange::AddVoter(new_id))
+            .await
+    });
+    for _ in 0..100 {
+        if added.borrow().is_some() {
+            break;
+        }
+        c.tick(1);
+    }
+    let membership = added.borrow().clone().expect("resolved").expect("added");
+    assert!(membership.voters.contains(&new_id), "{membership:?}");
+    write(&mut c, leader, 2, "b");
+    c.tick(3);
+    // It caught up (by snapshot: the log was compacted) and applies like the others.
+    assert_eq!(*c.applied[new].lock(), *c.applied[leader].lock());
+    assert_eq!(c.handles[new].status().membership, membership);
+}
+
+#[test]
+fn leadership_moves_on_request_and_learners_are_refused() {
+    let mut c = Cluster::new();
+    let leader = c.elect();
+    c.tick(2);
+    let target = NodeId(((leader + 1) % 3) as u64 + 1);
+    let h = c.handles[leader].clone();
+    let moved = c.spawn(async move { h.transfer_leadership(target).await });
+    c.tick(5);
+    assert_eq!(moved.borrow().clone(), Some(Ok(())));
+    assert!(c.handles[target.0 as usize - 1].status().is_leader);
+    let new_leader = target.0 as usize - 1;
+    let h = c.handles[new_leader].clone();
+    let refused = c.spawn(async move { h.transfer_leadership(NodeId(9)).await });
+    assert!(matches!(
+        refused.borrow().clone(),
+        Some(Err(NodeError::MembershipRefused(_)))
+    ));
+}
+
+#[test]
+fn a_removed_leader_commits_its_removal_then_steps_down() {
+    let mut c = Cluster::new();
+    let leader = c.elect();
+    write(&mut c, leader, 2, "a");
+    let leader_id = NodeId(leader as u64 + 1);
+    let h = c.handles[leader].clone();
+    let removed = c.spawn(async move {
+        h.change_membership(raft_core::MembershipChange::Remove(leader_id))
+            .await
+    });
+    c.tick(30);
+    let membership = removed
+        .borrow()
+        .clone()
+        .expect("resolved")
+        .expect("removed");
+    assert!(!membership.is_voter(leader_id));
+    let status = c.handles[leader].status();
+    assert!(!status.is_leader, "{status:?}");
+    let new = c.leader().expect("the others elect a leader");
+    assert_ne!(new, leader);
+    write(&mut c, new, 2, "b");
+    // The old leader is out: it applies nothing more and, after a few election timeouts
+    // without a leader, reports that it was removed.
+    c.tick(60);
+    assert!(c.handles[leader].status().removed);
+    assert!(c.applied[leader].lock().len() < c.applied[new].lock().len());
 }

@@ -193,6 +193,15 @@ fn node_error_status(e: NodeError) -> Status {
             Status::unavailable("etcdserver: request timed out, possibly due to leader change")
         }
         NodeError::Snapshot(why) => Status::internal(format!("etcdserver: snapshot failed: {why}")),
+        NodeError::MembershipRefused(why) => {
+            Status::failed_precondition(format!("etcdserver: {why}"))
+        }
+        NodeError::CatchUpFailed(why) => Status::failed_precondition(format!(
+            "etcdserver: can only promote a learner member which is in sync with leader ({why})"
+        )),
+        NodeError::TransferFailed(why) => {
+            Status::unavailable(format!("etcdserver: leader transfer failed ({why})"))
+        }
         NodeError::Storage(why) => Status::internal(format!("etcdserver: storage failed: {why}")),
     }
 }

@@ -11,6 +11,8 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
 use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
+use crate::membership::{MembershipChange, MembershipError};
+
 use super::traits::{LogStore, SnapshotStore, StateMachine, Transport};
 use crate::error::{Error, SnapshotError, StorageError};
 use crate::node::{PersistAck, RawNode, Ready};
@@ -84,6 +86,15 @@ pub enum NodeError {
     /// Taking a snapshot failed.
     #[error("snapshot failed: {0}")]
     Snapshot(String),
+    /// The configuration change was refused before it started; the message says why.
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
+    /// The learner could not keep up with the leader; it stays a learner.
+    #[error("{0}")]
+    CatchUpFailed(String),
+    /// The leadership transfer did not happen within an election timeout.
+    #[error("leadership transfer failed: {0}")]
+    TransferFailed(String),
     /// The log store failed; the node stopped (fail-stop).
     #[error("storage failed: {0}")]
     Storage(String),
@@ -110,6 +121,11 @@ pub struct NodeStatus {
     pub first_index: LogIndex,
     /// Snapshot counters.
     pub snapshots: SnapshotStats,
+    /// The configuration in force on this node.
+    pub membership: Membership,
+    /// This node learned that it was removed from the cluster (see
+    /// [`Config::removed_election_timeouts`](crate::Config::removed_election_timeouts)).
+    pub removed: bool,
 }
 
 /// What the driver did with snapshots (counters since start).
@@ -139,6 +155,11 @@ enum Request<R> {
     Propose(Bytes, oneshot::Sender<Result<R, NodeError>>),
     Read(oneshot::Sender<Result<LogIndex, NodeError>>),
     Snapshot(oneshot::Sender<Result<SnapshotMeta, NodeError>>),
+    ChangeMembership(
+        MembershipChange,
+        oneshot::Sender<Result<Membership, NodeError>>,
+    ),
+    TransferLeadership(NodeId, oneshot::Sender<Result<(), NodeError>>),
     Campaign,
     Shutdown,
 }
@@ -189,6 +210,26 @@ impl<R: Send + 'static> NodeHandle<R> {
     pub async fn snapshot(&self) -> Result<SnapshotMeta, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.request(Request::Snapshot(tx)).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Changes the cluster's configuration (this node must lead); resolves with the new
+    /// configuration once it is committed. See [`MembershipChange`] for what each change
+    /// does; adding a voter waits until the new server has caught up as a learner.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Request::ChangeMembership(change, tx)).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Hands leadership to voter `to`; resolves once `to` leads, or fails after an election
+    /// timeout. Proposals to this node fail while the transfer runs.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Request::TransferLeadership(to, tx)).await?;
         rx.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
@@ -245,6 +286,10 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotS
     applied_term: Term,
     applied_membership: Membership,
     stats: SnapshotStats,
+    next_change_id: u64,
+    changes: HashMap<u64, oneshot::Sender<Result<Membership, NodeError>>>,
+    /// A leadership transfer the caller waits for.
+    transfer: Option<(NodeId, oneshot::Sender<Result<(), NodeError>>)>,
 }
 
 impl<L, M, T, P> Node<L, M, T, P>
@@ -310,6 +355,9 @@ where
             applied_term,
             applied_membership,
             stats,
+            next_change_id: 0,
+            changes: HashMap::new(),
+            transfer: None,
         };
         node.publish_status();
         Ok((
@@ -342,7 +390,12 @@ where
                     Err(e) => break Err(NodeError::Storage(e.to_string())),
                 },
                 msg = inbound.select_next_some() => self.raw.step(msg),
-                () = ticks.select_next_some() => self.raw.tick(),
+                () = ticks.select_next_some() => {
+                    self.raw.tick();
+                    if self.raw.is_removed() != self.status.lock().removed {
+                        self.publish_status();
+                    }
+                },
                 req = self.requests.select_next_some() => {
                     if !self.handle_request(req).await {
                         break Ok(());
@@ -381,6 +434,32 @@ where
                 let result = self.take_snapshot().await;
                 let _ = reply.send(result);
             }
+            Request::ChangeMembership(change, reply) => {
+                self.next_change_id += 1;
+                match self.raw.propose_membership(self.next_change_id, change) {
+                    Ok(()) => {
+                        self.changes.insert(self.next_change_id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.map_error(e)));
+                    }
+                }
+            }
+            Request::TransferLeadership(to, reply) => match self.raw.transfer_leadership(to) {
+                Ok(()) if self.raw.leader() == Some(to) => {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(()) => {
+                    if let Some((_, old)) = self.transfer.replace((to, reply)) {
+                        let _ = old.send(Err(NodeError::TransferFailed(
+                            "another transfer was asked for".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(self.map_error(e)));
+                }
+            },
             Request::Campaign => self.raw.campaign(),
             Request::Shutdown => return false,
         }
@@ -396,6 +475,10 @@ where
             Error::Busy { uncommitted } => {
                 NodeError::Busy(format!("{uncommitted} entries wait for commit"))
             }
+            Error::TransferInProgress { to } => {
+                NodeError::Busy(format!("leadership is being transferred to {to}"))
+            }
+            Error::MembershipChange(why) => NodeError::MembershipRefused(why),
             other => NodeError::Storage(other.to_string()),
         }
     }
@@ -411,6 +494,16 @@ where
             }
             self.send_snapshot_chunks(std::mem::take(&mut ready.snapshot_sends))
                 .await;
+            for r in std::mem::take(&mut ready.membership_results) {
+                if let Some(reply) = self.changes.remove(&r.request_id) {
+                    let _ = reply.send(r.result.map_err(|e| match e {
+                        MembershipError::LeadershipLost => NodeError::LeadershipLost,
+                        e @ MembershipError::CatchUpFailed { .. } => {
+                            NodeError::CatchUpFailed(e.to_string())
+                        }
+                    }));
+                }
+            }
             for rs in std::mem::take(&mut ready.read_states) {
                 if let Some(reply) = self.reads_pending.remove(&rs.request_id) {
                     match rs.index {
@@ -466,9 +559,37 @@ where
                 self.raw.on_applied(last);
             }
             self.serve_reads();
+            self.check_transfer();
             self.publish_status();
         }
         Ok(())
+    }
+
+    /// Resolves the caller's leadership transfer once `to` leads or the leader gave up.
+    fn check_transfer(&mut self) {
+        let Some((to, _)) = &self.transfer else {
+            return;
+        };
+        let to = *to;
+        let leader = self.raw.leader();
+        let outcome = if leader == Some(to) {
+            Some(Ok(()))
+        } else if self.raw.role() == Role::Leader && self.raw.transfer_target() != Some(to) {
+            Some(Err(NodeError::TransferFailed(format!(
+                "{to} did not take over within an election timeout"
+            ))))
+        } else if leader.is_some() && self.raw.role() != Role::Leader {
+            Some(Err(NodeError::TransferFailed(format!(
+                "{} leads instead of {to}",
+                leader.expect("checked")
+            ))))
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            let (_, reply) = self.transfer.take().expect("checked above");
+            let _ = reply.send(outcome);
+        }
     }
 
     /// Reads each chunk the core asks for and sends it; a chunk that cannot be read (a newer
@@ -705,12 +826,20 @@ where
             last_index: status.last_index,
             first_index: self.raw.first_index(),
             snapshots: self.stats.clone(),
+            membership: status.membership,
+            removed: status.removed,
         };
     }
 
     fn fail_all(&mut self, error: NodeError) {
         for (_, w) in std::mem::take(&mut self.waiters) {
             let _ = w.reply.send(Err(error.clone()));
+        }
+        for (_, r) in self.changes.drain() {
+            let _ = r.send(Err(error.clone()));
+        }
+        if let Some((_, r)) = self.transfer.take() {
+            let _ = r.send(Err(error.clone()));
         }
         for (_, r) in self.reads_pending.drain() {
             let _ = r.send(Err(error.clone()));
@@ -728,6 +857,12 @@ where
                     let _ = reply.send(Err(error.clone()));
                 }
                 Request::Snapshot(reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Request::ChangeMembership(_, reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Request::TransferLeadership(_, reply) => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 _ => {}
