@@ -571,20 +571,17 @@ where
             return;
         };
         let to = *to;
-        let leader = self.raw.leader();
-        let outcome = if leader == Some(to) {
-            Some(Ok(()))
-        } else if self.raw.role() == Role::Leader && self.raw.transfer_target() != Some(to) {
-            Some(Err(NodeError::TransferFailed(format!(
-                "{to} did not take over within an election timeout"
-            ))))
-        } else if leader.is_some() && self.raw.role() != Role::Leader {
-            Some(Err(NodeError::TransferFailed(format!(
-                "{} leads instead of {to}",
-                leader.expect("checked")
-            ))))
-        } else {
-            None
+        let outcome = match self.raw.leader() {
+            Some(leader) if leader == to => Some(Ok(())),
+            _ if self.raw.role() == Role::Leader && self.raw.transfer_target() != Some(to) => {
+                Some(Err(NodeError::TransferFailed(format!(
+                    "{to} did not take over within an election timeout"
+                ))))
+            }
+            Some(leader) if self.raw.role() != Role::Leader => Some(Err(
+                NodeError::TransferFailed(format!("{leader} leads instead of {to}")),
+            )),
+            _ => None,
         };
         if let Some(outcome) = outcome {
             let (_, reply) = self.transfer.take().expect("checked above");
