@@ -1174,7 +1174,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The leader tracks every member of the configuration, and keeps replicating to members
-    /// the latest configuration removed until it commits, so that they learn of it.
+    /// the latest configuration removed until they hold it, so that they learn of it.
     fn sync_progress(&mut self) {
         let next = self.log.last_index().next();
         for id in self.membership.members() {
@@ -1184,9 +1184,13 @@ impl<S: Storage> Raft<S> {
                 self.progress.insert(id, pr);
             }
         }
-        if self.configs.current_index() <= self.log.committed {
+        let config_index = self.configs.current_index();
+        if config_index <= self.log.committed {
+            // A removed member is dropped once it holds the configuration that removes it
+            // (so it knows, stops campaigning and reports its removal).
             let members = self.membership.members();
-            self.progress.retain(|id, _| members.contains(id));
+            self.progress
+                .retain(|id, p| members.contains(id) || p.match_index < config_index);
         }
     }
 
