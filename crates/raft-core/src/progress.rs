@@ -67,6 +67,7 @@ impl SnapshotTransfer {
         let next_offset = next_offset.min(self.meta.size_bytes);
         if rejected || self.probing {
             self.probing = false;
+            self.stalled = 0;
             self.acked = next_offset;
             self.sent = next_offset;
             self.inflight.clear();
@@ -96,6 +97,8 @@ impl SnapshotTransfer {
             self.inflight.clear();
             self.probing = false;
             self.probe_needed = true;
+            // The next chunk with data tells whether the transfer resumes or starts over.
+            self.fresh = true;
         }
     }
 }

@@ -68,6 +68,14 @@ pub struct Flags {
     /// The most bytes of snapshot data in one chunk sent to a follower.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(8 << 20)))]
     pub snapshot_chunk_bytes: u64,
+    /// URL to serve Prometheus metrics on at `GET /metrics` (http://host:port, plain HTTP);
+    /// no metrics listener when not given.
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
+    /// The size the log's segment files are preallocated to, in bytes (hidden: for tests that
+    /// want many small segments; the default is raft-log-file's 64 MiB).
+    #[arg(long, hide = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_segment_bytes: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -101,6 +109,8 @@ pub struct ServerConfig {
     pub client_addr: SocketAddr,
     /// The client URL advertised.
     pub client_url: String,
+    /// Where Prometheus metrics are served, if anywhere (`--listen-metrics-urls`).
+    pub metrics_addr: Option<SocketAddr>,
     /// One raft tick.
     pub tick: Duration,
     /// Ticks in an election timeout.
@@ -144,6 +154,13 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| flags.listen_client_urls.clone());
         parse_url("--advertise-client-urls", &client_url)?;
+        let metrics_addr = match &flags.listen_metrics_urls {
+            Some(url) if url.contains(',') => {
+                return Err("only one URL in --listen-metrics-urls is supported".to_string())
+            }
+            Some(url) => Some(parse_url("--listen-metrics-urls", url)?),
+            None => None,
+        };
         let mut members = Vec::new();
         for part in flags.initial_cluster.split(',').filter(|p| !p.is_empty()) {
             let (name, url) = part
@@ -200,6 +217,7 @@ impl ServerConfig {
             peer_addr,
             client_addr,
             client_url,
+            metrics_addr,
             tick: Duration::from_millis(flags.heartbeat_interval),
             election_ticks: (flags.election_timeout / flags.heartbeat_interval) as u32,
             request_timeout: Duration::from_millis(flags.request_timeout),
@@ -249,5 +267,18 @@ mod tests {
             .unwrap_err()
             .contains("name=url"));
         assert!(Flags::try_parse_from(["raft-kv", "--no-such-flag"]).is_err());
+        let f = flags(&["--listen-metrics-urls", "127.0.0.1:2381"]);
+        assert!(ServerConfig::from_flags(f)
+            .unwrap_err()
+            .contains("--listen-metrics-urls"));
+    }
+
+    #[test]
+    fn the_metrics_listener_is_optional() {
+        let c = ServerConfig::from_flags(flags(&[])).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let f = flags(&["--listen-metrics-urls", "http://127.0.0.1:2381"]);
+        let c = ServerConfig::from_flags(f).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:2381".parse().unwrap()));
     }
 }

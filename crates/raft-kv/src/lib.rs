@@ -14,6 +14,7 @@
 //! machine has applied the read point (`serializable` reads skip the round, as in etcd).
 
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod store;

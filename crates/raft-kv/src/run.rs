@@ -89,6 +89,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         &log_dir,
         Options {
             membership,
+            segment_bytes_max: config.flags.log_segment_bytes,
             ..Options::default()
         },
     )
@@ -169,6 +170,19 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         Arc::clone(&shared),
         stopped.clone(),
     )));
+
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        let node = shared.node.clone();
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            move || node.status(),
+            stopped.clone(),
+        )));
+        tracing::info!(addr = %addr, "serving metrics at /metrics");
+    }
 
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await

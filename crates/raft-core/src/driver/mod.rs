@@ -15,7 +15,7 @@
 mod node;
 mod traits;
 
-pub use node::{DriverConfig, Node, NodeError, NodeHandle, NodeStatus, Started};
+pub use node::{DriverConfig, Node, NodeError, NodeHandle, NodeStatus, SnapshotStats, Started};
 pub use traits::{
     LogStore, SnapshotSink, SnapshotSource, SnapshotStore, SnapshotWriter, StateMachine, Transport,
 };

@@ -5,7 +5,8 @@
 //! Timings are short (`--heartbeat-interval 50 --election-timeout 500 --request-timeout 2000`)
 //! so that elections and failed requests take at most a few seconds. Each member's stderr goes
 //! to a log file per start (`<tmp>/n1.0.log`, `<tmp>/n1.1.log`, ...); if a test fails, the
-//! tail of every log is printed with the test's output.
+//! tail of every log is printed with the test's output (and the whole logs are copied to the
+//! directory named by `RAFT_KV_TEST_KEEP_LOGS`, if set).
 
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
@@ -122,6 +123,11 @@ pub struct Member {
     pub name: String,
     /// The port of `--listen-peer-urls`.
     pub peer_port: u16,
+    /// The port the other members reach it at: its entry in `--initial-cluster` and its
+    /// `--initial-advertise-peer-urls`. `peer_port` unless a proxy stands in front of it.
+    pub advertised_peer_port: u16,
+    /// The port of `--listen-metrics-urls`, if it serves metrics.
+    pub metrics_port: Option<u16>,
     /// The port of `--listen-client-urls`.
     pub client_port: u16,
     /// `--data-dir`.
@@ -144,6 +150,19 @@ impl Member {
     /// Whether the process runs (was started and not killed).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The stderr log of each start so far, oldest first.
+    pub fn logs(&self) -> &[PathBuf] {
+        &self.logs
+    }
+
+    /// What the current (or last) run has logged so far.
+    pub fn log_text(&self) -> String {
+        self.logs
+            .last()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Sends a signal by name (`STOP`, `CONT`) with kill(1).
@@ -171,11 +190,30 @@ impl Drop for Member {
     }
 }
 
+/// How [`Cluster::with_options`] sets members up beyond the harness's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Flags added to every member's command line, after the harness's own (which they must
+    /// not repeat).
+    pub flags: Vec<String>,
+    /// Give every member a metrics port (`--listen-metrics-urls`), read with
+    /// [`Cluster::metrics`].
+    pub metrics: bool,
+    /// Per member, the port the others reach it at instead of its peer port (say, a proxy in
+    /// front of it): its entry in everyone's `--initial-cluster` and its
+    /// `--initial-advertise-peer-urls`, while it still listens on its own peer port.
+    pub advertised_peer_ports: Option<Vec<u16>>,
+}
+
+/// How long [`Cluster::metrics`] waits for an answer.
+pub const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A cluster of `raft-kv` processes. Dropping it kills every member.
 pub struct Cluster {
     /// The members, `n1`, `n2`, ... in `--initial-cluster` order.
     pub members: Vec<Member>,
     initial_cluster: String,
+    extra_flags: Vec<String>,
     // Dropped after `members`, so the processes are dead before their directories go.
     dir: TempDir,
 }
@@ -183,35 +221,58 @@ pub struct Cluster {
 impl Cluster {
     /// Ports and directories for `n` members; nothing runs yet.
     pub fn new(n: usize) -> Cluster {
+        Cluster::with_options(n, Options::default())
+    }
+
+    /// Ports and directories for `n` members set up as `options` says; nothing runs yet.
+    pub fn with_options(n: usize, options: Options) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("raft-kv-test-")
             .tempdir()
             .expect("a temporary directory");
+        if let Some(ports) = &options.advertised_peer_ports {
+            assert_eq!(ports.len(), n, "one advertised peer port per member");
+        }
         let members: Vec<Member> = (1..=n)
-            .map(|i| Member {
-                name: format!("n{i}"),
-                peer_port: free_port(),
-                client_port: free_port(),
-                data_dir: dir.path().join(format!("n{i}")),
-                logs: Vec::new(),
-                child: None,
+            .map(|i| {
+                let peer_port = free_port();
+                Member {
+                    name: format!("n{i}"),
+                    peer_port,
+                    advertised_peer_port: options
+                        .advertised_peer_ports
+                        .as_ref()
+                        .map_or(peer_port, |p| p[i - 1]),
+                    metrics_port: options.metrics.then(free_port),
+                    client_port: free_port(),
+                    data_dir: dir.path().join(format!("n{i}")),
+                    logs: Vec::new(),
+                    child: None,
+                }
             })
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.advertised_peer_port))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
             members,
             initial_cluster,
+            extra_flags: options.flags,
             dir,
         }
     }
 
     /// Starts `n` new members and waits until they have elected a leader.
     pub async fn start(n: usize) -> Cluster {
-        let mut cluster = Cluster::new(n);
+        Cluster::start_with(n, Options::default()).await
+    }
+
+    /// Starts `n` new members set up as `options` says and waits until they have elected a
+    /// leader.
+    pub async fn start_with(n: usize, options: Options) -> Cluster {
+        let mut cluster = Cluster::with_options(n, options);
         let all: Vec<usize> = (0..n).collect();
         cluster.start_members(&all, State::New).await;
         cluster.wait_leader(&all).await;
@@ -250,6 +311,29 @@ impl Cluster {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(
+            (m.advertised_peer_port != m.peer_port)
+                .then(|| {
+                    [
+                        "--initial-advertise-peer-urls".to_string(),
+                        format!("http://127.0.0.1:{}", m.advertised_peer_port),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
+            m.metrics_port
+                .map(|port| {
+                    [
+                        "--listen-metrics-urls".to_string(),
+                        format!("http://127.0.0.1:{port}"),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .chain(self.extra_flags.iter().cloned())
         .collect()
     }
 
@@ -328,6 +412,91 @@ impl Cluster {
     /// SIGKILLs member `i`.
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();
+    }
+
+    /// Member `i`'s metrics (`GET /metrics` on its `--listen-metrics-urls`), by name.
+    pub async fn metrics(
+        &self,
+        i: usize,
+    ) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let port = self.members[i]
+            .metrics_port
+            .expect("a cluster started with Options::metrics");
+        let fetch = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| format!("connecting: {e}"))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .await
+                .map_err(|e| format!("sending: {e}"))?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer)
+                .await
+                .map_err(|e| format!("reading: {e}"))?;
+            String::from_utf8(answer).map_err(|e| format!("not UTF-8: {e}"))
+        };
+        let answer = tokio::time::timeout(METRICS_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("no answer within {METRICS_TIMEOUT:?}"))??;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
+        if !head.starts_with("HTTP/1.1 200 ") {
+            return Err(format!("answered {head:?}"));
+        }
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (name, value) = l
+                    .split_once(' ')
+                    .ok_or_else(|| format!("bad sample line {l:?}"))?;
+                let value = value
+                    .parse()
+                    .map_err(|e| format!("bad value in {l:?}: {e}"))?;
+                Ok((name.to_string(), value))
+            })
+            .collect()
+    }
+
+    /// One metric of member `i`; panics if it cannot be read.
+    pub async fn metric(&self, i: usize, name: &str) -> u64 {
+        let all = self
+            .metrics(i)
+            .await
+            .unwrap_or_else(|e| panic!("metrics of {}: {e}", self.members[i].name));
+        *all.get(name)
+            .unwrap_or_else(|| panic!("{} has no metric {name}", self.members[i].name))
+    }
+
+    /// Waits up to `limit` until member `i`'s metric `name` satisfies `ok`; returns its value.
+    pub async fn wait_metric(
+        &self,
+        i: usize,
+        name: &str,
+        limit: Duration,
+        ok: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let deadline = Instant::now() + limit;
+        let mut last: Result<std::collections::BTreeMap<String, u64>, String> =
+            Err(String::from("not read yet"));
+        loop {
+            if let Ok(all) = &last {
+                if let Some(&v) = all.get(name) {
+                    if ok(v) {
+                        return v;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}'s {name} not as wanted within {limit:?}; last read: {:?}",
+                self.members[i].name,
+                last.map(|all| all.get(name).copied())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            last = self.metrics(i).await;
+        }
     }
 
     /// The indexes of the running members.
@@ -473,10 +642,25 @@ impl Cluster {
     }
 }
 
+/// Set to a directory to have every member's log copied there when a test fails
+/// (`<dir>/<temporary directory name>/n1.0.log`, ...), for a look at the whole logs.
+pub const KEEP_LOGS_ENV: &str = "RAFT_KV_TEST_KEEP_LOGS";
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
+        }
+        if let Some(keep) = std::env::var_os(KEEP_LOGS_ENV) {
+            let to = Path::new(&keep).join(self.dir.path().file_name().unwrap_or_default());
+            if std::fs::create_dir_all(&to).is_ok() {
+                for log in self.members.iter().flat_map(|m| &m.logs) {
+                    if let Some(name) = log.file_name() {
+                        let _ = std::fs::copy(log, to.join(name));
+                    }
+                }
+                eprintln!("---- whole logs kept in {}", to.display());
+            }
         }
         for m in &self.members {
             for log in &m.logs {
