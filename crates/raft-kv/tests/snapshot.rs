@@ -4,8 +4,7 @@
 //! - a follower killed while the others write far past the compaction point is brought up to
 //!   date by a snapshot and then by the log, and ends with the same data;
 //! - a transfer whose connection is cut half-way continues from the bytes the follower
-//!   acknowledged, not from the start (the leader's log line and counter for that
-//!   resumption are checked by an ignored test: raft-core does not emit them in this case);
+//!   acknowledged, not from the start, and the leader logs and counts the resumption;
 //! - a transfer interrupted by a leader change resumes on the new leader at the offset the
 //!   follower acknowledged, logged and counted as a resumption;
 //! - a frame corrupted in flight fails the transport's frame checksum, which closes the
@@ -838,14 +837,10 @@ async fn an_interrupted_transfer_resumes_at_the_acknowledged_offset() {
     .await;
 }
 
-/// Test (b), the leader's log and counter: after the cut, the leader should log "snapshot
-/// transfer resumes at the acknowledged offset" with the offset, and count it in
-/// `snapshot_transfers_resumed_total`. It does not: raft-core marks only the first chunk of a
-/// transfer (`SnapshotSend::first`, from `SnapshotTransfer::fresh`), and a transfer that
-/// stalls and re-probes keeps its progress object, so the chunks after the probe's answer
-/// are not marked. The transfer itself does resume at the right offset (the test above).
+/// Test (b), the leader's log and counter: after the cut, the leader's stalled transfer probes
+/// again, learns the follower's offset, logs "snapshot transfer resumes at the acknowledged
+/// offset" with it, and counts it in `snapshot_transfers_resumed_total`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "raft-core does not log or count a resumption after a re-probe within one transfer"]
 async fn an_interrupted_transfer_is_logged_and_counted_as_resumed() {
     bounded(Duration::from_secs(120), async {
         let mut p = Proxied::start(snapshot_flags(Some(CHUNK_BYTES), SEGMENT_BYTES)).await;
