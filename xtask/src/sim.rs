@@ -99,6 +99,14 @@ pub fn run(args: SimArgs) -> bool {
                         t.lost += r.lost;
                         t.reads_ok += r.reads_ok;
                         t.reads_failed += r.reads_failed;
+                        t.snapshots_taken += r.snapshots_taken;
+                        t.snapshots_installed += r.snapshots_installed;
+                        t.snapshot_resumes += r.snapshot_resumes;
+                        t.snapshots_rejected += r.snapshots_rejected;
+                        t.changes_done += r.changes_done;
+                        t.changes_failed += r.changes_failed;
+                        t.transfers += r.transfers;
+                        t.removed_reported += r.removed_reported;
                     }
                     Err(f) => {
                         eprintln!("FAIL {f}");
@@ -122,6 +130,10 @@ pub fn run(args: SimArgs) -> bool {
         "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} messages delivered, {} lost",
         t.steps, t.leaders, t.committed, t.proposals, t.reads_ok + t.reads_failed, t.reads_failed, t.crashes, t.partitions, t.delivered, t.lost
     );
+    println!(
+        "snapshots: {} taken, {} installed, {} transfers resumed, {} corrupt ones rejected; configuration: {} changes committed, {} failed, {} leadership transfers asked, {} removed servers reported",
+        t.snapshots_taken, t.snapshots_installed, t.snapshot_resumes, t.snapshots_rejected, t.changes_done, t.changes_failed, t.transfers, t.removed_reported
+    );
     if !failures.is_empty() {
         let mut sorted = failures.clone();
         sorted.sort_unstable();
@@ -142,5 +154,9 @@ fn print_report(r: &SimReport) {
     println!(
         "seed {}: ok; {} steps, {} leader terms, {} committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} delivered, {} lost",
         r.seed, r.steps, r.leaders, r.committed, r.proposals, r.reads_ok + r.reads_failed, r.reads_failed, r.crashes, r.partitions, r.delivered, r.lost
+    );
+    println!(
+        "  snapshots: {} taken, {} installed, {} resumed; configuration: {} changes committed, {} failed, {} transfers, {} removed",
+        r.snapshots_taken, r.snapshots_installed, r.snapshot_resumes, r.changes_done, r.changes_failed, r.transfers, r.removed_reported
     );
 }
