@@ -3,6 +3,7 @@
 mod bench_core;
 mod bench_kv;
 mod bench_log;
+mod bench_snapshot;
 mod cluster;
 mod machine;
 mod sim;
@@ -40,6 +41,8 @@ enum Bench {
     Log(bench_log::LogArgs),
     /// A 3-member raft-kv cluster over gRPC under etcd's `benchmark put` load, beside etcd.
     Kv(bench_kv::KvArgs),
+    /// A 1 GiB raft snapshot sent between two members on loopback, beside a plain TCP copy.
+    Snapshot(bench_snapshot::SnapshotArgs),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
             Bench::Core(args) => bench_core::run(args),
             Bench::Log(args) => bench_log::run(args),
             Bench::Kv(args) => bench_kv::run(args),
+            Bench::Snapshot(args) => bench_snapshot::run(args),
         },
     };
     if !ok {
