@@ -21,4 +21,4 @@ mod wire;
 
 pub use message::*;
 pub use types::*;
-pub use wire::{decode, encode, encode_into, DecodeError, WIRE_VERSION};
+pub use wire::{decode, decode_shared, encode, encode_into, DecodeError, WIRE_VERSION};

@@ -171,6 +171,7 @@ pub struct InstallSnapshotRequest {
     /// The byte offset of `data` within the snapshot.
     pub offset: u64,
     /// The chunk's bytes.
+    #[serde(deserialize_with = "crate::wire::shared_bytes")]
     pub data: Bytes,
     /// The CRC-32C (Castagnoli) of `data`.
     pub chunk_checksum: u32,

@@ -73,7 +73,7 @@ impl LogIndex {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryPayload {
     /// An opaque command for the state machine.
-    Normal(Bytes),
+    Normal(#[serde(deserialize_with = "crate::wire::shared_bytes")] Bytes),
     /// The empty entry a new leader appends to commit the entries of earlier terms (§5.4.2).
     Noop,
     /// A cluster configuration; it takes effect when appended, not when committed (§6).

@@ -207,3 +207,42 @@ fn errors_name_the_problem() {
         Err(DecodeError::Body(_))
     ));
 }
+
+#[test]
+fn shared_decoding_slices_large_payloads_out_of_the_input() {
+    use bytes::Bytes;
+    use raft_proto::{
+        decode, decode_shared, encode, InstallSnapshotRequest, Message, MessageBody, NodeId,
+        SnapshotMeta, Term,
+    };
+    let data = Bytes::from(vec![9u8; 100_000]);
+    let m = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(3),
+        body: MessageBody::InstallSnapshot(InstallSnapshotRequest {
+            meta: SnapshotMeta::default(),
+            offset: 7,
+            data: data.clone(),
+            chunk_checksum: 1,
+            done: false,
+        }),
+    };
+    let wire = Bytes::from(encode(&m));
+    let shared: Message = decode_shared(&wire).unwrap();
+    assert_eq!(shared, m);
+    assert_eq!(shared, decode::<Message>(&wire).unwrap());
+    let MessageBody::InstallSnapshot(req) = &shared.body else {
+        unreachable!()
+    };
+    let (start, end) = (wire.as_ptr() as usize, wire.as_ptr() as usize + wire.len());
+    let at = req.data.as_ptr() as usize;
+    assert!(at >= start && at + req.data.len() <= end, "no copy");
+    // Plain decoding copies.
+    let copied: Message = decode(&wire).unwrap();
+    let MessageBody::InstallSnapshot(req) = &copied.body else {
+        unreachable!()
+    };
+    let at = req.data.as_ptr() as usize;
+    assert!(!(at >= start && at < end));
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, ErrorKind};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,10 @@ pub struct Options {
     /// The buffer of readers returned by [`SnapshotStore::open`], and the piece size in which
     /// a received snapshot is read to check its checksum. At least 1.
     pub read_buffer_bytes: usize,
+    /// While a snapshot is received, every this many bytes written start a background
+    /// fdatasync of the partial copy, so that the final sync before install has little left
+    /// to flush. At least 1.
+    pub flush_bytes: u64,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             sync: true,
             write_buffer_bytes: 1 << 20,
             read_buffer_bytes: 1 << 20,
+            flush_bytes: 64 << 20,
         }
     }
 }
@@ -87,6 +92,45 @@ struct Partial {
     file: File,
     /// Removes the file if the copy is abandoned.
     temp: TempPath,
+    /// The CRC-32C of bytes `0..written`, while every chunk so far was written in order
+    /// (then the install needs no second read of the copy to check it).
+    crc: u32,
+    written: u64,
+    in_order: bool,
+    /// Bytes written since the last background flush started.
+    unflushed: u64,
+    /// The background flush in progress, if any.
+    flushing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Partial {
+    /// Starts a background fdatasync once `flush_bytes` were written since the last one
+    /// (and the last one is done).
+    fn maybe_flush(&mut self, flush_bytes: u64) {
+        if self.unflushed < flush_bytes || self.flushing.as_ref().is_some_and(|f| !f.is_finished())
+        {
+            return;
+        }
+        if let Some(done) = self.flushing.take() {
+            // An error shows again in the final sync, which is checked.
+            let _ = done.join();
+        }
+        let Ok(file) = self.file.try_clone() else {
+            return;
+        };
+        self.unflushed = 0;
+        self.flushing = std::thread::Builder::new()
+            .name("raft-snapshot-flush".into())
+            .spawn(move || file.sync_data())
+            .ok();
+    }
+
+    /// Waits for the background flush.
+    fn wait_flush(&mut self) {
+        if let Some(done) = self.flushing.take() {
+            let _ = done.join();
+        }
+    }
 }
 
 impl FileSnapshotStore {
@@ -101,6 +145,9 @@ impl FileSnapshotStore {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<FileSnapshotStore> {
         if options.write_buffer_bytes == 0 || options.read_buffer_bytes == 0 {
             return Err(Error::Options("buffer sizes must be at least 1 byte"));
+        }
+        if options.flush_bytes == 0 {
+            return Err(Error::Options("flush_bytes must be at least 1 byte"));
         }
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
@@ -333,9 +380,11 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     Ok(read)
 }
 
-/// Syncs a received copy and checks its size and whole checksum against `meta`, reading it
-/// `buffer_bytes` at a time.
-fn verify(partial: &Partial, buffer_bytes: usize, sync: bool) -> Result<()> {
+/// Syncs a received copy and checks its size and whole checksum against `meta`: from the
+/// running checksum when every chunk came in order, else by reading it `buffer_bytes` at a
+/// time.
+fn verify(partial: &mut Partial, buffer_bytes: usize, sync: bool) -> Result<()> {
+    partial.wait_flush();
     let (path, meta) = (partial.temp.path(), &partial.meta);
     files::sync_file(&partial.file, path, sync)?;
     let corrupt = |reason| Error::Corrupt {
@@ -352,6 +401,15 @@ fn verify(partial: &Partial, buffer_bytes: usize, sync: bool) -> Result<()> {
             "received {len} bytes, expected {}",
             meta.size_bytes
         )));
+    }
+    if partial.in_order && partial.written == len {
+        if partial.crc != meta.checksum {
+            return Err(corrupt(format!(
+                "checksum {:#010x}, expected {:#010x}",
+                partial.crc, meta.checksum
+            )));
+        }
+        return Ok(());
     }
     let (mut buf, mut crc, mut offset) = (vec![0; buffer_bytes], 0, 0);
     loop {
@@ -412,14 +470,16 @@ impl SnapshotStore for FileSnapshotStore {
         offset: u64,
         len: usize,
     ) -> Result<Bytes, SnapshotError> {
-        let file = self.inner.open_latest(meta)?;
-        let len = meta.size_bytes.saturating_sub(offset).min(len as u64) as usize;
-        let mut buf = vec![0; len];
-        let read = read_at(&file, &mut buf, offset).map_err(|e| {
-            let path = self.inner.path(&format::data_name(format::key(meta)));
-            Error::io("read", path, e)
-        })?;
-        buf.truncate(read);
+        let mut file = self.inner.open_latest(meta)?;
+        let len = meta.size_bytes.saturating_sub(offset).min(len as u64);
+        // A file of our own: seek and read into spare capacity (no zero-fill of the buffer).
+        let mut buf = Vec::with_capacity(len as usize);
+        file.seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| (&mut file).take(len).read_to_end(&mut buf))
+            .map_err(|e| {
+                let path = self.inner.path(&format::data_name(format::key(meta)));
+                Error::io("read", path, e)
+            })?;
         Ok(buf.into())
     }
 
@@ -456,13 +516,30 @@ impl SnapshotStore for FileSnapshotStore {
                 meta: meta.clone(),
                 file,
                 temp,
+                crc: 0,
+                written: 0,
+                in_order: true,
+                unflushed: 0,
+                flushing: None,
             });
         }
-        let partial = slot.as_ref().expect("set above");
+        let partial = slot.as_mut().expect("set above");
         partial
             .file
             .write_all_at(data, offset)
-            .map_err(|e| Error::io("write", partial.temp.path(), e).into())
+            .map_err(|e| Error::io("write", partial.temp.path(), e))?;
+        if offset == partial.written {
+            partial.crc = crc32c::crc32c_append(partial.crc, data);
+            partial.written += data.len() as u64;
+        } else {
+            // A resend over bytes already written: check by reading the copy at the end.
+            partial.in_order = false;
+        }
+        partial.unflushed += data.len() as u64;
+        if self.inner.options.sync {
+            partial.maybe_flush(self.inner.options.flush_bytes);
+        }
+        Ok(())
     }
 
     /// If the latest snapshot is at or after `meta`'s index and term, the partial copy (if
@@ -480,9 +557,12 @@ impl SnapshotStore for FileSnapshotStore {
         let partial = partial.ok_or(SnapshotError::NotFound(meta.last_index))?;
         let inner = self.inner.clone();
         run_blocking(move || {
+            let mut partial = partial;
             let options = &inner.options;
-            verify(&partial, options.read_buffer_bytes, options.sync)?;
-            let Partial { meta, file, temp } = partial;
+            verify(&mut partial, options.read_buffer_bytes, options.sync)?;
+            let Partial {
+                meta, file, temp, ..
+            } = partial;
             drop(file);
             inner.install(meta, temp).map(drop)
         })

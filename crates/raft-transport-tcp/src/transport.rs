@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::channel::mpsc;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
@@ -24,7 +24,7 @@ use tokio::time::{sleep, timeout};
 use crate::config::TransportConfig;
 use crate::stats::{add, Counters, TransportStats};
 use crate::wire::{
-    decode_frame, encode_frame, frame_len, FrameError, Handshake, HandshakeError, HandshakeKind,
+    encode_frame, frame_len, take_frame, FrameError, Handshake, HandshakeError, HandshakeKind,
     RejectReason, FRAME_HEADER_LEN, HANDSHAKE_LEN,
 };
 
@@ -657,6 +657,9 @@ async fn run_connection(
     end
 }
 
+/// The largest write buffer a connection keeps between batches.
+const WRITE_BUFFER_KEEP_BYTES: usize = 4 << 20;
+
 /// Drains the peer's queue into frames, up to `write_batch_bytes_max` bytes per write.
 async fn write_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,
@@ -679,8 +682,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         in_flight.store(0, Ordering::Relaxed);
         add(&shared.counters.messages_sent, count);
         buf.clear();
-        // One huge message must not pin a huge buffer.
-        if buf.capacity() > 4 * batch_max {
+        // One huge message must not pin a huge buffer; a stream of large ones (snapshot
+        // chunks) keeps one of up to WRITE_BUFFER_KEEP_BYTES instead of reallocating it for
+        // every frame.
+        if buf.capacity() > (4 * batch_max).max(WRITE_BUFFER_KEEP_BYTES) {
             buf.shrink_to(batch_max);
         }
     }
@@ -721,9 +726,8 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, peer: &Peer, reader: &
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         loop {
-            match decode_frame(&buf, frame_max) {
-                Ok(Some((message, used))) => {
-                    buf.advance(used);
+            match take_frame(&mut buf, frame_max) {
+                Ok(Some(message)) => {
                     if message.from != peer.id || message.to != shared.id {
                         add(&shared.counters.frames_rejected, 1);
                         return ConnEnd::Misrouted {

@@ -232,6 +232,42 @@ pub fn decode_frame(
     Ok(Some((message, FRAME_HEADER_LEN + len)))
 }
 
+/// Frames with a body at least this large are decoded sharing the read buffer: their large
+/// byte fields (snapshot chunks, big entries) are not copied. Smaller frames are copied out,
+/// so that a small message does not keep a whole read buffer alive.
+pub const SHARED_DECODE_BYTES_MIN: usize = 64 << 10;
+
+/// Like [`decode_frame`], but takes the frame off the front of `buf` when it is complete, and
+/// decodes a large one without copying its payloads (see [`SHARED_DECODE_BYTES_MIN`]).
+pub fn take_frame(
+    buf: &mut bytes::BytesMut,
+    frame_bytes_max: usize,
+) -> Result<Option<Message>, FrameError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let len = frame_len(header, frame_bytes_max)?;
+    if len < SHARED_DECODE_BYTES_MIN {
+        let Some((message, used)) = decode_frame(buf, frame_bytes_max)? else {
+            return Ok(None);
+        };
+        bytes::Buf::advance(buf, used);
+        return Ok(Some(message));
+    }
+    let Some(body) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    let expected = frame_checksum([header[0], header[1], header[2], header[3]], body);
+    let found = read_u32(&header[4..8]);
+    if expected != found {
+        return Err(FrameError::Checksum { expected, found });
+    }
+    let frame = buf.split_to(FRAME_HEADER_LEN + len).freeze();
+    let body = frame.slice(FRAME_HEADER_LEN..);
+    let message = raft_proto::decode_shared::<Message>(&body).map_err(FrameError::Decode)?;
+    Ok(Some(message))
+}
+
 fn read_u32(bytes: &[u8]) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(bytes);
