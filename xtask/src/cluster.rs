@@ -7,15 +7,30 @@
 //! seconds, or the unexpected death of a member (whose log tail it prints). Stopping sends
 //! SIGTERM to every member and SIGKILL to those still running after a grace period.
 //!
-//! Ports: member `i` (from 1) serves clients on `base + 10000 * (i - 1)` and peers one port
-//! above, so the default `--base-port 12379` gives 12379/12380, 22379/22380, ... 52379/52380.
+//! Ports: member `i` (from 1) serves clients on `base + 10000 * ((i - 1) % 5) + 10 * ((i - 1)
+//! / 5)` and peers one port above, so the default `--base-port 12379` gives 12379/12380,
+//! 22379/22380, ... 52379/52380 for n1 to n5, then 12389/12390 for n6, and so on.
+//!
+//! # Membership changes while it runs
+//!
+//! The running cluster reads commands on stdin, one per line: `add` (a new member), `remove
+//! NAME` (`remove leader` for whichever member leads), `list`, `help`. For scripts the same
+//! changes have flags, run once the cluster is ready, in this order: `--add N`, `--remove
+//! NAME` (repeatable), `--remove-leader`; `--run-for` counts from when they are done. An added
+//! member is a new raft-kv process (the next name, `n4`, `n5`, ...), added with etcd's
+//! `MemberAdd` first, then started with `--initial-cluster-state existing`; the command waits
+//! until the leader has promoted it to a voter. A removed member (`MemberRemove`) exits by
+//! itself; its name and peer URL are never used again. Added and removed members are recorded
+//! in the marker file, so that a restart on the same directory starts the members of the
+//! cluster as it was left.
 //!
 //! Each member's data lives in `DIR/nI` and its stdout and stderr go to `DIR/nI.log`
 //! (appended to, so that restarts keep the history). The directory holds a marker file naming
 //! the layout it was made with; a restart with another layout, or `--clean` on a directory the
 //! marker does not claim, is refused rather than mixing clusters or deleting someone's files.
 //! Without `--clean` members restart on the data they have; `--initial-cluster-state new` is
-//! what raft-kv expects for both a fresh and an existing data directory.
+//! what raft-kv expects for both a fresh and an existing data directory (`existing` for the
+//! members added while running).
 //!
 //! Members run in their own process groups (so a terminal's Ctrl-C reaches only this command,
 //! which then stops them in order) under `setpriv --pdeathsig TERM`, so that they are stopped
@@ -32,11 +47,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use raft_kv::proto::etcdserverpb::cluster_client::ClusterClient;
 use raft_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use raft_kv::proto::etcdserverpb::{StatusRequest, StatusResponse};
+use raft_kv::proto::etcdserverpb::{
+    Member as ApiMember, MemberAddRequest, MemberListRequest, MemberRemoveRequest, StatusRequest,
+    StatusResponse,
+};
 use rustix::process::{kill_process, Pid, Signal};
 use tokio::signal::unix::{signal, SignalKind};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// Options of `cargo xtask cluster`.
 #[derive(Args)]
@@ -50,13 +69,26 @@ pub struct ClusterArgs {
     /// Wipe the data directory first (otherwise members restart on the data they have).
     #[arg(long)]
     clean: bool,
-    /// Client port of member 1; member i uses base + 10000 * (i - 1) for clients and the next
-    /// port for peers.
+    /// Client port of member 1; member i uses base + 10000 * ((i - 1) % 5) + 10 * ((i - 1) /
+    /// 5) for clients (n1 to n5 10000 apart) and the next port for peers.
     #[arg(long, default_value_t = 12379)]
     base_port: u16,
-    /// Stop after this many seconds (for CI and tests) instead of waiting for Ctrl-C.
+    /// Stop this many seconds after the cluster is ready and the changes below are done (for
+    /// CI and tests) instead of waiting for Ctrl-C.
     #[arg(long)]
     run_for: Option<f64>,
+    /// Once the cluster is ready, add this many members, one after another: each with
+    /// `MemberAdd`, then a new raft-kv process with `--initial-cluster-state existing`, waited
+    /// for until the leader has promoted it to a voter.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=20))]
+    add: u16,
+    /// Then remove this member (by name, such as `n2`; repeatable) with `MemberRemove`; its
+    /// process exits by itself.
+    #[arg(long, value_name = "NAME")]
+    remove: Vec<String>,
+    /// Then remove whichever member leads at that point.
+    #[arg(long)]
+    remove_leader: bool,
     /// Seconds to wait for every member to answer and agree on a leader.
     #[arg(long, default_value_t = 30.0)]
     start_timeout: f64,
@@ -77,6 +109,26 @@ const MARKER: &str = ".xtask-cluster";
 /// The `--initial-cluster-token` of `cargo xtask cluster`.
 const TOKEN: &str = "xtask-cluster";
 
+/// How long an added member may take to start, catch up and be promoted.
+const ADD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a removed member may take to notice its removal and exit (it does after a few
+/// election timeouts); it is stopped after that.
+const REMOVED_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Lines typed on stdin waiting for the running cluster to read them.
+const STDIN_QUEUE_LINES: usize = 16;
+
+/// What the commands read on stdin do.
+const HELP: &str = "commands (one per line on stdin):
+  add            add a member: MemberAdd, start it with --initial-cluster-state existing, wait
+                 until the leader has promoted it
+  remove NAME    remove member NAME (as n2) with MemberRemove; it exits by itself
+  remove leader  remove whichever member leads
+  list           the members, their ids, client URLs and roles
+  help           this text
+Ctrl-C stops the cluster.";
+
 /// Runs `cargo xtask cluster`. Returns false if it could not start or a member died.
 pub fn run(args: ClusterArgs) -> bool {
     match run_cluster(&args) {
@@ -89,12 +141,12 @@ pub fn run(args: ClusterArgs) -> bool {
 }
 
 fn run_cluster(args: &ClusterArgs) -> Result<(), String> {
-    let addrs = layout(args.nodes, args.base_port)?;
+    layout(args.nodes, args.base_port)?;
     let dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| target_dir().join("cluster"));
-    prepare_dir(&dir, args)?;
+    let roster = prepare_dir(&dir, args)?;
     let binary = build_raft_kv()?;
     let server = Server {
         binary,
@@ -105,15 +157,16 @@ fn run_cluster(args: &ClusterArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    runtime.block_on(serve(args, &server, &dir, &addrs))
+    runtime.block_on(serve(args, &server, &dir, roster))
 }
 
-/// Starts the members, reports them, and watches them until it is time to stop.
+/// Starts the members, reports them, makes the scripted membership changes, and watches them
+/// (and stdin for commands) until it is time to stop.
 async fn serve(
     args: &ClusterArgs,
     server: &Server,
     dir: &Path,
-    addrs: &[MemberAddr],
+    mut roster: Roster,
 ) -> Result<(), String> {
     // Installed before the members start, so that a Ctrl-C at any point stops them in order.
     let mut interrupt =
@@ -121,11 +174,20 @@ async fn serve(
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let started = Instant::now();
-    let stop_at = args
-        .run_for
-        .map(|secs| started + Duration::from_secs_f64(secs.max(0.0)));
 
-    let mut cluster = Cluster::start(server, dir, addrs)?;
+    let mut cluster = Cluster {
+        members: Vec::new(),
+    };
+    warn_without_setpriv();
+    let members = roster.members()?;
+    let initial_cluster = initial_cluster(members.iter().map(|(a, _)| a));
+    for (a, joined) in &members {
+        let state = if *joined { "existing" } else { "new" };
+        if let Err(e) = cluster.spawn(server, dir, a, &initial_cluster, state) {
+            cluster.stop(STOP_GRACE);
+            return Err(e);
+        }
+    }
     let settled = tokio::select! {
         s = cluster.wait_settled(Duration::from_secs_f64(args.start_timeout)) => s,
         _ = interrupt.recv() => Err("interrupted (SIGINT) while starting".to_string()),
@@ -139,6 +201,30 @@ async fn serve(
         }
     };
     print_cluster(&cluster, &settled, dir, started.elapsed());
+
+    // The scripted changes, in order; a failure or a signal stops the cluster.
+    let mut script: Vec<Change> = vec![Change::Add; usize::from(args.add)];
+    script.extend(args.remove.iter().map(|n| Change::Remove(n.clone())));
+    if args.remove_leader {
+        script.push(Change::Remove("leader".into()));
+    }
+    for change in script {
+        let done = tokio::select! {
+            r = apply_change(&mut cluster, &mut roster, server, dir, &change) => r,
+            _ = interrupt.recv() => Err("interrupted (SIGINT) during a membership change".to_string()),
+            _ = terminate.recv() => Err("terminated (SIGTERM) during a membership change".to_string()),
+        };
+        if let Err(e) = done {
+            eprintln!("\n{e}\nstopping the cluster");
+            for line in cluster.stop(STOP_GRACE) {
+                eprintln!("  {line}");
+            }
+            return Err(e);
+        }
+    }
+    let stop_at = args
+        .run_for
+        .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
     match stop_at {
         Some(_) => println!(
             "Stopping after --run-for {} s (or on Ctrl-C).",
@@ -146,6 +232,8 @@ async fn serve(
         ),
         None => println!("Press Ctrl-C to stop the cluster."),
     }
+    println!("Membership changes: type `help` (commands: add, remove NAME, list).");
+    let mut stdin = Some(spawn_stdin_reader());
 
     let until = async {
         match stop_at {
@@ -156,6 +244,12 @@ async fn serve(
     tokio::pin!(until);
     let mut watch = tokio::time::interval(Duration::from_millis(200));
     let outcome = loop {
+        let line = async {
+            match &mut stdin {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = interrupt.recv() => break Ok("SIGINT"),
             _ = terminate.recv() => break Ok("SIGTERM"),
@@ -163,6 +257,31 @@ async fn serve(
             _ = watch.tick() => {
                 if let Err(e) = cluster.check_alive() {
                     break Err(e);
+                }
+            }
+            line = line => {
+                let Some(line) = line else {
+                    // End of stdin (a script's, or /dev/null): no more commands.
+                    stdin = None;
+                    continue;
+                };
+                let command = match parse_command(&line) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        println!("{e}");
+                        continue;
+                    }
+                };
+                let done = tokio::select! {
+                    r = run_command(&mut cluster, &mut roster, server, dir, command) => r,
+                    _ = interrupt.recv() => break Ok("SIGINT"),
+                    _ = terminate.recv() => break Ok("SIGTERM"),
+                };
+                if let Err(e) = done {
+                    // A refused or failed change leaves the cluster running; a dead member
+                    // is noticed by the next check.
+                    println!("failed: {e}");
                 }
             }
         }
@@ -186,8 +305,9 @@ async fn serve(
 }
 
 /// Creates (or, with `--clean`, wipes) the cluster directory, refusing directories this
-/// command did not make and layouts other than the one the data was made with.
-fn prepare_dir(dir: &Path, args: &ClusterArgs) -> Result<(), String> {
+/// command did not make and layouts other than the one the data was made with. Returns the
+/// members as the marker records them.
+fn prepare_dir(dir: &Path, args: &ClusterArgs) -> Result<Roster, String> {
     let marker = dir.join(MARKER);
     let wanted = format!("nodes {}\nbase-port {}\n", args.nodes, args.base_port);
     let non_empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
@@ -203,18 +323,111 @@ fn prepare_dir(dir: &Path, args: &ClusterArgs) -> Result<(), String> {
         println!("wiped {}", dir.display());
     } else if non_empty {
         let had = std::fs::read_to_string(&marker).unwrap_or_default();
-        if had != wanted {
+        let Some(changes) = had.strip_prefix(&wanted) else {
+            let layout: Vec<&str> = had.lines().take(2).collect();
             return Err(format!(
                 "{} holds a cluster made with another layout ({}); rerun with the same \
                  --nodes and --base-port, or add --clean to start afresh",
                 dir.display(),
-                had.trim().replace('\n', ", ")
+                layout.join(", ")
             ));
-        }
+        };
+        let roster = Roster::parse(args.nodes, args.base_port, marker.clone(), changes)?;
         println!("restarting the members on their data in {}", dir.display());
+        return Ok(roster);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(&marker, wanted).map_err(|e| format!("cannot write {}: {e}", marker.display()))
+    std::fs::write(&marker, wanted)
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    Roster::parse(args.nodes, args.base_port, marker, "")
+}
+
+/// The members of a cluster directory: the initial ones and those added and removed while
+/// running, as the marker file records them (`added nK`, `removed nK` lines after the layout).
+struct Roster {
+    nodes: u16,
+    base_port: u16,
+    /// Indexes (`K` of `nK`) of members added while running.
+    added: Vec<u32>,
+    /// Indexes of members removed (never used again).
+    removed: Vec<u32>,
+    marker: PathBuf,
+}
+
+impl Roster {
+    /// The roster of a directory made with `--nodes nodes --base-port base_port` whose
+    /// marker file, `marker`, holds the lines `changes` after the layout.
+    fn parse(nodes: u16, base_port: u16, marker: PathBuf, changes: &str) -> Result<Roster, String> {
+        let mut roster = Roster {
+            nodes,
+            base_port,
+            added: Vec::new(),
+            removed: Vec::new(),
+            marker,
+        };
+        for line in changes.lines().filter(|l| !l.trim().is_empty()) {
+            let index = line.split_once(' ').and_then(|(what, name)| {
+                let index = member_index(name)?;
+                match what {
+                    "added" => roster.added.push(index),
+                    "removed" => roster.removed.push(index),
+                    _ => return None,
+                }
+                Some(index)
+            });
+            if index.is_none() {
+                return Err(format!(
+                    "{}: cannot read the line {line:?} (expected `added nK` or `removed nK`); \
+                     add --clean to start afresh",
+                    roster.marker.display()
+                ));
+            }
+        }
+        Ok(roster)
+    }
+
+    /// The members to run, in index order, with whether each joined while running.
+    fn members(&self) -> Result<Vec<(MemberAddr, bool)>, String> {
+        let initial = (1..=u32::from(self.nodes)).map(|i| (i, false));
+        let added = self.added.iter().map(|&i| (i, true));
+        initial
+            .chain(added)
+            .filter(|(i, _)| !self.removed.contains(i))
+            .map(|(i, joined)| Ok((member_addr(i, self.base_port)?, joined)))
+            .collect()
+    }
+
+    /// The index of the next member to add (names are never reused).
+    fn next_index(&self) -> u32 {
+        self.added
+            .iter()
+            .copied()
+            .chain(std::iter::once(u32::from(self.nodes)))
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// Records a change in the marker file (appended, so that a crash keeps what was done).
+    fn record(&mut self, added: bool, index: u32) -> Result<(), String> {
+        let line = format!("{} n{index}\n", if added { "added" } else { "removed" });
+        OpenOptions::new()
+            .append(true)
+            .open(&self.marker)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", self.marker.display()))?;
+        if added {
+            self.added.push(index);
+        } else {
+            self.removed.push(index);
+        }
+        Ok(())
+    }
+}
+
+/// `K` of a member name `nK`.
+fn member_index(name: &str) -> Option<u32> {
+    name.strip_prefix('n')?.parse().ok().filter(|&i| i > 0)
 }
 
 /// Prints members, leader, log files and the `etcdctl` commands to paste.
@@ -258,6 +471,305 @@ fn print_cluster(cluster: &Cluster, settled: &Settled, dir: &Path, took: Duratio
     println!();
 }
 
+/// A membership change, from a flag or a command on stdin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Change {
+    /// Add the next member.
+    Add,
+    /// Remove the member of this name, or the leader for `leader`.
+    Remove(String),
+}
+
+/// A command read on stdin.
+#[derive(Debug, PartialEq, Eq)]
+enum Cmd {
+    /// A membership change.
+    Change(Change),
+    /// Print the members.
+    List,
+    /// Print the commands.
+    Help,
+}
+
+/// Parses one line of stdin (`None` for an empty line).
+fn parse_command(line: &str) -> Result<Option<Cmd>, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    Ok(Some(match words[..] {
+        [] => return Ok(None),
+        ["add"] => Cmd::Change(Change::Add),
+        ["remove", name] => Cmd::Change(Change::Remove(name.to_string())),
+        ["list"] => Cmd::List,
+        ["help"] => Cmd::Help,
+        _ => return Err(format!("unknown command {:?}; {HELP}", line.trim())),
+    }))
+}
+
+/// Runs a command read on stdin.
+async fn run_command(
+    cluster: &mut Cluster,
+    roster: &mut Roster,
+    server: &Server,
+    dir: &Path,
+    command: Cmd,
+) -> Result<(), String> {
+    match command {
+        Cmd::Change(change) => apply_change(cluster, roster, server, dir, &change).await,
+        Cmd::List => print_members(cluster).await,
+        Cmd::Help => {
+            println!("{HELP}");
+            Ok(())
+        }
+    }
+}
+
+/// Reads stdin on a thread of its own (a blocking read cannot be cancelled, and must not
+/// hold up the runtime's shutdown) into a queue of [`STDIN_QUEUE_LINES`]. The queue ends at
+/// the end of stdin.
+fn spawn_stdin_reader() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(STDIN_QUEUE_LINES);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Makes one membership change and reports it.
+async fn apply_change(
+    cluster: &mut Cluster,
+    roster: &mut Roster,
+    server: &Server,
+    dir: &Path,
+    change: &Change,
+) -> Result<(), String> {
+    match change {
+        Change::Add => add_member(cluster, roster, server, dir).await,
+        Change::Remove(name) => remove_member(cluster, roster, name).await,
+    }
+}
+
+/// A Cluster API client to member `m`, with short timeouts.
+async fn cluster_client(addr: &MemberAddr) -> Result<ClusterClient<Channel>, String> {
+    let channel = Endpoint::from_shared(addr.client_url())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", addr.name))?;
+    Ok(ClusterClient::new(channel))
+}
+
+/// Sends a Cluster request to the members in turn until one answers (a follower passes it
+/// to the leader), member `last` (if any) last; a refusal (not Unavailable) is final.
+async fn on_some_member<T, F, Fut>(
+    cluster: &Cluster,
+    last: Option<usize>,
+    mut call: F,
+) -> Result<T, String>
+where
+    F: FnMut(ClusterClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut why = String::from("no member runs");
+    let order = (0..cluster.members.len())
+        .filter(|&i| Some(i) != last)
+        .chain(last);
+    for m in order.map(|i| &cluster.members[i]) {
+        let client = match cluster_client(&m.addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                why = e;
+                continue;
+            }
+        };
+        match call(client).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                why = format!("{}: {}", m.addr.name, s.message());
+            }
+            Err(s) => return Err(s.message().to_string()),
+        }
+    }
+    Err(why)
+}
+
+/// Adds the next member: `MemberAdd`, then its process with `--initial-cluster-state
+/// existing`; waits until the leader has promoted it.
+async fn add_member(
+    cluster: &mut Cluster,
+    roster: &mut Roster,
+    server: &Server,
+    dir: &Path,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let index = roster.next_index();
+    let addr = member_addr(index, roster.base_port)?;
+    println!("adding {} (peer URL {})", addr.name, addr.peer_url());
+    let request = MemberAddRequest {
+        peer_ur_ls: vec![addr.peer_url()],
+        is_learner: false,
+    };
+    let added = on_some_member(cluster, None, |mut c| {
+        let request = request.clone();
+        async move { c.member_add(request).await }
+    })
+    .await
+    .map_err(|e| format!("MemberAdd of {}: {e}", addr.name))?;
+    let id = added.member.map_or(0, |m| m.id);
+    roster.record(true, index)?;
+    let mut all: Vec<MemberAddr> = cluster.members.iter().map(|m| m.addr.clone()).collect();
+    all.push(addr.clone());
+    cluster.spawn(server, dir, &addr, &initial_cluster(all.iter()), "existing")?;
+    println!(
+        "  {} ({id:016x}) is a learner; started it with --initial-cluster-state existing",
+        addr.name
+    );
+    let deadline = Instant::now() + ADD_TIMEOUT;
+    loop {
+        cluster.check_alive()?;
+        let members = list_members(cluster).await;
+        if let Ok(members) = &members {
+            if members
+                .iter()
+                .any(|m| m.id == id && !m.is_learner && !m.name.is_empty())
+            {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not become a voter within {:.0} s (it stays a learner; the leader \
+                 keeps trying); last lines of {}:\n{}",
+                addr.name,
+                ADD_TIMEOUT.as_secs_f64(),
+                dir.join(format!("{}.log", addr.name)).display(),
+                log_tail(&dir.join(format!("{}.log", addr.name)))
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "  {} caught up and was promoted to a voter ({:.1} s); {} members",
+        addr.name,
+        started.elapsed().as_secs_f64(),
+        cluster.members.len()
+    );
+    Ok(())
+}
+
+/// Removes member `name` (`leader`: whichever leads) with `MemberRemove`; waits for its
+/// process to exit.
+async fn remove_member(
+    cluster: &mut Cluster,
+    roster: &mut Roster,
+    name: &str,
+) -> Result<(), String> {
+    let pos = if name == "leader" {
+        let answers = cluster.statuses().await;
+        settle(&answers)
+            .ok_or("no leader that every member names: try again in a moment")?
+            .leader
+    } else {
+        cluster
+            .members
+            .iter()
+            .position(|m| m.addr.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = cluster
+                    .members
+                    .iter()
+                    .map(|m| m.addr.name.as_str())
+                    .collect();
+                format!(
+                    "no running member is named {name:?} (members: {})",
+                    names.join(", ")
+                )
+            })?
+    };
+    let addr = cluster.members[pos].addr.clone();
+    let id = match status(&addr).await {
+        Ok(s) => s.header.map_or(0, |h| h.member_id),
+        Err(_) => raft_kv::config::member_id(&addr.peer_url(), TOKEN).0,
+    };
+    println!("removing {} ({id:016x})", addr.name);
+    // Through another member first: the removed one stops answering once it knows.
+    on_some_member(cluster, Some(pos), |mut c| async move {
+        c.member_remove(MemberRemoveRequest { id }).await
+    })
+    .await
+    .map_err(|e| format!("MemberRemove of {}: {e}", addr.name))?;
+    if let Some(index) = member_index(&addr.name) {
+        roster.record(false, index)?;
+    }
+    let how = cluster.retire(pos, REMOVED_EXIT_TIMEOUT).await;
+    println!("  {} removed; its process {how}", addr.name);
+    let settled = cluster
+        .wait_settled(Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("after removing {}: {e}", addr.name))?;
+    println!(
+        "  {} members; leader {}",
+        cluster.members.len(),
+        cluster.members[settled.leader].addr.name
+    );
+    Ok(())
+}
+
+/// The members of the configuration, as the first member that answers lists them.
+async fn list_members(cluster: &Cluster) -> Result<Vec<ApiMember>, String> {
+    on_some_member(cluster, None, |mut c| async move {
+        c.member_list(MemberListRequest { linearizable: true })
+            .await
+    })
+    .await
+    .map(|r| r.members)
+}
+
+/// Prints the members (`list`).
+async fn print_members(cluster: &Cluster) -> Result<(), String> {
+    let mut members = list_members(cluster).await?;
+    // By name (n1, n2, ..., n10), unstarted members last.
+    members.sort_by_key(|m| member_index(&m.name).unwrap_or(u32::MAX));
+    let answers = cluster.statuses().await;
+    let leader = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .map(|s| s.leader)
+        .find(|&l| l != 0);
+    println!("| member | id               | client URL             | role     | log");
+    println!("|--------|------------------|------------------------|----------|----");
+    for m in &members {
+        let role = if m.is_learner {
+            "learner"
+        } else if Some(m.id) == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        let name = if m.name.is_empty() {
+            "(unstarted)"
+        } else {
+            &m.name
+        };
+        let log = cluster
+            .members
+            .iter()
+            .find(|x| x.addr.name == m.name)
+            .map_or_else(String::new, |x| x.log.display().to_string());
+        println!(
+            "| {name:<6} | {:016x} | {:<22} | {role:<8} | {log}",
+            m.id,
+            m.client_ur_ls.first().map_or("", String::as_str)
+        );
+    }
+    Ok(())
+}
+
 /// Where one member listens.
 #[derive(Clone, Debug)]
 pub struct MemberAddr {
@@ -286,26 +798,52 @@ impl MemberAddr {
     }
 }
 
-/// The addresses of `nodes` members: member `i` (from 1) on `base + 10000 * (i - 1)` for
-/// clients and the port above for peers.
+/// The addresses of `nodes` members: member `i` (from 1) as [`member_addr`] places it.
 pub fn layout(nodes: u16, base_port: u16) -> Result<Vec<MemberAddr>, String> {
-    (0..u32::from(nodes))
-        .map(|i| {
-            let client = u32::from(base_port) + 10_000 * i;
-            if base_port == 0 || client + 1 > u32::from(u16::MAX) {
-                return Err(format!(
-                    "--base-port {base_port} does not leave room for {nodes} members \
-                     (member i uses base + 10000 * (i - 1) and the port above; at most {})",
-                    u32::from(u16::MAX) - 1 - 10_000 * (u32::from(nodes) - 1)
-                ));
-            }
-            Ok(MemberAddr {
-                name: format!("n{}", i + 1),
-                client_port: client as u16,
-                peer_port: (client + 1) as u16,
-            })
-        })
+    (1..=u32::from(nodes))
+        .map(|i| member_addr(i, base_port))
         .collect()
+}
+
+/// Where member `nI` listens: clients on `base + 10000 * ((i - 1) % 5) + 10 * ((i - 1) / 5)`,
+/// peers on the port above (n1 to n5 10000 apart, then n6 next to n1, and so on).
+pub fn member_addr(index: u32, base_port: u16) -> Result<MemberAddr, String> {
+    let slot = index.saturating_sub(1);
+    let client = u32::from(base_port) + 10_000 * (slot % 5) + 10 * (slot / 5);
+    if base_port == 0 || client + 1 > u32::from(u16::MAX) {
+        return Err(format!(
+            "--base-port {base_port} does not leave room for member n{index} (member i uses \
+             base + 10000 * ((i - 1) % 5) + 10 * ((i - 1) / 5) and the port above; 5 members \
+             fit with a base port up to {})",
+            u32::from(u16::MAX) - 1 - 40_000
+        ));
+    }
+    Ok(MemberAddr {
+        name: format!("n{index}"),
+        client_port: client as u16,
+        peer_port: (client + 1) as u16,
+    })
+}
+
+/// `--initial-cluster` for these members.
+fn initial_cluster<'a>(addrs: impl Iterator<Item = &'a MemberAddr>) -> String {
+    addrs
+        .map(|a| format!("{}={}", a.name, a.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs each member under `setpriv --pdeathsig TERM` when it exists.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// Warns that members would outlive this command without setpriv.
+fn warn_without_setpriv() {
+    if !Path::new(SETPRIV).exists() {
+        eprintln!(
+            "warning: {SETPRIV} (util-linux) not found: members will outlive this command if \
+             it is killed without cleaning up"
+        );
+    }
 }
 
 /// The target directory this binary was built in (`target/release/xtask` -> `target`), or
@@ -401,22 +939,29 @@ pub struct Settled {
 impl Cluster {
     /// Starts one process per address, data in `dir/NAME`, output appended to `dir/NAME.log`.
     pub fn start(server: &Server, dir: &Path, addrs: &[MemberAddr]) -> Result<Cluster, String> {
-        let initial_cluster = addrs
-            .iter()
-            .map(|a| format!("{}={}", a.name, a.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let setpriv = Path::new("/usr/bin/setpriv");
-        if !setpriv.exists() {
-            eprintln!(
-                "warning: /usr/bin/setpriv (util-linux) not found: members will outlive this \
-                 command if it is killed without cleaning up"
-            );
-        }
+        let initial_cluster = initial_cluster(addrs.iter());
+        warn_without_setpriv();
         let mut cluster = Cluster {
             members: Vec::new(),
         };
         for a in addrs {
+            cluster.spawn(server, dir, a, &initial_cluster, "new")?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one member process with `--initial-cluster-state state` (`new` or `existing`),
+    /// data in `dir/NAME`, output appended to `dir/NAME.log`, and adds it to the members.
+    pub fn spawn(
+        &mut self,
+        server: &Server,
+        dir: &Path,
+        a: &MemberAddr,
+        initial_cluster: &str,
+        state: &str,
+    ) -> Result<(), String> {
+        let setpriv = Path::new(SETPRIV);
+        {
             let log = dir.join(format!("{}.log", a.name));
             let mut out = OpenOptions::new()
                 .create(true)
@@ -439,8 +984,8 @@ impl Cluster {
                 .args(["--initial-advertise-peer-urls", &a.peer_url()])
                 .args(["--listen-client-urls", &a.client_url()])
                 .args(["--advertise-client-urls", &a.client_url()])
-                .args(["--initial-cluster", &initial_cluster])
-                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster", initial_cluster])
+                .args(["--initial-cluster-state", state])
                 .args(["--initial-cluster-token", &server.token])
                 .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
                 .args(["--log-level", &server.log_level]);
@@ -463,14 +1008,41 @@ impl Cluster {
                 .process_group(0)
                 .spawn()
                 .map_err(|e| format!("cannot start {}: {e}", server.binary.display()))?;
-            cluster.members.push(Member {
+            self.members.push(Member {
                 addr: a.clone(),
                 log,
                 child,
                 exited: None,
             });
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Takes member `pos` out of the cluster once its process has exited by itself (a
+    /// removed member does), stopping it after `grace` if it has not. Says how it ended.
+    pub async fn retire(&mut self, pos: usize, grace: Duration) -> String {
+        let deadline = Instant::now() + grace;
+        let m = &mut self.members[pos];
+        while m.exited.is_none() && Instant::now() < deadline {
+            m.exited = m.child.try_wait().unwrap_or(None);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let how = match m.exited {
+            Some(status) => format!("exited by itself ({status})"),
+            None => {
+                let stopped = Cluster {
+                    members: vec![self.members.remove(pos)],
+                }
+                .stop(STOP_GRACE);
+                return format!(
+                    "still running {:.0} s after its removal: {}",
+                    grace.as_secs_f64(),
+                    stopped.join("; ")
+                );
+            }
+        };
+        self.members.remove(pos);
+        how
     }
 
     /// Fails, naming the member, its exit status and its log tail, if a member has exited.
@@ -660,5 +1232,65 @@ pub fn log_tail(path: &Path) -> String {
                 .join("\n")
         }
         Err(e) => format!("    (cannot read it: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_past_the_fifth_sit_next_to_the_first_five() {
+        let ports = |i| {
+            let a = member_addr(i, 12379).unwrap();
+            (a.name, a.client_port, a.peer_port)
+        };
+        assert_eq!(ports(1), ("n1".to_string(), 12379, 12380));
+        assert_eq!(ports(5), ("n5".to_string(), 52379, 52380));
+        assert_eq!(ports(6), ("n6".to_string(), 12389, 12390));
+        assert_eq!(ports(12), ("n12".to_string(), 22399, 22400));
+        assert!(member_addr(5, 30000).unwrap_err().contains("n5"));
+        assert_eq!(layout(3, 12379).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_marker_records_added_and_removed_members() {
+        let roster = Roster::parse(
+            3,
+            12379,
+            PathBuf::from("m"),
+            "added n4\nremoved n1\nadded n5\nremoved n4\n",
+        )
+        .unwrap();
+        let members: Vec<(String, bool)> = roster
+            .members()
+            .unwrap()
+            .into_iter()
+            .map(|(a, joined)| (a.name, joined))
+            .collect();
+        assert_eq!(
+            members,
+            [("n2", false), ("n3", false), ("n5", true)].map(|(n, j)| (n.to_string(), j))
+        );
+        assert_eq!(roster.next_index(), 6);
+        let bad = Roster::parse(3, 12379, PathBuf::from("m"), "added four\n");
+        assert!(bad.err().unwrap().contains("added four"));
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(parse_command("  ").unwrap(), None);
+        assert_eq!(
+            parse_command("add").unwrap(),
+            Some(Cmd::Change(Change::Add))
+        );
+        assert_eq!(
+            parse_command("remove n2").unwrap(),
+            Some(Cmd::Change(Change::Remove("n2".into())))
+        );
+        assert_eq!(parse_command("list").unwrap(), Some(Cmd::List));
+        assert!(parse_command("remove")
+            .unwrap_err()
+            .contains("unknown command"));
     }
 }

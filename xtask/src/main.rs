@@ -24,7 +24,8 @@ struct Cli {
 enum Command {
     /// Run the deterministic cluster simulator over many seeds, or replay one.
     Sim(sim::SimArgs),
-    /// Start a local raft-kv cluster on loopback (for etcdctl) and run it until Ctrl-C.
+    /// Start a local raft-kv cluster on loopback (for etcdctl) and run it until Ctrl-C; add and
+    /// remove members while it runs (commands on stdin, or --add/--remove/--remove-leader).
     Cluster(cluster::ClusterArgs),
     /// Run a benchmark and print a table with percentiles.
     Bench {

@@ -12,7 +12,9 @@ use raft_proto::NodeId;
 pub enum ClusterState {
     /// Bootstrap a new cluster from `--initial-cluster`.
     New,
-    /// Rejoin a cluster this member's data directory already belongs to.
+    /// Join a running cluster that already lists this member (`etcdctl member add` first), or
+    /// restart on a data directory that has joined. A new member starts with an empty
+    /// configuration and learns the cluster's from the leader.
     Existing,
 }
 
@@ -41,10 +43,12 @@ pub struct Flags {
     /// Every member of the initial cluster: name=peer-url,...
     #[arg(long, default_value = "default=http://127.0.0.1:2380")]
     pub initial_cluster: String,
-    /// `new` to bootstrap, `existing` to restart on a data directory that has joined.
+    /// `new` to bootstrap; `existing` to join a running cluster after `etcdctl member add`
+    /// (with an empty data directory), or to restart on a data directory that has joined.
     #[arg(long, value_enum, default_value_t = ClusterState::New)]
     pub initial_cluster_state: ClusterState,
-    /// A token that tells clusters apart (mixed into the cluster and member ids).
+    /// A token that tells clusters apart: the cluster id derives from it, and each member's
+    /// id from it and the member's peer URL.
     #[arg(long, default_value = "raft-kv-cluster")]
     pub initial_cluster_token: String,
     /// Time of a heartbeat (one raft tick) in milliseconds.
@@ -84,7 +88,7 @@ pub struct Flags {
 /// One member of the initial cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitialMember {
-    /// Its raft id, derived from name, peer URL and cluster token.
+    /// Its raft id, derived from its peer URL and the cluster token ([`member_id`]).
     pub id: NodeId,
     /// Its name.
     pub name: String,
@@ -99,7 +103,8 @@ pub struct ServerConfig {
     pub flags: Flags,
     /// This member's id.
     pub id: NodeId,
-    /// The cluster id.
+    /// The cluster id, derived from the cluster token alone ([`cluster_id`]), so that a member
+    /// joining later computes the same one.
     pub cluster_id: u64,
     /// The initial members, in --initial-cluster order.
     pub members: Vec<InitialMember>,
@@ -129,6 +134,19 @@ pub fn stable_id(parts: &[&str]) -> u64 {
         }
     }
     h.max(1)
+}
+
+/// The raft id of the member with peer URL `peer_url` in the cluster of token `token`: what
+/// every member, and the leader handling `MemberAdd` (which gets only peer URLs), computes
+/// alike. The id stays the member's after a `MemberUpdate` changes its URL: the member keeps
+/// it in its data directory.
+pub fn member_id(peer_url: &str, token: &str) -> NodeId {
+    NodeId(stable_id(&[peer_url, token]))
+}
+
+/// The id of the cluster of token `token`.
+pub fn cluster_id(token: &str) -> u64 {
+    stable_id(&[token])
 }
 
 /// Parses `http://host:port` into a socket address.
@@ -167,11 +185,15 @@ impl ServerConfig {
                 .split_once('=')
                 .ok_or_else(|| format!("--initial-cluster: {part:?} is not name=url"))?;
             parse_url("--initial-cluster", url)?;
-            if members.iter().any(|m: &InitialMember| m.name == name) {
+            // etcdctl's `member add` prints unstarted members with an empty name: allow those.
+            if !name.is_empty() && members.iter().any(|m: &InitialMember| m.name == name) {
                 return Err(format!("--initial-cluster names {name:?} twice"));
             }
+            if members.iter().any(|m: &InitialMember| m.peer_url == url) {
+                return Err(format!("--initial-cluster gives the peer URL {url} twice"));
+            }
             members.push(InitialMember {
-                id: NodeId(stable_id(&[name, url, &flags.initial_cluster_token])),
+                id: member_id(url, &flags.initial_cluster_token),
                 name: name.to_string(),
                 peer_url: url.to_string(),
             });
@@ -207,13 +229,9 @@ impl ServerConfig {
         if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
             return Err("--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".to_string());
         }
-        let mut ids: Vec<String> = members.iter().map(|m| m.id.0.to_string()).collect();
-        ids.sort();
-        let mut parts: Vec<&str> = vec![&flags.initial_cluster_token];
-        parts.extend(ids.iter().map(String::as_str));
         Ok(ServerConfig {
             id: me.id,
-            cluster_id: stable_id(&parts),
+            cluster_id: cluster_id(&flags.initial_cluster_token),
             peer_addr,
             client_addr,
             client_url,
@@ -271,6 +289,83 @@ mod tests {
         assert!(ServerConfig::from_flags(f)
             .unwrap_err()
             .contains("--listen-metrics-urls"));
+    }
+
+    #[test]
+    fn ids_come_from_the_peer_url_and_the_token_only() {
+        let three = "n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380";
+        let c = ServerConfig::from_flags(flags(&[
+            "--name",
+            "n1",
+            "--listen-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-cluster",
+            three,
+        ]))
+        .unwrap();
+        // A member joining later, under another name and with a longer --initial-cluster (as
+        // `etcdctl member add` prints it, unstarted members without a name), computes the same
+        // ids for the same peer URLs, and the same cluster id.
+        let joined = ServerConfig::from_flags(flags(&[
+            "--name",
+            "n4",
+            "--listen-peer-urls",
+            "http://127.0.0.1:42380",
+            "--initial-cluster-state",
+            "existing",
+            "--initial-cluster",
+            "other=http://127.0.0.1:12380,=http://127.0.0.1:22380,=http://127.0.0.1:52380,\
+             n4=http://127.0.0.1:42380,n3=http://127.0.0.1:32380",
+        ]))
+        .unwrap();
+        assert_eq!(joined.cluster_id, c.cluster_id);
+        assert_eq!(joined.members[0].id, c.members[0].id);
+        assert_eq!(joined.members[1].id, c.members[1].id);
+        assert_eq!(joined.members[4].id, c.members[2].id);
+        assert_eq!(
+            joined.id,
+            member_id("http://127.0.0.1:42380", "raft-kv-cluster")
+        );
+        assert_eq!(c.id, member_id("http://127.0.0.1:12380", "raft-kv-cluster"));
+        // Another token: other ids, another cluster.
+        let other = ServerConfig::from_flags(flags(&[
+            "--name",
+            "n1",
+            "--listen-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-cluster",
+            three,
+            "--initial-cluster-token",
+            "another",
+        ]))
+        .unwrap();
+        assert_ne!(other.id, c.id);
+        assert_ne!(other.cluster_id, c.cluster_id);
+    }
+
+    #[test]
+    fn the_initial_cluster_must_be_consistent() {
+        let err = |args: &[&str]| ServerConfig::from_flags(flags(args)).unwrap_err();
+        assert!(err(&[
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380,other=http://127.0.0.1:2380",
+        ])
+        .contains("twice"));
+        assert!(err(&[
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380,default=http://127.0.0.1:3380",
+        ])
+        .contains("names \"default\" twice"));
+        // The member's own entry must be the URL it advertises.
+        assert!(err(&["--initial-cluster", "default=http://127.0.0.1:3380"])
+            .contains("but it advertises http://127.0.0.1:2380"));
+        assert!(err(&[
+            "--initial-cluster",
+            "default=http://127.0.0.1:3380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:4380",
+        ])
+        .contains("but it advertises http://127.0.0.1:4380"));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! raft-kv: a replicated key-value store on raft-core, serving a subset of etcd's v3 gRPC API
 //! so that etcdctl and etcd's client libraries work against it.
 //!
-//! - [`store`]: the state machine (keys, values, etcd's revisions; members' addresses).
+//! - [`store`]: the state machine (keys, values, etcd's revisions; member records).
 //! - [`snapshot`]: the store's versioned, checksummed snapshot format and the helpers that
 //!   write and read it through raft-core's snapshot streams.
-//! - [`server`]: the gRPC services (`KV.Range/Put/DeleteRange`, `Cluster.MemberList`,
-//!   `Maintenance.Status/Snapshot`) and the forwarding of writes from followers to the leader.
+//! - [`server`]: the gRPC services (`KV.Range/Put/DeleteRange`,
+//!   `Cluster.MemberList/Add/Remove/Update/Promote`, `Maintenance.Status/Snapshot/MoveLeader`)
+//!   and the forwarding of writes and member changes from followers to the leader.
 //! - [`config`]: etcd-style flags.
 //! - [`run`]: wires raft-core's driver, raft-log-file and raft-transport-tcp together.
 //!

@@ -35,8 +35,11 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        tokio::select! {
+            () = wait_for_signal() => tracing::info!("shutting down"),
+            // Logged by the member; like etcd, it exits (with status 0).
+            () = running.removed() => {}
+        }
         running.shutdown().await;
     });
 }

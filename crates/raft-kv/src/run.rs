@@ -1,5 +1,7 @@
 //! Starting a member: the log, the transport, the raft driver, the gRPC server.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use raft_core::driver::{
 };
 use raft_core::Config;
 use raft_log_file::{LogFile, Options};
-use raft_proto::{LogIndex, Membership};
+use raft_proto::{LogIndex, Membership, NodeId};
 use raft_snapshot::FileSnapshotStore;
 use raft_transport_tcp::{TcpTransport, TransportConfig};
 use tokio::sync::watch;
@@ -21,13 +23,109 @@ use tokio_stream::wrappers::IntervalStream;
 use crate::config::{ClusterState, ServerConfig};
 use crate::proto::etcdserverpb::{cluster_server, kv_server, maintenance_server};
 use crate::proto::raftkv::internal_server;
-use crate::server::{ClusterService, InternalService, KvService, MaintenanceService, Shared};
+use crate::server::{
+    ClusterService, InternalService, KvService, MaintenanceService, Shared, PROMOTE_INTERVAL,
+};
 use crate::snapshot::{read_store_snapshot, write_store_snapshot};
 use crate::store::{Command, MemberInfo, Outcome, Store};
 
-/// The state machine: decodes each committed command and applies it to the shared store.
+/// The file in the data directory that keeps this member's id (hex): the id derives from the
+/// peer URL when the member starts for the first time, and stays after `MemberUpdate` moves
+/// the member to another URL.
+const MEMBER_ID_FILE: &str = "member_id";
+
+/// How long [`Running::shutdown`] waits for client connections to finish and close (a
+/// client that keeps its connection open would otherwise hold the shutdown up).
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// A removed member stays a transport peer for this many election timeouts after its record's
+/// removal is applied, so that it still receives the configuration that removes it (the
+/// leader replicates to it until it holds that).
+const REMOVED_PEER_GRACE_ELECTIONS: u32 = 3;
+
+/// Keeps the transport's peers in step with the store's member records: a member's address
+/// is added when its record is, moved when its record's peer URL changes, and dropped a grace
+/// period after its removal. Applied the same way when replaying the log and restoring a
+/// snapshot, so a restarted member reaches every member its store knows of.
+struct PeerSync {
+    transport: TcpTransport,
+    me: NodeId,
+    /// The address last given to the transport for each peer (one entry per member known).
+    known: HashMap<NodeId, String>,
+    /// How long a removed peer stays (see [`REMOVED_PEER_GRACE_ELECTIONS`]).
+    grace: Duration,
+}
+
+/// `host:port` of a peer URL.
+fn peer_addr(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+impl PeerSync {
+    /// Member `id`'s record, or its removal, was applied.
+    fn sync(&mut self, store: &Store, id: u64) {
+        let node = NodeId(id);
+        if node == self.me {
+            return;
+        }
+        if store.removed().contains(&id) {
+            if self.known.remove(&node).is_some() {
+                let transport = self.transport.clone();
+                let grace = self.grace;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    transport.remove_peer(node);
+                });
+            }
+            return;
+        }
+        let Some(addr) = store
+            .members()
+            .get(&id)
+            .and_then(|m| m.peer_urls.first())
+            .map(|u| peer_addr(u))
+        else {
+            return;
+        };
+        if self.known.get(&node) != Some(&addr) {
+            tracing::info!(peer = %format!("{id:x}"), addr = %addr, "peer address");
+            self.transport.add_peer(node, &addr);
+            self.known.insert(node, addr);
+        }
+    }
+
+    /// The whole store was replaced (a snapshot restored).
+    fn sync_all(&mut self, store: &Store) {
+        let ids: Vec<u64> = store
+            .members()
+            .keys()
+            .chain(store.removed())
+            .copied()
+            .collect();
+        for id in ids {
+            self.sync(store, id);
+        }
+    }
+}
+
+/// The member a command changes the record of, if any.
+fn member_of(command: &Command) -> Option<u64> {
+    match command {
+        Command::Publish(m) => Some(m.id),
+        Command::AddMember { id, .. }
+        | Command::RemoveMember { id }
+        | Command::UpdateMember { id, .. } => Some(*id),
+        Command::Put { .. } | Command::DeleteRange { .. } => None,
+    }
+}
+
+/// The state machine: decodes each committed command and applies it to the shared store;
+/// member record changes also reach the transport.
 struct KvStateMachine {
     store: Arc<RwLock<Store>>,
+    peers: PeerSync,
 }
 
 #[async_trait]
@@ -36,7 +134,15 @@ impl StateMachine for KvStateMachine {
 
     async fn apply(&mut self, _index: LogIndex, command: &Bytes) -> Outcome {
         match postcard::from_bytes::<Command>(command) {
-            Ok(c) => self.store.write().apply(c),
+            Ok(c) => {
+                let member = member_of(&c);
+                let mut store = self.store.write();
+                let outcome = store.apply(c);
+                if let Some(id) = member {
+                    self.peers.sync(&store, id);
+                }
+                outcome
+            }
             Err(e) => Outcome::Rejected(format!("undecodable command: {e}")),
         }
     }
@@ -47,8 +153,48 @@ impl StateMachine for KvStateMachine {
 
     async fn restore(&mut self, source: &mut SnapshotSource<'_>) -> std::io::Result<()> {
         let restored = read_store_snapshot(source).await?;
-        *self.store.write() = restored;
+        let mut store = self.store.write();
+        *store = restored;
+        self.peers.sync_all(&store);
         Ok(())
+    }
+}
+
+/// This member's id: the one kept in the data directory ([`MEMBER_ID_FILE`]), else the one
+/// the flags give, which is then kept there.
+fn adopt_member_id(config: &mut ServerConfig, data_dir: &Path) -> Result<(), String> {
+    let file = data_dir.join(MEMBER_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let kept = u64::from_str_radix(text.trim(), 16)
+                .map_err(|e| format!("{}: not a member id ({e})", file.display()))?;
+            if kept != config.id.0 {
+                tracing::info!(
+                    id = %format!("{kept:x}"),
+                    "keeping the member id this data directory was made with (the peer URL changed since)"
+                );
+                let name = &config.flags.name;
+                if let Some(me) = config.members.iter_mut().find(|m| &m.name == name) {
+                    me.id = NodeId(kept);
+                }
+                config.id = NodeId(kept);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            let tmp = data_dir.join(format!("{MEMBER_ID_FILE}.tmp"));
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, format!("{:x}\n", config.id.0).as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &file)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|e| format!("cannot write {}: {e}", file.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
     }
 }
 
@@ -57,34 +203,60 @@ pub struct Running {
     /// What the services share (node handle, store).
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    removed: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     transport: TcpTransport,
 }
 
 impl Running {
-    /// Stops serving and shuts the node down.
+    /// Resolves once this member has learned that it was removed from the cluster (it has
+    /// logged "this member has been removed from the cluster"); it should then be shut down,
+    /// as etcd does.
+    pub async fn removed(&self) {
+        let mut removed = self.removed.clone();
+        if removed.wait_for(|r| *r).await.is_err() {
+            // The watcher ended without a removal (shutting down): never resolves.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stops serving and shuts the node down. Client connections get 2 s to finish their
+    /// requests and close; what still runs then is cut off.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.shared.node.shutdown().await;
         self.transport.shutdown().await;
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 }
 
 /// Starts a member and returns once it serves clients.
+///
+/// With `--initial-cluster-state existing` and no data yet, the member joins a running
+/// cluster that already lists it (`MemberAdd`): it starts with an empty configuration, knows
+/// the peers of `--initial-cluster`, and waits for the leader to send it the log (or a
+/// snapshot).
 pub async fn run(config: ServerConfig) -> Result<Running, String> {
-    let data_dir = &config.flags.data_dir;
+    let mut config = config;
+    let data_dir = config.flags.data_dir.clone();
     let log_dir = data_dir.join("log");
     let fresh = !log_dir.join("state").exists();
-    if fresh && config.flags.initial_cluster_state == ClusterState::Existing {
-        return Err(format!(
-            "--initial-cluster-state existing, but {} holds no member data; joining a running cluster as a new member arrives with membership changes",
-            data_dir.display()
-        ));
-    }
-    let membership = Membership::with_voters(config.members.iter().map(|m| m.id));
+    adopt_member_id(&mut config, &data_dir)?;
+    let joining = fresh && config.flags.initial_cluster_state == ClusterState::Existing;
+    let membership = if joining {
+        tracing::info!(
+            "joining a running cluster as a new member: waiting for the leader to send the log"
+        );
+        Membership::default()
+    } else {
+        Membership::with_voters(config.members.iter().map(|m| m.id))
+    };
     let log = LogFile::open(
         &log_dir,
         Options {
@@ -108,12 +280,10 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     }
 
     let mut transport_config = TransportConfig::new(config.id, config.cluster_id, config.peer_addr);
+    let mut known = HashMap::new();
     for m in config.members.iter().filter(|m| m.id != config.id) {
-        let addr = m
-            .peer_url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        let addr = peer_addr(&m.peer_url);
+        known.insert(m.id, addr.clone());
         transport_config = transport_config.with_peer(m.id, addr);
     }
     let (transport, inbound) = TcpTransport::start(transport_config)
@@ -142,6 +312,12 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         log,
         KvStateMachine {
             store: Arc::clone(&store),
+            peers: PeerSync {
+                transport: transport.clone(),
+                me: config.id,
+                known,
+                grace: config.tick * config.election_ticks * REMOVED_PEER_GRACE_ELECTIONS,
+            },
         },
         snapshots,
         transport.clone(),
@@ -168,6 +344,16 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
 
     tasks.push(tokio::spawn(publish_loop(
         Arc::clone(&shared),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(promote_loop(
+        Arc::clone(&shared),
+        stopped.clone(),
+    )));
+    let (removed_tx, removed) = watch::channel(false);
+    tasks.push(tokio::spawn(watch_removed(
+        Arc::clone(&shared),
+        removed_tx,
         stopped.clone(),
     )));
 
@@ -228,9 +414,49 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     Ok(Running {
         shared,
         stop,
+        removed,
         tasks,
         transport,
     })
+}
+
+/// As the leader, promotes the learners added as voters, every [`PROMOTE_INTERVAL`] (see
+/// [`crate::server`]). One round is bounded by the catch-up rounds of each promotion.
+async fn promote_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROMOTE_INTERVAL) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            () = shared.promote_waiting_learners() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Watches for this member's removal from the cluster (raft-core reports it a few election
+/// timeouts after the member holds a configuration without itself); then logs it and says
+/// so through `removed`.
+async fn watch_removed(
+    shared: Arc<Shared>,
+    removed: watch::Sender<bool>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.tick) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        if shared.node.status().removed {
+            tracing::warn!(
+                id = %format!("{:x}", shared.config.id.0),
+                "this member has been removed from the cluster; shutting down (its data directory is of no further use)"
+            );
+            let _ = removed.send(true);
+            return;
+        }
+    }
 }
 
 /// Publishes this member's addresses through raft until the store has them, so that
@@ -243,13 +469,20 @@ async fn publish_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             .config
             .members
             .iter()
-            .find(|m| m.id == shared.config.id)
+            .find(|m| m.name == shared.config.flags.name)
             .map(|m| m.peer_url.clone())
             .unwrap_or_default()],
         client_urls: vec![shared.config.client_url.clone()],
     };
     loop {
-        let published = shared.store.read().members().get(&me.id) == Some(&me);
+        // The record's peer URLs are the cluster's (MemberAdd, MemberUpdate): compare the
+        // rest.
+        let published = shared
+            .store
+            .read()
+            .members()
+            .get(&me.id)
+            .is_some_and(|r| r.name == me.name && r.client_urls == me.client_urls);
         if !published {
             if let Err(e) = shared.execute(Command::Publish(me.clone())).await {
                 tracing::debug!("publishing this member's addresses: {e}");

@@ -1,8 +1,9 @@
 //! The store's snapshot format, and helpers that write and read it through raft-core's async
 //! snapshot streams.
 //!
-//! A snapshot holds everything a [`Store`] holds: its revision, the published members and every
-//! key with its value, lease, revisions and version. Equal stores give identical bytes (maps
+//! A snapshot holds everything a [`Store`] holds: its revision, the member records (with the
+//! removed ids and the members waiting for promotion) and every key with its value, lease,
+//! revisions and version. Equal stores give identical bytes (maps
 //! are written in key order and postcard's encoding is deterministic), so members can compare
 //! snapshots by checksum.
 //!
@@ -18,7 +19,8 @@
 //! | trailer | record count `u64`, CRC-32C `u32` of every byte before the CRC itself  |
 //!
 //! The records come in a fixed order: first the store's revision, then the members by
-//! ascending id, then the keys in ascending byte order. A reader rejects anything else (a
+//! ascending id, then the removed ids, ascending, then the ids waiting for promotion,
+//! ascending, then the keys in ascending byte order. A reader rejects anything else (a
 //! duplicate, a record out of order, bytes after the trailer), so a snapshot that reads back
 //! is in canonical form and re-encodes to the same bytes.
 //!
@@ -31,7 +33,6 @@
 //! [`ETCD_SNAPSHOT_ALIGN`], then the SHA-256 of both. [`read_etcd_snapshot`] reads such a
 //! file back.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -40,13 +41,20 @@ use raft_core::driver::{SnapshotSink, SnapshotSource};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{KeyValue, MemberInfo, Store};
+use crate::store::{KeyValue, MemberInfo, Store, StoreParts};
+
+/// The record kinds by [`rank`], for error messages.
+const KINDS: [&str; 5] = ["revision", "member", "removed", "promotion", "key"];
 
 /// The first bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"RAFTKVSS";
 
-/// The format version written, and the only one read.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version written. Version 2 added the removed and promotion records; version 1
+/// (without them) is still read.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version read.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 
 /// The largest record body accepted, in bytes. A record holds one key (key, value and
 /// bookkeeping) or one member; the server accepts at most
@@ -77,7 +85,7 @@ pub enum SnapshotFormatError {
     BadMagic,
     /// The header names a format version this build does not read.
     #[error(
-        "unsupported raft-kv snapshot format version {0} (this build reads version {FORMAT_VERSION})"
+        "unsupported raft-kv snapshot format version {0} (this build reads versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// The data ends before the trailer does.
@@ -157,15 +165,30 @@ enum RecordRef<'a> {
     Revision(i64),
     Member(&'a MemberInfo),
     Key(&'a KeyValue),
+    Removed(u64),
+    Promotion(u64),
 }
 
 /// A record as read. The variants must stay in [`RecordRef`]'s order: postcard encodes the
-/// variant's position.
+/// variant's position (new kinds go at the end).
 #[derive(Deserialize)]
 enum Record {
     Revision(i64),
     Member(MemberInfo),
     Key(KeyValue),
+    Removed(u64),
+    Promotion(u64),
+}
+
+/// Where a record kind goes in the canonical order.
+fn rank(record: &Record) -> u8 {
+    match record {
+        Record::Revision(_) => 0,
+        Record::Member(_) => 1,
+        Record::Removed(_) => 2,
+        Record::Promotion(_) => 3,
+        Record::Key(_) => 4,
+    }
 }
 
 /// Writes `store`'s snapshot into `w`. See [`Store::write_snapshot`].
@@ -177,6 +200,13 @@ pub(crate) fn write(store: &Store, w: &mut impl Write) -> io::Result<()> {
     let mut count = 0u64;
     let records = std::iter::once(RecordRef::Revision(store.revision()))
         .chain(store.members().values().map(RecordRef::Member))
+        .chain(store.removed().iter().map(|&id| RecordRef::Removed(id)))
+        .chain(
+            store
+                .promotions()
+                .iter()
+                .map(|&id| RecordRef::Promotion(id)),
+        )
         .chain(store.key_values().map(RecordRef::Key));
     for record in records {
         body.clear();
@@ -220,8 +250,9 @@ struct Decoder {
     crc: u32,
     records: u64,
     revision: Option<i64>,
-    data: BTreeMap<Vec<u8>, KeyValue>,
-    members: BTreeMap<u64, MemberInfo>,
+    /// The rank of the last record's kind ([`rank`]).
+    last_rank: u8,
+    parts: StoreParts,
 }
 
 impl Decoder {
@@ -240,7 +271,7 @@ impl Decoder {
     fn version(&mut self, version: &[u8; 4]) -> Result<(), SnapshotFormatError> {
         self.absorb(version);
         match u32::from_le_bytes(*version) {
-            FORMAT_VERSION => Ok(()),
+            FORMAT_VERSION_MIN..=FORMAT_VERSION => Ok(()),
             other => Err(SnapshotFormatError::UnsupportedVersion(other)),
         }
     }
@@ -268,31 +299,48 @@ impl Decoder {
             Ok((_, rest)) => return Err(bad(format!("{} bytes follow its body", rest.len()))),
             Err(e) => return Err(bad(format!("undecodable: {e}"))),
         };
+        let rank = rank(&record);
+        if rank < self.last_rank {
+            return Err(bad(format!(
+                "a {} record after the {} records",
+                KINDS[usize::from(rank)],
+                KINDS[usize::from(self.last_rank)]
+            )));
+        }
+        self.last_rank = rank;
+        /// Whether `id` follows the last id of an ascending set.
+        fn ascending(last: Option<&u64>, id: u64) -> Result<(), String> {
+            match last {
+                Some(&last) if id <= last => Err(format!("{id} does not follow {last}")),
+                _ => Ok(()),
+            }
+        }
+        let parts = &mut self.parts;
         match (record, self.revision) {
             (Record::Revision(revision), None) => self.revision = Some(revision),
             (Record::Revision(_), Some(_)) => return Err(bad("a second revision record".into())),
             (_, None) => return Err(bad("the first record is not the revision".into())),
             (Record::Member(member), Some(_)) => {
-                if !self.data.is_empty() {
-                    return Err(bad("a member record after the key records".into()));
-                }
-                if let Some((&last, _)) = self.members.last_key_value() {
-                    if member.id <= last {
-                        return Err(bad(format!(
-                            "member {} does not follow member {last}",
-                            member.id
-                        )));
-                    }
-                }
-                self.members.insert(member.id, member);
+                ascending(parts.members.keys().next_back(), member.id)
+                    .map_err(|e| bad(format!("member {e}")))?;
+                parts.members.insert(member.id, member);
+            }
+            (Record::Removed(id), Some(_)) => {
+                ascending(parts.removed.last(), id).map_err(|e| bad(format!("removed id {e}")))?;
+                parts.removed.insert(id);
+            }
+            (Record::Promotion(id), Some(_)) => {
+                ascending(parts.promotions.last(), id)
+                    .map_err(|e| bad(format!("promotion {e}")))?;
+                parts.promotions.insert(id);
             }
             (Record::Key(kv), Some(_)) => {
-                if let Some((last, _)) = self.data.last_key_value() {
+                if let Some((last, _)) = parts.data.last_key_value() {
                     if kv.key <= *last {
                         return Err(bad("keys out of order".into()));
                     }
                 }
-                self.data.insert(kv.key.clone(), kv);
+                parts.data.insert(kv.key.clone(), kv);
             }
         }
         Ok(())
@@ -312,8 +360,9 @@ impl Decoder {
                 read: self.records,
             });
         }
-        let revision = self.revision.ok_or(SnapshotFormatError::NoRevision)?;
-        Ok(Store::from_parts(revision, self.data, self.members))
+        let mut parts = self.parts;
+        parts.revision = self.revision.ok_or(SnapshotFormatError::NoRevision)?;
+        Ok(Store::from_parts(parts))
     }
 }
 
@@ -532,6 +581,16 @@ mod tests {
             id: u64::MAX,
             ..MemberInfo::default()
         }));
+        for (id, promote) in [(7, true), (9, false), (5, true), (11, true)] {
+            s.apply(Command::AddMember {
+                id,
+                peer_urls: vec![format!("http://127.0.0.1:{}", 3000 + id)],
+                promote,
+            });
+        }
+        s.apply(Command::RemoveMember { id: 9 });
+        s.apply(Command::RemoveMember { id: 11 });
+        s.apply(Command::RemoveMember { id: 4 });
         s
     }
 
@@ -643,13 +702,13 @@ mod tests {
         bad[0] = b'X';
         assert!(matches!(decode(&bad), Err(SnapshotFormatError::BadMagic)));
         let mut bad = bytes.clone();
-        bad[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bad[8..12].copy_from_slice(&3u32.to_le_bytes());
         let e = decode(&bad).unwrap_err();
         assert!(
-            matches!(e, SnapshotFormatError::UnsupportedVersion(2)),
+            matches!(e, SnapshotFormatError::UnsupportedVersion(3)),
             "{e}"
         );
-        assert!(e.to_string().contains("version 2"), "{e}");
+        assert!(e.to_string().contains("version 3"), "{e}");
         // A flipped byte in a value decodes, but the checksum catches it.
         let at = bytes
             .windows(5)
@@ -688,8 +747,13 @@ mod tests {
 
     /// Builds a snapshot from raw record bodies, with a valid trailer.
     fn assemble(records: &[Vec<u8>]) -> Vec<u8> {
+        assemble_version(FORMAT_VERSION, records)
+    }
+
+    /// [`assemble`] with another format version in the header.
+    fn assemble_version(version: u32, records: &[Vec<u8>]) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         for r in records {
             out.extend_from_slice(&(r.len() as u32).to_le_bytes());
             out.extend_from_slice(r);
@@ -714,12 +778,28 @@ mod tests {
             rec(RecordRef::Revision(5)),
             rec(RecordRef::Member(&m1)),
             rec(RecordRef::Member(&m2)),
+            rec(RecordRef::Removed(3)),
+            rec(RecordRef::Removed(4)),
+            rec(RecordRef::Promotion(2)),
             rec(RecordRef::Key(&a)),
             rec(RecordRef::Key(&b)),
         ]);
         let store = decode(&valid).expect("valid");
         assert_eq!(store.revision(), 5);
+        assert_eq!(store.removed().iter().copied().collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(store.promotions().iter().copied().collect::<Vec<_>>(), [2]);
         assert_eq!(encode(&store), valid);
+        // Version 1 (no removed or promotion records) is still read.
+        let v1 = assemble_version(
+            1,
+            &[
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Member(&m1)),
+                rec(RecordRef::Key(&a)),
+            ],
+        );
+        let store = decode(&v1).expect("a version 1 snapshot");
+        assert_eq!((store.revision(), store.members().len()), (5, 1));
         let cases: Vec<Vec<Vec<u8>>> = vec![
             vec![],
             vec![rec(RecordRef::Member(&m1))],
@@ -748,6 +828,31 @@ mod tests {
                 rec(RecordRef::Revision(5)),
                 rec(RecordRef::Key(&a)),
                 rec(RecordRef::Member(&m1)),
+            ],
+            vec![
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Removed(3)),
+                rec(RecordRef::Member(&m1)),
+            ],
+            vec![
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Promotion(3)),
+                rec(RecordRef::Removed(3)),
+            ],
+            vec![
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Key(&a)),
+                rec(RecordRef::Promotion(3)),
+            ],
+            vec![
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Removed(4)),
+                rec(RecordRef::Removed(3)),
+            ],
+            vec![
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Promotion(3)),
+                rec(RecordRef::Promotion(3)),
             ],
             vec![{
                 let mut r = rec(RecordRef::Revision(5));
@@ -912,7 +1017,7 @@ mod tests {
         fn arbitrary_stores_round_trip(
             ops in proptest::collection::vec(
                 (
-                    0u8..3,
+                    0u8..5,
                     proptest::collection::vec(any::<u8>(), 0..4),
                     proptest::collection::vec(any::<u8>(), 0..8),
                 ),
@@ -924,11 +1029,19 @@ mod tests {
                 let command = match op {
                     0 => put(&key, &value, 0),
                     1 => Command::DeleteRange { key, range_end: value, prev_kv: false },
-                    _ => Command::Publish(MemberInfo {
+                    2 => Command::Publish(MemberInfo {
                         id: u64::from(key.first().copied().unwrap_or(0)),
                         name: String::from_utf8_lossy(&value).into_owned(),
                         ..MemberInfo::default()
                     }),
+                    3 => Command::AddMember {
+                        id: u64::from(key.first().copied().unwrap_or(0)),
+                        peer_urls: vec![String::from_utf8_lossy(&value).into_owned()],
+                        promote: value.len() % 2 == 0,
+                    },
+                    _ => Command::RemoveMember {
+                        id: u64::from(key.first().copied().unwrap_or(0)),
+                    },
                 };
                 s.apply(command);
             }

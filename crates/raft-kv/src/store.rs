@@ -4,8 +4,15 @@
 //! put and for every delete that removes something; each key carries its `create_revision`,
 //! `mod_revision` and `version` (puts since creation), as in etcd. There is no history: a read
 //! at an older revision gets etcd's "compacted" error.
+//!
+//! It also keeps the cluster's member records (like etcd's membership store): each member's
+//! peer URLs (from `MemberAdd`/`MemberUpdate`, or from the member's first publication for the
+//! members of `--initial-cluster`), its name and client URLs (published by the member when it
+//! starts), the ids removed (which never come back), and the members added as voters that
+//! wait for their promotion. Which members vote is raft's configuration, not the store's: the
+//! records only describe members.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Bound;
 
@@ -30,7 +37,11 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
-/// What a member publishes about itself so that others can reach it.
+/// A member's record: what others need to reach it.
+///
+/// `peer_urls` is set by `MemberAdd` and `MemberUpdate` (for the members of
+/// `--initial-cluster`, by their first publication); `name` and `client_urls` are published by
+/// the member itself when it starts (both empty until then: an "unstarted" member).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// The member's raft id.
@@ -74,8 +85,32 @@ pub enum Command {
         /// Return the deleted key-value pairs (otherwise only their number).
         prev_kv: bool,
     },
-    /// Record a member's addresses.
+    /// A member publishes its name and client URLs (and, if its record has none yet, its
+    /// peer URLs). Ignored for a removed member.
     Publish(MemberInfo),
+    /// Record a new member before raft's configuration adds it (`MemberAdd`), so that every
+    /// member's transport learns its address when applying this.
+    AddMember {
+        /// Its raft id ([`member_id`](crate::config::member_id) of its peer URL).
+        id: u64,
+        /// Its peer URLs.
+        peer_urls: Vec<String>,
+        /// Added as a voter: the leader promotes it once it has started and caught up.
+        promote: bool,
+    },
+    /// Forget a member that raft's configuration no longer holds (`MemberRemove`), and
+    /// remember its id as removed.
+    RemoveMember {
+        /// Its raft id.
+        id: u64,
+    },
+    /// Give a member new peer URLs (`MemberUpdate`).
+    UpdateMember {
+        /// Its raft id.
+        id: u64,
+        /// The new peer URLs.
+        peer_urls: Vec<String>,
+    },
 }
 
 /// The result of applying a command.
@@ -104,17 +139,35 @@ pub enum Outcome {
     },
     /// A command that could not be decoded (never produced by raft-kv itself).
     Rejected(String),
+    /// A member record was added, removed or updated.
+    MemberChanged {
+        /// The store's revision (unchanged).
+        revision: i64,
+    },
+    /// A member record change was refused; the message is etcd's error for it.
+    MemberRefused(String),
 }
 
-/// The state: every key, the revision and the members' addresses.
+/// etcd's message for a peer URL that another member has.
+pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+
+/// The message for adding back a removed member id (etcd's ids are random and never repeat;
+/// raft-kv's derive from the peer URL, so a removed member's URL cannot be reused).
+pub const ID_REMOVED: &str = "etcdserver: ID removed: a member with this peer URL was removed \
+    from the cluster, and a removed id never comes back (its old data could still exist); \
+    give the new member another peer URL";
+
+/// The state: every key, the revision and the member records.
 ///
-/// Two stores are equal when they hold the same revision, keys and members; equal stores
-/// write identical snapshots ([`Store::write_snapshot`]).
+/// Two stores are equal when they hold the same revision, keys and member records; equal
+/// stores write identical snapshots ([`Store::write_snapshot`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Store {
     revision: i64,
     data: BTreeMap<Vec<u8>, KeyValue>,
     members: BTreeMap<u64, MemberInfo>,
+    removed: BTreeSet<u64>,
+    promotions: BTreeSet<u64>,
 }
 
 impl Default for Store {
@@ -123,8 +176,20 @@ impl Default for Store {
             revision: 1,
             data: BTreeMap::new(),
             members: BTreeMap::new(),
+            removed: BTreeSet::new(),
+            promotions: BTreeSet::new(),
         }
     }
+}
+
+/// The parts of a [`Store`], as the snapshot reader collects them.
+#[derive(Debug, Default)]
+pub(crate) struct StoreParts {
+    pub(crate) revision: i64,
+    pub(crate) data: BTreeMap<Vec<u8>, KeyValue>,
+    pub(crate) members: BTreeMap<u64, MemberInfo>,
+    pub(crate) removed: BTreeSet<u64>,
+    pub(crate) promotions: BTreeSet<u64>,
 }
 
 /// The keys `[key, range_end)` in etcd's encoding of ranges.
@@ -144,9 +209,28 @@ impl Store {
         self.revision
     }
 
-    /// The published members.
+    /// The member records, by id.
     pub fn members(&self) -> &BTreeMap<u64, MemberInfo> {
         &self.members
+    }
+
+    /// The ids of removed members (never members again).
+    pub fn removed(&self) -> &BTreeSet<u64> {
+        &self.removed
+    }
+
+    /// The members added as voters (`MemberAdd` without `isLearner`): the leader promotes
+    /// each while raft's configuration holds it as a learner. Removal clears the mark.
+    pub fn promotions(&self) -> &BTreeSet<u64> {
+        &self.promotions
+    }
+
+    /// The member other than `id` whose record has one of `peer_urls`, if any.
+    pub fn peer_url_owner(&self, peer_urls: &[String], id: u64) -> Option<u64> {
+        self.members
+            .values()
+            .find(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+            .map(|m| m.id)
     }
 
     /// Every key, in key order.
@@ -155,15 +239,13 @@ impl Store {
     }
 
     /// A store holding exactly this (the snapshot reader checks the maps' consistency).
-    pub(crate) fn from_parts(
-        revision: i64,
-        data: BTreeMap<Vec<u8>, KeyValue>,
-        members: BTreeMap<u64, MemberInfo>,
-    ) -> Store {
+    pub(crate) fn from_parts(parts: StoreParts) -> Store {
         Store {
-            revision,
-            data,
-            members,
+            revision: parts.revision,
+            data: parts.data,
+            members: parts.members,
+            removed: parts.removed,
+            promotions: parts.promotions,
         }
     }
 
@@ -262,11 +344,73 @@ impl Store {
                 }
             }
             Command::Publish(member) => {
-                self.members.insert(member.id, member);
+                if !self.removed.contains(&member.id) {
+                    match self.members.get_mut(&member.id) {
+                        Some(record) => {
+                            record.name = member.name;
+                            record.client_urls = member.client_urls;
+                            if record.peer_urls.is_empty() {
+                                record.peer_urls = member.peer_urls;
+                            }
+                        }
+                        None => {
+                            self.members.insert(member.id, member);
+                        }
+                    }
+                }
                 Outcome::Published {
                     revision: self.revision,
                 }
             }
+            Command::AddMember {
+                id,
+                peer_urls,
+                promote,
+            } => {
+                if self.removed.contains(&id) {
+                    return Outcome::MemberRefused(ID_REMOVED.into());
+                }
+                if self.peer_url_owner(&peer_urls, id).is_some() {
+                    return Outcome::MemberRefused(PEER_URL_EXISTS.into());
+                }
+                let record = self.members.entry(id).or_insert_with(|| MemberInfo {
+                    id,
+                    ..MemberInfo::default()
+                });
+                record.peer_urls = peer_urls;
+                if promote {
+                    self.promotions.insert(id);
+                }
+                self.member_changed()
+            }
+            Command::RemoveMember { id } => {
+                self.members.remove(&id);
+                self.promotions.remove(&id);
+                self.removed.insert(id);
+                self.member_changed()
+            }
+            Command::UpdateMember { id, peer_urls } => {
+                if self.removed.contains(&id) {
+                    return Outcome::MemberRefused(crate::server::MEMBER_NOT_FOUND.into());
+                }
+                if self.peer_url_owner(&peer_urls, id).is_some() {
+                    return Outcome::MemberRefused(PEER_URL_EXISTS.into());
+                }
+                self.members
+                    .entry(id)
+                    .or_insert_with(|| MemberInfo {
+                        id,
+                        ..MemberInfo::default()
+                    })
+                    .peer_urls = peer_urls;
+                self.member_changed()
+            }
+        }
+    }
+
+    fn member_changed(&self) -> Outcome {
+        Outcome::MemberChanged {
+            revision: self.revision,
         }
     }
 }
@@ -343,6 +487,88 @@ mod tests {
         put(&mut s, "a", "3");
         let a = s.range(b"a", b"").next().unwrap();
         assert_eq!((a.create_revision, a.version), (6, 1));
+    }
+
+    fn info(id: u64, name: &str, peer: &str, client: &str) -> MemberInfo {
+        MemberInfo {
+            id,
+            name: name.into(),
+            peer_urls: vec![peer.into()],
+            client_urls: if client.is_empty() {
+                vec![]
+            } else {
+                vec![client.into()]
+            },
+        }
+    }
+
+    #[test]
+    fn member_records_follow_adds_updates_publications_and_removals() {
+        let mut s = Store::default();
+        let changed = Outcome::MemberChanged { revision: 1 };
+        // An initial member's first publication creates its record.
+        s.apply(Command::Publish(info(1, "n1", "http://a:1", "http://a:2")));
+        assert_eq!(s.members()[&1], info(1, "n1", "http://a:1", "http://a:2"));
+        // An added member is unstarted until it publishes; its record keeps the peer URLs it
+        // was added with.
+        let add = |id: u64, url: &str, promote: bool| Command::AddMember {
+            id,
+            peer_urls: vec![url.into()],
+            promote,
+        };
+        assert_eq!(s.apply(add(2, "http://b:1", true)), changed);
+        assert_eq!(s.members()[&2], info(2, "", "http://b:1", ""));
+        assert!(s.promotions().contains(&2));
+        // Adding again (a retried MemberAdd) is harmless; another member's URL is refused.
+        assert_eq!(s.apply(add(2, "http://b:1", true)), changed);
+        assert_eq!(
+            s.apply(add(3, "http://a:1", false)),
+            Outcome::MemberRefused(PEER_URL_EXISTS.into())
+        );
+        s.apply(Command::Publish(info(
+            2,
+            "n2",
+            "http://ignored:1",
+            "http://b:2",
+        )));
+        assert_eq!(s.members()[&2], info(2, "n2", "http://b:1", "http://b:2"));
+        // An update moves the peer URL; publications do not move it back.
+        assert_eq!(
+            s.apply(Command::UpdateMember {
+                id: 2,
+                peer_urls: vec!["http://b:9".into()]
+            }),
+            changed
+        );
+        s.apply(Command::Publish(info(2, "n2", "http://b:1", "http://b:2")));
+        assert_eq!(s.members()[&2].peer_urls, ["http://b:9"]);
+        assert_eq!(
+            s.apply(Command::UpdateMember {
+                id: 2,
+                peer_urls: vec!["http://a:1".into()]
+            }),
+            Outcome::MemberRefused(PEER_URL_EXISTS.into())
+        );
+        // A removed id is gone for good: no record, no promotion, no publication, no add.
+        assert_eq!(s.apply(Command::RemoveMember { id: 2 }), changed);
+        assert!(!s.members().contains_key(&2));
+        assert!(s.removed().contains(&2) && s.promotions().is_empty());
+        s.apply(Command::Publish(info(2, "n2", "http://b:9", "http://b:2")));
+        assert!(!s.members().contains_key(&2));
+        assert_eq!(
+            s.apply(add(2, "http://b:1", false)),
+            Outcome::MemberRefused(ID_REMOVED.into())
+        );
+        assert!(matches!(
+            s.apply(Command::UpdateMember {
+                id: 2,
+                peer_urls: vec!["http://c:1".into()]
+            }),
+            Outcome::MemberRefused(_)
+        ));
+        // Its URL is free again for a member with another id.
+        assert_eq!(s.apply(add(4, "http://b:9", false)), changed);
+        assert_eq!(s.revision(), 1, "member changes leave the revision alone");
     }
 
     #[test]

@@ -174,11 +174,14 @@ fn bad_flags_exit_non_zero_with_a_reason() {
             "sideways",
         ),
         (
-            "existing on an empty data directory",
-            flags(&[("--initial-cluster-state", "existing")]),
-            "holds no member data",
+            "a damaged member id file (written below)",
+            flags(&[]),
+            "not a member id",
         ),
     ];
+    // The data directory keeps the member's id; a file that does not hold one is refused.
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(dir.path().join("data").join("member_id"), "not hex\n").unwrap();
     for (what, args, expected) in cases {
         let done = run_bounded(
             Command::new(BIN).args(&args).current_dir(dir.path()),

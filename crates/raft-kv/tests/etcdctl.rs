@@ -11,62 +11,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{bounded, run_bounded, Cluster, Finished};
+use common::{bounded, etcdctl_installed, etcdctl_ok, etcdctl_with_input, Cluster};
 use raft_kv::proto::etcdserverpb::{MemberListRequest, SnapshotRequest};
 use raft_kv::snapshot::{etcd_envelope, read_etcd_snapshot};
-
-/// Whether `etcdctl` runs here; fails under CI if it does not.
-fn etcdctl_installed() -> bool {
-    match Command::new("etcdctl").arg("version").output() {
-        Ok(out) if out.status.success() => true,
-        result => {
-            let why = match result {
-                Ok(out) => format!("`etcdctl version` failed: {}", out.status),
-                Err(e) => format!("etcdctl cannot be run: {e}"),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{why}; CI must have it: install the etcd-client package (apt-get install etcd-client)"
-            );
-            eprintln!("notice: {why}; skipping the etcdctl test (install the etcd-client package to run it)");
-            false
-        }
-    }
-}
-
-/// Runs `etcdctl` (API v3) against `endpoints` off the async threads, bounded in time.
-async fn etcdctl(endpoints: &str, args: &[&str]) -> Finished {
-    etcdctl_with_input(endpoints, args, "").await
-}
-
-/// [`etcdctl`] with `input` on its stdin.
-async fn etcdctl_with_input(endpoints: &str, args: &[&str], input: &str) -> Finished {
-    let mut command = Command::new("etcdctl");
-    command
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(["--dial-timeout=2s", "--command-timeout=5s"])
-        .args(args);
-    let input = input.to_string();
-    tokio::task::spawn_blocking(move || run_bounded(&mut command, &input, Duration::from_secs(15)))
-        .await
-        .expect("etcdctl runner")
-}
-
-/// Runs `etcdctl` and returns its stdout, failing unless it succeeds.
-async fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
-    let done = etcdctl(endpoints, args).await;
-    assert!(
-        done.status.success(),
-        "etcdctl {args:?} failed ({}):\n{}",
-        done.status,
-        done.stderr
-    );
-    done.stdout
-}
 
 /// The cells of `-w table` output: the header row, then one row per data line.
 fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {

@@ -64,7 +64,7 @@ const BIG_VALUE_BYTES: usize = 10 << 10;
 const BIG_KEYS: usize = 250;
 /// raft-core's default window of snapshot chunks in flight to one follower
 /// (`Config::snapshot_chunks_inflight_max`): what a resumed transfer may send twice.
-const CHUNKS_INFLIGHT_MAX: u64 = 16;
+const CHUNKS_INFLIGHT_MAX: u64 = 64;
 
 /// The flags every test passes, with `chunk_bytes` as `--snapshot-chunk-bytes` (default when
 /// `None`) and `segment_bytes` as `--log-segment-bytes`.
@@ -684,7 +684,7 @@ async fn a_follower_far_behind_catches_up_by_snapshot_then_by_log() {
 /// part-way.
 const TRANSFER_THROTTLE: u64 = 1 << 20;
 /// Chunks the follower must have received before the test interrupts the transfer.
-const INTERRUPT_AFTER_CHUNKS: u64 = 64;
+const INTERRUPT_AFTER_CHUNKS: u64 = 160;
 
 /// Starts a transfer to a follower left behind, throttled, and waits until it is part-way.
 /// Returns (leader, follower, chunks the follower had received).

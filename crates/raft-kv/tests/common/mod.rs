@@ -142,6 +142,11 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// `http://127.0.0.1:<advertised peer port>`: its entry in `--initial-cluster`.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.advertised_peer_port)
+    }
+
     /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
@@ -499,6 +504,66 @@ impl Cluster {
         }
     }
 
+    /// Ports and a data directory for one more member (`n<k>`), not running yet; later
+    /// members' `--initial-cluster` lists it. Add it to the cluster (`MemberAdd`) and start it
+    /// with [`State::Existing`] to have it join. Returns its index.
+    pub fn add_member(&mut self) -> usize {
+        let i = self.members.len();
+        let peer_port = free_port();
+        let name = format!("n{}", i + 1);
+        let m = Member {
+            data_dir: self.dir.path().join(&name),
+            name,
+            peer_port,
+            advertised_peer_port: peer_port,
+            metrics_port: None,
+            client_port: free_port(),
+            logs: Vec::new(),
+            child: None,
+        };
+        self.initial_cluster
+            .push_str(&format!(",{}={}", m.name, m.peer_url()));
+        self.members.push(m);
+        i
+    }
+
+    /// Moves member `i` (not running) to another peer port, in its own flags and everyone's
+    /// `--initial-cluster` from now on (after a `MemberUpdate`).
+    pub fn set_peer_port(&mut self, i: usize, port: u16) {
+        assert!(!self.members[i].is_running(), "stop the member first");
+        let old = format!("{}={}", self.members[i].name, self.members[i].peer_url());
+        self.members[i].peer_port = port;
+        self.members[i].advertised_peer_port = port;
+        let new = format!("{}={}", self.members[i].name, self.members[i].peer_url());
+        self.initial_cluster = self
+            .initial_cluster
+            .split(',')
+            .map(|e| if e == old { new.as_str() } else { e })
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+
+    /// Waits up to `limit` for member `i`'s process to exit by itself and reaps it; panics
+    /// if it still runs then.
+    pub async fn wait_exit(&mut self, i: usize, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = &mut self.members[i];
+            let child = m.child.as_mut().expect("a running member");
+            if let Some(status) = child.try_wait().expect("waiting for a child") {
+                m.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still runs after {limit:?}:\n{}",
+                m.name,
+                m.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The indexes of the running members.
     pub fn running(&self) -> Vec<usize> {
         (0..self.members.len())
@@ -835,4 +900,58 @@ pub fn assert_acked_present(
             }
         }
     }
+}
+
+/// Whether `etcdctl` runs here; fails under CI if it does not (CI must run the etcdctl parts
+/// of the tests), else prints a notice saying that they are skipped.
+pub fn etcdctl_installed() -> bool {
+    match Command::new("etcdctl").arg("version").output() {
+        Ok(out) if out.status.success() => true,
+        result => {
+            let why = match result {
+                Ok(out) => format!("`etcdctl version` failed: {}", out.status),
+                Err(e) => format!("etcdctl cannot be run: {e}"),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{why}; CI must have it: install the etcd-client package (apt-get install etcd-client)"
+            );
+            eprintln!("notice: {why}; skipping the etcdctl parts (install the etcd-client package to run them)");
+            false
+        }
+    }
+}
+
+/// How long one `etcdctl` command may take.
+pub const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs `etcdctl` (API v3) against `endpoints` off the async threads, bounded in time.
+pub async fn etcdctl(endpoints: &str, args: &[&str]) -> Finished {
+    etcdctl_with_input(endpoints, args, "").await
+}
+
+/// [`etcdctl`] with `input` on its stdin.
+pub async fn etcdctl_with_input(endpoints: &str, args: &[&str], input: &str) -> Finished {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(args);
+    let input = input.to_string();
+    tokio::task::spawn_blocking(move || run_bounded(&mut command, &input, ETCDCTL_TIMEOUT))
+        .await
+        .expect("etcdctl runner")
+}
+
+/// Runs `etcdctl` and returns its stdout, failing unless it succeeds.
+pub async fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let done = etcdctl(endpoints, args).await;
+    assert!(
+        done.status.success(),
+        "etcdctl {args:?} failed ({}):\n{}",
+        done.status,
+        done.stderr
+    );
+    done.stdout
 }
