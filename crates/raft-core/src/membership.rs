@@ -57,6 +57,12 @@ pub enum MembershipError {
         /// The rounds tried.
         rounds: u32,
     },
+    /// The server to promote is no longer a learner.
+    #[error("{id} is no longer a learner")]
+    NotALearner {
+        /// The server.
+        id: NodeId,
+    },
     /// Leadership was lost before the change finished; a configuration entry already in the
     /// log may still commit under the next leader.
     #[error("leadership lost before the change finished; it may still take effect")]

@@ -1353,8 +1353,13 @@ impl<S: Storage> Raft<S> {
         let id = c.id;
         if matched >= c.round_end && c.round_ticks <= self.cfg.election_ticks {
             if !self.membership.learners.contains(&id) {
-                // Removed meanwhile; nothing to promote.
+                // No longer a learner (cannot happen while this change is the one in
+                // progress, but the caller must hear an outcome either way).
                 self.pending_change = None;
+                self.membership_results.push(MembershipResult {
+                    request_id,
+                    result: Err(MembershipError::NotALearner { id }),
+                });
                 return;
             }
             let (next, _) = membership::plan(&self.membership, &MembershipChange::Promote(id))

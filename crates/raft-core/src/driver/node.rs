@@ -501,6 +501,9 @@ where
                         e @ MembershipError::CatchUpFailed { .. } => {
                             NodeError::CatchUpFailed(e.to_string())
                         }
+                        e @ MembershipError::NotALearner { .. } => {
+                            NodeError::MembershipRefused(e.to_string())
+                        }
                     }));
                 }
             }
