@@ -52,6 +52,10 @@ pub enum Error {
         /// The transfer's target.
         to: NodeId,
     },
+    /// A configuration change cannot start yet (another one is in progress, or this leader
+    /// has not committed an entry of its term); retry shortly.
+    #[error("configuration change not possible yet: {0}")]
+    MembershipChangePending(String),
     /// A configuration change was refused; the message says why.
     #[error("configuration change refused: {0}")]
     MembershipChange(String),

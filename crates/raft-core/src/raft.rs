@@ -1289,14 +1289,14 @@ impl<S: Storage> Raft<S> {
             || self.configs.current_index() > self.log.committed
             || self.membership.is_joint()
         {
-            return Err(Error::MembershipChange(
+            return Err(Error::MembershipChangePending(
                 "another configuration change is in progress; retry once it is done".into(),
             ));
         }
         if self.log.term(self.log.committed) != Some(self.term) {
             // Until an entry of its term commits, a new leader may not know the latest
             // committed configuration (the bug in the dissertation's single-server changes).
-            return Err(Error::MembershipChange(
+            return Err(Error::MembershipChangePending(
                 "this leader has not committed an entry of its term yet; retry shortly".into(),
             ));
         }

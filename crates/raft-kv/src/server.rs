@@ -335,12 +335,9 @@ impl Shared {
                 Ok(Ok(membership)) => return Ok(membership),
                 Ok(Err(e)) => e,
             };
-            // raft-core's refusals that pass say "retry"; a transfer makes the leader busy.
-            let transient = match &error {
-                NodeError::MembershipRefused(why) => why.contains("retry"),
-                NodeError::Busy(_) => true,
-                _ => false,
-            };
+            // Busy: another change in progress, a leader new to its term, or a leadership
+            // transfer; all pass.
+            let transient = matches!(error, NodeError::Busy(_));
             if !transient || Instant::now() + CHANGE_RETRY >= deadline {
                 return Err(node_error_status(error));
             }

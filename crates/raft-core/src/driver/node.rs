@@ -479,6 +479,7 @@ where
                 NodeError::Busy(format!("leadership is being transferred to {to}"))
             }
             Error::MembershipChange(why) => NodeError::MembershipRefused(why),
+            Error::MembershipChangePending(why) => NodeError::Busy(why),
             other => NodeError::Storage(other.to_string()),
         }
     }
