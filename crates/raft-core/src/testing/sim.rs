@@ -157,6 +157,11 @@ impl SimConfig {
             verbose: false,
             node,
         };
+        if cfg.membership_rate > 0.0 {
+            // Servers added late start empty and may need a snapshot over a slow, lossy
+            // link before the final proposals reach them.
+            cfg.liveness_ticks = 800;
+        }
         match (seed / 2) % 5 {
             0 => {}
             1 => {
