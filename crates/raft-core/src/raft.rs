@@ -296,8 +296,8 @@ impl<S: Storage> Raft<S> {
             _ => {
                 if self.election_elapsed >= self.randomized_election_ticks {
                     self.election_elapsed = 0;
-                    let excluded = !self.membership.is_empty()
-                        && !self.membership.members().contains(&self.id);
+                    let excluded =
+                        !self.membership.is_empty() && !is_member(&self.membership, self.id);
                     if excluded {
                         // Removed (or never added): it does not campaign, and after a few
                         // election timeouts without a leader it reports it.
@@ -1163,7 +1163,7 @@ impl<S: Storage> Raft<S> {
         let current = self.configs.current();
         if *current != self.membership {
             self.membership = current.clone();
-            if self.membership.members().contains(&self.id) {
+            if is_member(&self.membership, self.id) {
                 self.removed = false;
                 self.removed_timeouts = 0;
             }
@@ -1188,9 +1188,9 @@ impl<S: Storage> Raft<S> {
         if config_index <= self.log.committed {
             // A removed member is dropped once it holds the configuration that removes it
             // (so it knows, stops campaigning and reports its removal).
-            let members = self.membership.members();
+            let membership = &self.membership;
             self.progress
-                .retain(|id, p| members.contains(id) || p.match_index < config_index);
+                .retain(|&id, p| is_member(membership, id) || p.match_index < config_index);
         }
     }
 
@@ -1200,7 +1200,12 @@ impl<S: Storage> Raft<S> {
         if self.configs.current_index() > committed {
             return;
         }
-        self.sync_progress();
+        // Runs at every commit on the leader: drop removed members' progress only when there
+        // is some (no allocation otherwise).
+        let membership = &self.membership;
+        if self.progress.keys().any(|&id| !is_member(membership, id)) {
+            self.sync_progress();
+        }
         if let Some(change) = &self.pending_change {
             if let Stage::Commit { index, then } = &change.stage {
                 if *index <= committed {
@@ -1585,6 +1590,11 @@ fn append_ok(index: LogIndex) -> MessageBody {
         index,
         hint: None,
     })
+}
+
+/// Whether `id` is a voter (of either half) or a learner of `membership`.
+fn is_member(membership: &Membership, id: NodeId) -> bool {
+    membership.is_voter(id) || membership.learners.contains(&id)
 }
 
 /// A configuration change the leader is carrying out.

@@ -257,3 +257,32 @@ fn the_log_stays_bounded_when_snapshots_follow_the_writes() {
         c.committed_index()
     );
 }
+
+#[test]
+fn chunks_in_flight_stay_within_the_window() {
+    let mut c = cluster(11, 4, 2);
+    elect(&mut c, N1);
+    c.crash(N3);
+    write(&mut c, N1, 30);
+    c.snapshot(N1, 0).unwrap();
+    c.restart(N3).unwrap();
+    let mut most = 0;
+    let installed = c
+        .run_until(300, |c| {
+            let transfer = c
+                .node(N1)
+                .and_then(|r| r.progress(N3))
+                .and_then(|p| p.snapshot.as_ref());
+            if let Some(t) = transfer {
+                most = most.max(t.inflight.len());
+                assert!(t.acked <= t.sent && t.sent <= t.meta.size_bytes, "{t:?}");
+            }
+            c.report().snapshots_installed == 1
+        })
+        .unwrap();
+    assert!(installed);
+    assert_eq!(
+        most, 2,
+        "the window of 2 chunks was used and never exceeded"
+    );
+}

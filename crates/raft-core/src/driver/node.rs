@@ -815,21 +815,24 @@ where
         }
     }
 
+    /// Refreshes the shared status. Runs after every Ready: it copies the configuration only
+    /// when it changed.
     fn publish_status(&self) {
-        let status = self.raw.status();
-        *self.status.lock() = NodeStatus {
-            id: status.id,
-            term: status.hard_state.term,
-            leader: status.soft_state.leader,
-            is_leader: status.soft_state.role == Role::Leader,
-            commit_index: status.hard_state.commit,
-            applied_index: self.applied,
-            last_index: status.last_index,
-            first_index: self.raw.first_index(),
-            snapshots: self.stats.clone(),
-            membership: status.membership,
-            removed: status.removed,
-        };
+        let raw = &self.raw;
+        let mut status = self.status.lock();
+        status.id = raw.id();
+        status.term = raw.term();
+        status.leader = raw.leader();
+        status.is_leader = raw.role() == Role::Leader;
+        status.commit_index = raw.commit_index();
+        status.applied_index = self.applied;
+        status.last_index = raw.last_index();
+        status.first_index = raw.first_index();
+        status.snapshots.clone_from(&self.stats);
+        if status.membership != *raw.membership() {
+            status.membership = raw.membership().clone();
+        }
+        status.removed = raw.is_removed();
     }
 
     fn fail_all(&mut self, error: NodeError) {

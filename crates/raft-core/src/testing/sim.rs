@@ -350,6 +350,27 @@ struct SimNode<S> {
     removed_reported: bool,
 }
 
+impl<S> SimNode<S> {
+    /// A node that is down, with its store created with `initial`.
+    fn new(durable: S, initial: Membership) -> SimNode<S> {
+        SimNode {
+            raw: None,
+            durable,
+            pending: VecDeque::new(),
+            disk_busy_until: 0,
+            incarnation: 0,
+            applied: LogIndex(0),
+            applied_term: Term(0),
+            digest: 0,
+            snapshot: None,
+            partial: None,
+            applied_membership: initial.clone(),
+            initial,
+            removed_reported: false,
+        }
+    }
+}
+
 /// A configuration as a set key.
 fn config_key(m: &Membership) -> Vec<u8> {
     format!("{m:?}").into_bytes()
@@ -686,22 +707,7 @@ impl<F: StoreFactory> Cluster<F> {
             .configs_written
             .insert(config_key(&cluster.membership));
         for (&id, durable) in ids.iter().zip(stores) {
-            let initial = cluster.membership.clone();
-            let node = SimNode {
-                raw: None,
-                durable,
-                pending: VecDeque::new(),
-                disk_busy_until: 0,
-                incarnation: 0,
-                applied: LogIndex(0),
-                applied_term: Term(0),
-                digest: 0,
-                snapshot: None,
-                partial: None,
-                applied_membership: initial.clone(),
-                initial,
-                removed_reported: false,
-            };
+            let node = SimNode::new(durable, cluster.membership.clone());
             cluster.nodes.insert(id, node);
             cluster.start_node(id);
             // Stagger the tick phases so nodes do not tick in lockstep.
@@ -1469,24 +1475,7 @@ impl<F: StoreFactory> Cluster<F> {
         self.next_node += 1;
         let initial = Membership::default();
         let durable = self.factory.open(id, &initial);
-        self.nodes.insert(
-            id,
-            SimNode {
-                raw: None,
-                durable,
-                pending: VecDeque::new(),
-                disk_busy_until: 0,
-                incarnation: 0,
-                applied: LogIndex(0),
-                applied_term: Term(0),
-                digest: 0,
-                snapshot: None,
-                partial: None,
-                applied_membership: initial.clone(),
-                initial,
-                removed_reported: false,
-            },
-        );
+        self.nodes.insert(id, SimNode::new(durable, initial));
         self.start_node(id);
         let phase = self.rng.below(UNITS_PER_TICK);
         self.schedule(phase, Event::Tick(id));
