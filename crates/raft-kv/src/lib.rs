@@ -36,6 +36,11 @@ pub mod proto {
         tonic::include_proto!("etcdserverpb");
     }
     /// raft-kv's internal service.
+    /// etcd's `authpb` package.
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+    /// raft-kv's internal service.
     pub mod raftkv {
         tonic::include_proto!("raftkv");
     }
