@@ -1,23 +1,42 @@
-//! `cargo xtask bench kv`: writes per second and latency of a 3-member raft-kv cluster over
-//! gRPC, beside a 3-member etcd cluster driven by the same client code in the same run.
+//! `cargo xtask bench kv`: a 3-member raft-kv cluster over etcd's v3 gRPC API, beside a
+//! 3-member etcd cluster driven by the same client code (raft-kv's generated gRPC clients) in
+//! the same run. Every row prints operations per second, latency p50/p90/p99/p99.9/max (HDR
+//! histogram), errors and wrong answers, and the CPU time the members and the client used;
+//! a last table gives raft-kv's figures over etcd's, row by row.
 //!
-//! The workload is the one of etcd's `benchmark put` in etcd's performance documentation:
-//! 8 B keys, 256 B values, sequential keys, run as
-//! - 1 connection, 1 client, 10,000 puts, and
-//! - 100 connections, 1000 clients, 100,000 puts.
+//! The workloads (`--workloads put,txn,range,watch`, default all):
+//! - `put`, etcd's `benchmark put` of etcd's performance documentation: 8 B sequential keys
+//!   (put `i` writes the big-endian key `i`, so keys are distinct), one 256 B random value
+//!   throughout; 1 connection and 1 client making 10,000 puts, and 100 connections and 1000
+//!   clients making 100,000. Latency runs from sending a put to its answer.
+//! - `txn`, compare-and-swap: each client loops on `KV.Txn(compare mod_revision(key) ==
+//!   last seen; success: put key (256 B); failure: get key)`, learning the key's new
+//!   mod_revision from the answer (the header revision of a swap, the key the failure branch
+//!   read otherwise). Rows: 1 client (10,000 txns); 1000 clients on 100 connections (100,000)
+//!   with one key per client, contention-free, so every compare must succeed (a failed one is
+//!   a wrong result); and the same with 100 keys, 10 clients per key, where compares fail
+//!   under contention. Successful swaps and failed compares are counted apart; after the row,
+//!   one range over the row's keys checks each key's version is 1 + the swaps made on it.
+//! - `range`: single-key linearizable `KV.Range` (serializable = false) over 1000 keys written
+//!   before the row, each answer checked to be that key with its value; 1 client (10,000
+//!   reads) and 1000 clients on 100 connections (100,000).
+//! - `watch`, fan-out: 1000 watchers, each a Watch stream of its own with one watcher on one
+//!   key, spread over 100 connections and so over the members (followers first); one writer
+//!   on a connection of its own to the leader puts to that key, closed-loop (2,000 puts) or at
+//!   100 puts/s (1,000 puts). Each value carries its send time, so latency is put-to-event;
+//!   ops/s is the events delivered (to all watchers) per second, from the first put to the
+//!   last event. Every watcher must receive every put exactly once in revision order (see
+//!   [`crate::bench_kv_watch`]); a violation is a wrong result.
 //!
-//! Each client is closed-loop: one `KV.Put` outstanding at a time, the next one sent as soon as
-//! the answer arrives; client `c` uses connection `c % conns`. A shared counter hands out the
-//! puts, and put `i` writes the 8 B big-endian key `i` (so keys are distinct and sequential)
-//! with one 256 B random value, as etcd's tool writes one random value throughout. Latency runs
-//! from sending a put to its answer and goes into an HDR histogram; writes/s is the puts
-//! answered divided by the time from the first put to the last answer. Before timing, every
-//! connection is opened and makes one put that is not counted. Each row also reports the CPU
-//! time (user + system, from `/proc/PID/stat`, 10 ms resolution) that the leader, each follower
-//! and the benchmark client used while it ran, and the members' CPU per put: a figure the
-//! other processes on a shared machine disturb much less than writes/s.
+//! Clients of the put, txn and range rows are closed-loop: one request outstanding at a
+//! time, the next sent as soon as the answer arrives; client `c` uses connection `c % conns`.
+//! Before timing, every connection is opened and makes one put that is not counted, and the
+//! txn and range rows write their keys. Each row reports the CPU time (user + system, from
+//! `/proc/PID/stat`, 10 ms resolution) that the leader, each follower and the benchmark client
+//! used while it ran, and the members' CPU per operation: a figure the other processes on a
+//! shared machine disturb much less than ops/s.
 //!
-//! Each workload runs twice per system:
+//! The put, txn and range rows run twice per system:
 //! - `all members`: connections spread over every member's endpoint in turn, as etcd's
 //!   benchmark does with `--endpoints` listing all members (it dials `endpoints[i % n]` for
 //!   connection `i`). The list puts the followers first, so the 1-connection row talks to a
@@ -25,24 +44,30 @@
 //!   gRPC service; etcd forwards the proposal over raft);
 //! - `leader only`: every connection to the member that leads.
 //!
+//! The watch rows run once, watchers on all members.
+//!
 //! Both clusters run on loopback with the same flags (heartbeat 100 ms, election timeout
 //! 1000 ms), their data directories are temporary directories under one parent (so on the same
 //! file system), and they run one after the other, never at the same time. Both sync their
 //! logs: raft-kv fdatasyncs every write batch of raft-log-file (group commit; there is no
 //! switch to turn it off), etcd fdatasyncs its WAL for every raft batch (its default).
 //!
-//! `--puts-scale 0.01` shrinks the rows for a CI smoke run; `--timeout` bounds the whole run
-//! (rows not started in time are skipped, a row running at the bound is cut short) and
-//! `--row-secs` each row. A row with errors, cut short or skipped makes the command fail.
+//! `--puts-scale 0.01` shrinks every row's operations (clients and watchers stay) for a CI
+//! smoke run; `--timeout` bounds the whole run (rows not started in time are skipped, a row
+//! running at the bound is cut short) and `--row-secs` each row. A row with errors or wrong
+//! answers, cut short or skipped makes the command fail; a row the system answers with gRPC
+//! `Unimplemented` is reported `unserved` and does not.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::bench_kv_load::{drive, Load, PutClient, RowError};
+use crate::bench_kv_ops::{cas_row, range_row, RANGE_KEYS};
+use crate::bench_kv_watch::{watch_row, WATCH_DRAIN};
 use crate::machine::{cpu_model, file_system_of, mem_total, utc_now};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use raft_kv::proto::etcdserverpb::kv_client::KvClient;
 use raft_kv::proto::etcdserverpb::PutRequest;
@@ -55,10 +80,13 @@ use crate::cluster::{
 /// Options of `cargo xtask bench kv`.
 #[derive(Args)]
 pub struct KvArgs {
-    /// Multiply every row's number of puts by this (e.g. 0.01 for a smoke run); each client
-    /// still makes at least one put.
+    /// Multiply every row's number of operations (puts, txns, reads, the watch writer's puts)
+    /// by this (e.g. 0.01 for a smoke run); each client still makes at least one.
     #[arg(long, default_value_t = 1.0)]
     puts_scale: f64,
+    /// The workloads to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["put", "txn", "range", "watch"])]
+    workloads: Vec<Kind>,
     /// Bound on the whole run, in seconds: rows not started by then are skipped, a row running
     /// then is cut short.
     #[arg(long, default_value_t = 900.0)]
@@ -78,30 +106,96 @@ pub struct KvArgs {
     dir: Option<PathBuf>,
 }
 
-/// One line of etcd's `benchmark put` table.
-#[derive(Clone, Copy)]
-struct Workload {
-    conns: usize,
-    clients: usize,
-    puts: u64,
+/// A workload of `--workloads`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Kind {
+    /// etcd's `benchmark put`.
+    Put,
+    /// Compare-and-swap with `KV.Txn`.
+    Txn,
+    /// Single-key linearizable `KV.Range`.
+    Range,
+    /// One writer, 1000 watchers.
+    Watch,
 }
 
-/// The workloads of etcd's performance documentation.
-const WORKLOADS: [Workload; 2] = [
-    Workload {
-        conns: 1,
-        clients: 1,
-        puts: 10_000,
+/// One row's workload.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Spec {
+    pub kind: Kind,
+    /// Connections (watch: the watchers'; the writer has one more).
+    pub conns: usize,
+    /// Closed-loop clients (watch: watchers).
+    pub clients: usize,
+    /// Operations in all (watch: the writer's puts).
+    pub ops: u64,
+    /// Keys the clients share (txn).
+    pub keys: usize,
+    /// Puts per second of the watch writer (`None`: closed-loop).
+    pub rate: Option<f64>,
+}
+
+impl Spec {
+    const fn new(kind: Kind, conns: usize, clients: usize, ops: u64) -> Spec {
+        Spec {
+            kind,
+            conns,
+            clients,
+            ops,
+            keys: clients,
+            rate: None,
+        }
+    }
+
+    /// The workload column of the tables.
+    fn label(&self) -> String {
+        match (self.kind, self.rate) {
+            (Kind::Put, _) => "put".to_string(),
+            (Kind::Txn, _) if self.keys < self.clients => {
+                format!("txn CAS, {} clients/key", self.clients / self.keys)
+            }
+            (Kind::Txn, _) => "txn CAS, 1 key/client".to_string(),
+            (Kind::Range, _) => "range, linearizable".to_string(),
+            (Kind::Watch, None) => "watch, writer closed-loop".to_string(),
+            (Kind::Watch, Some(r)) => format!("watch, writer {r:.0} puts/s"),
+        }
+    }
+
+    /// The operations the row counts in its ops column: watch events expected, else `ops`.
+    fn expected_ops(&self) -> u64 {
+        match self.kind {
+            Kind::Watch => self.ops * self.clients as u64,
+            _ => self.ops,
+        }
+    }
+}
+
+/// Watchers of the watch rows.
+const WATCHERS: usize = 1000;
+/// Puts per second of the watch row with a paced writer.
+const WATCH_RATE: f64 = 100.0;
+
+/// Every row's workload, before `--puts-scale`.
+const SPECS: [Spec; 9] = [
+    Spec::new(Kind::Put, 1, 1, 10_000),
+    Spec::new(Kind::Put, 100, 1000, 100_000),
+    Spec::new(Kind::Txn, 1, 1, 10_000),
+    Spec::new(Kind::Txn, 100, 1000, 100_000),
+    Spec {
+        keys: 100,
+        ..Spec::new(Kind::Txn, 100, 1000, 100_000)
     },
-    Workload {
-        conns: 100,
-        clients: 1000,
-        puts: 100_000,
+    Spec::new(Kind::Range, 1, 1, 10_000),
+    Spec::new(Kind::Range, 100, 1000, 100_000),
+    Spec::new(Kind::Watch, 100, WATCHERS, 2_000),
+    Spec {
+        rate: Some(WATCH_RATE),
+        ..Spec::new(Kind::Watch, 100, WATCHERS, 1_000)
     },
 ];
 
 /// Where a row's connections go.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
     /// Every member in turn, followers first.
     All,
@@ -131,10 +225,10 @@ const RAFT_KV_BASE_PORT: u16 = 13379;
 const ETCD_BASE_PORT: u16 = 14379;
 /// Members per cluster.
 const MEMBERS: u16 = 3;
-/// Key and value sizes of the workload.
+/// Key and value sizes of the put workload (values of every workload).
 const KEY_BYTES: usize = 8;
-const VALUE_BYTES: usize = 256;
-/// A single put that takes longer than this counts as an error.
+pub const VALUE_BYTES: usize = 256;
+/// A single request that takes longer than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a cluster may take to start and elect a leader.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,7 +246,10 @@ pub fn run(args: KvArgs) -> bool {
 
 fn run_bench(args: &KvArgs) -> Result<bool, String> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(args.timeout.max(0.0));
+    let limits = Limits {
+        deadline: started + Duration::from_secs_f64(args.timeout.max(0.0)),
+        row: Duration::from_secs_f64(args.row_secs.max(0.0)),
+    };
     let base = args
         .dir
         .clone()
@@ -169,7 +266,7 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
             args.etcd.display()
         ))
     };
-    let rows = rows(args.puts_scale);
+    let rows = rows(args.puts_scale, &args.workloads);
     print_header(args, &base, &binary, etcd.as_ref(), &rows)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,61 +274,64 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    let limits = Limits {
-        deadline,
-        row: Duration::from_secs_f64(args.row_secs.max(0.0)),
-    };
-    // Members are spawned from this (the main) thread: `setpriv --pdeathsig` ties them to it.
-    let ours = runtime.block_on(bench_system(
-        "raft-kv",
-        &Server {
+    let systems = [
+        Ok(("raft-kv", binary, "info", RAFT_KV_BASE_PORT)),
+        etcd.map(|b| ("etcd", b, "error", ETCD_BASE_PORT)),
+    ];
+    let mut runs = Vec::new();
+    for system in systems {
+        let (name, binary, log_level, port) = match system {
+            Ok(s) => s,
+            Err(why) => {
+                println!("\netcd: not run ({why})");
+                continue;
+            }
+        };
+        let server = Server {
             binary,
-            log_level: "info".to_string(),
-            token: "bench-raft-kv".to_string(),
-        },
-        &base,
-        RAFT_KV_BASE_PORT,
-        &rows,
-        limits,
-    ));
-    let theirs = match &etcd {
-        Ok(binary) => Some(runtime.block_on(bench_system(
-            "etcd",
-            &Server {
-                binary: binary.clone(),
-                log_level: "error".to_string(),
-                token: "bench-etcd".to_string(),
-            },
-            &base,
-            ETCD_BASE_PORT,
-            &rows,
-            limits,
-        ))),
-        Err(why) => {
-            println!("\netcd: not run ({why})");
-            None
-        }
-    };
-    if let Some(theirs) = &theirs {
-        print_ratios(&ours, theirs);
+            log_level: log_level.to_string(),
+            token: format!("bench-{name}"),
+        };
+        // Members are spawned from this (the main) thread: `setpriv --pdeathsig` ties them to it.
+        runs.push(runtime.block_on(bench_system(name, &server, &base, port, &rows, limits)));
+    }
+    if let [ours, theirs] = &runs[..] {
+        print_ratios(ours, theirs, &rows);
     }
     print_reference();
     println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
-    let ok = ours.ok() && theirs.as_ref().is_none_or(SystemRun::ok);
+    let ok = runs.iter().all(SystemRun::ok);
     if !ok {
-        println!("FAILED: a row had errors, was cut short or skipped, or a cluster failed");
+        println!(
+            "FAILED: a row had errors or wrong answers, was cut short or skipped, or a cluster \
+             failed"
+        );
     }
     Ok(ok)
 }
 
-/// The rows of the run, with `--puts-scale` applied.
-fn rows(scale: f64) -> Vec<(Workload, Target)> {
-    WORKLOADS
+/// The rows of the run for `kinds`, with `--puts-scale` applied: put, txn and range rows
+/// against all members then the leader, watch rows against all members.
+fn rows(scale: f64, kinds: &[Kind]) -> Vec<(Spec, Target)> {
+    SPECS
         .iter()
-        .flat_map(|w| {
-            let puts = ((w.puts as f64 * scale).round() as u64).max(w.clients as u64);
-            let w = Workload { puts, ..*w };
-            [(w, Target::All), (w, Target::Leader)]
+        .filter(|s| kinds.contains(&s.kind))
+        .flat_map(|s| {
+            let least = if s.kind == Kind::Watch {
+                1
+            } else {
+                s.clients as u64
+            };
+            let spec = Spec {
+                ops: ((s.ops as f64 * scale).round() as u64).max(least),
+                ..*s
+            };
+            let targets: &[Target] = if s.kind == Kind::Watch {
+                &[Target::All]
+            } else {
+                &[Target::All, Target::Leader]
+            };
+            targets.iter().map(move |&t| (spec, t))
         })
         .collect()
 }
@@ -252,61 +352,75 @@ struct SystemRun {
 }
 
 impl SystemRun {
+    /// Every row clean or unserved, and the cluster did not fail.
     fn ok(&self) -> bool {
         self.failure.is_none()
-            && self
-                .rows
-                .iter()
-                .all(|r| r.load.as_ref().is_ok_and(|l| l.errors == 0 && !l.cut_short))
+            && self.rows.iter().all(|r| match &r.load {
+                Ok(l) => l.clean(),
+                Err(RowError::Unserved(_)) => true,
+                Err(RowError::Failed(_)) => false,
+            })
     }
 
-    fn row(&self, workload: Workload, target: Target) -> Option<&Load> {
+    fn row(&self, spec: Spec, target: Target) -> Option<&Result<Load, RowError>> {
         self.rows
             .iter()
-            .find(|r| r.workload.clients == workload.clients && r.target == target)
-            .and_then(|r| r.load.as_ref().ok())
+            .find(|r| r.spec == spec && r.target == target)
+            .map(|r| &r.load)
     }
 }
 
 struct Row {
-    workload: Workload,
+    spec: Spec,
     target: Target,
-    load: Result<Load, String>,
+    load: Result<Load, RowError>,
 }
 
-/// What one row measured.
-struct Load {
-    puts: u64,
-    errors: u64,
-    first_error: Option<String>,
-    secs: f64,
-    /// Latency of the successful puts, µs.
-    hist: Histogram<u64>,
-    cut_short: bool,
-    conns_on_leader: usize,
-    /// CPU seconds the leader, each follower and the client used during the row.
-    cpu: Option<Vec<f64>>,
+/// What a row's workload needs of the run: its connections, bounds and CPU meter.
+pub struct RowCtx<'a> {
+    /// The row's number in the run (keys of different rows differ).
+    pub row: usize,
+    /// When the row must end.
+    pub deadline: Instant,
+    /// The endpoint of each of the row's connections.
+    endpoints: Vec<String>,
+    cluster: &'a Cluster,
+    leader: usize,
 }
 
-impl Load {
-    fn writes_per_sec(&self) -> f64 {
-        if self.secs > 0.0 {
-            self.puts as f64 / self.secs
-        } else {
-            0.0
-        }
+impl RowCtx<'_> {
+    /// The row's connections, each with the request timeout and one untimed put made.
+    pub async fn connect(&self) -> Result<Vec<Channel>, RowError> {
+        connect(&self.endpoints, Some(REQUEST_TIMEOUT))
+            .await
+            .map_err(RowError::Failed)
     }
 
-    /// CPU time of all members per put answered, µs.
-    fn members_cpu_us_per_put(&self) -> Option<f64> {
-        let cpu = self.cpu.as_ref()?;
-        let members: f64 = cpu[..cpu.len() - 1].iter().sum();
-        (self.puts > 0).then(|| members * 1e6 / self.puts as f64)
+    /// The row's connections without a request timeout (for streams that last the row).
+    pub async fn connect_streaming(&self) -> Result<Vec<Channel>, RowError> {
+        connect(&self.endpoints, None)
+            .await
+            .map_err(RowError::Failed)
     }
 
-    /// Latency at quantile `q`, ms.
-    fn ms(&self, q: f64) -> f64 {
-        self.hist.value_at_quantile(q) as f64 / 1000.0
+    /// One more connection, to the leader, with the request timeout.
+    pub async fn connect_leader(&self) -> Result<Channel, RowError> {
+        let leader = [self.cluster.members[self.leader].addr.endpoint()];
+        let mut channels = connect(&leader, Some(REQUEST_TIMEOUT))
+            .await
+            .map_err(RowError::Failed)?;
+        Ok(channels.remove(0))
+    }
+
+    /// CPU seconds used so far by the leader, the followers and this process.
+    pub fn cpu(&self) -> Option<Vec<f64>> {
+        cpu_snapshot(self.cluster, self.leader)
+    }
+
+    /// CPU seconds used since `before` (from [`RowCtx::cpu`]).
+    pub fn cpu_since(&self, before: Option<Vec<f64>>) -> Option<Vec<f64>> {
+        let after = self.cpu()?;
+        Some(after.iter().zip(&before?).map(|(a, b)| a - b).collect())
     }
 }
 
@@ -317,7 +431,7 @@ async fn bench_system(
     server: &Server,
     base: &Path,
     base_port: u16,
-    rows: &[(Workload, Target)],
+    rows: &[(Spec, Target)],
     limits: Limits,
 ) -> SystemRun {
     let mut run = SystemRun {
@@ -357,7 +471,7 @@ async fn run_rows(
     server: &Server,
     dir: &Path,
     addrs: &[MemberAddr],
-    rows: &[(Workload, Target)],
+    rows: &[(Spec, Target)],
     limits: Limits,
     run: &mut SystemRun,
 ) -> Result<(), String> {
@@ -381,45 +495,74 @@ async fn run_rows(
         dir.display()
     );
     print_table_head();
-    for &(workload, target) in rows {
-        let load = if Instant::now() >= limits.deadline {
-            Err("skipped: --timeout reached".to_string())
-        } else {
-            // The leader may have changed since the last row: ask again.
-            let settled = cluster.wait_settled(SETTLE_TIMEOUT).await?;
-            let endpoints = endpoints(addrs, settled.leader, target, workload.conns);
-            let conns_on_leader = endpoints
-                .iter()
-                .filter(|e| **e == addrs[settled.leader].endpoint())
-                .count();
-            let deadline = limits.deadline.min(Instant::now() + limits.row);
-            match connect(&endpoints).await {
-                Err(e) => Err(e),
-                Ok(channels) => {
-                    let before = cpu_snapshot(&cluster, settled.leader);
-                    let mut load = drive(&channels, workload, deadline).await;
-                    let after = cpu_snapshot(&cluster, settled.leader);
-                    if let Ok(l) = &mut load {
-                        l.conns_on_leader = conns_on_leader;
-                        l.cpu = before
-                            .zip(after)
-                            .map(|(b, a)| a.iter().zip(&b).map(|(a, b)| a - b).collect());
-                    }
-                    load
-                }
-            }
-        };
-        print_row(workload, target, &load);
-        run.rows.push(Row {
-            workload,
-            target,
-            load,
-        });
+    for (n, &(spec, target)) in rows.iter().enumerate() {
+        let load = measure_row(&mut cluster, addrs, n, spec, target, limits).await?;
+        print_row(spec, target, &load);
+        run.rows.push(Row { spec, target, load });
         cluster.check_alive()?;
     }
     let stopped = cluster.stop(STOP_GRACE);
     println!("\nstopped: {}", stopped.join("; "));
     Ok(())
+}
+
+/// Runs row `n` unless the run's time is up. Fails (the whole system's run) only if the
+/// cluster does not settle.
+async fn measure_row(
+    cluster: &mut Cluster,
+    addrs: &[MemberAddr],
+    n: usize,
+    spec: Spec,
+    target: Target,
+    limits: Limits,
+) -> Result<Result<Load, RowError>, String> {
+    if Instant::now() >= limits.deadline {
+        return Ok(Err(RowError::Failed(
+            "skipped: --timeout reached".to_string(),
+        )));
+    }
+    // The leader may have changed since the last row: ask again.
+    let leader = cluster.wait_settled(SETTLE_TIMEOUT).await?.leader;
+    let endpoints = endpoints(addrs, leader, target, spec.conns);
+    let conns_on_leader = endpoints
+        .iter()
+        .filter(|e| **e == addrs[leader].endpoint())
+        .count();
+    let ctx = RowCtx {
+        row: n,
+        deadline: limits.deadline.min(Instant::now() + limits.row),
+        endpoints,
+        cluster,
+        leader,
+    };
+    let mut load = match spec.kind {
+        Kind::Put => put_row(&ctx, spec).await,
+        Kind::Txn => cas_row(&ctx, spec).await,
+        Kind::Range => range_row(&ctx, spec).await,
+        Kind::Watch => watch_row(&ctx, spec).await,
+    };
+    if let Ok(l) = &mut load {
+        l.conns_on_leader = conns_on_leader;
+    }
+    Ok(load)
+}
+
+/// Runs a put row: put `i` writes the 8 B big-endian key `i` with one 256 B random value.
+async fn put_row(ctx: &RowCtx<'_>, spec: Spec) -> Result<Load, RowError> {
+    let channels = ctx.connect().await?;
+    let value = Arc::new(random_bytes(VALUE_BYTES));
+    let clients: Vec<PutClient> = (0..spec.clients)
+        .map(|c| PutClient {
+            kv: KvClient::new(channels[c % channels.len()].clone()),
+            value: Arc::clone(&value),
+        })
+        .collect();
+    let before = ctx.cpu();
+    let (mut load, _) = drive(clients, spec.ops, ctx.deadline)
+        .await
+        .map_err(RowError::Failed)?;
+    load.cpu = ctx.cpu_since(before);
+    Ok(load)
 }
 
 /// The endpoint of each of `conns` connections: every member in turn (followers first) or the
@@ -440,15 +583,6 @@ fn endpoints(addrs: &[MemberAddr], leader: usize, target: Target, conns: usize) 
         .collect()
 }
 
-/// What one client did.
-struct ClientResult {
-    hist: Histogram<u64>,
-    puts: u64,
-    errors: u64,
-    first_error: Option<String>,
-    cut_short: bool,
-}
-
 /// CPU seconds used so far by the leader, the followers (in member order) and this process.
 fn cpu_snapshot(cluster: &Cluster, leader: usize) -> Option<Vec<f64>> {
     let mut secs = vec![cluster.members[leader].cpu_secs()?];
@@ -461,205 +595,125 @@ fn cpu_snapshot(cluster: &Cluster, leader: usize) -> Option<Vec<f64>> {
     Some(secs)
 }
 
-/// Opens one connection per endpoint and makes one untimed put on each.
-async fn connect(endpoints: &[String]) -> Result<Vec<Channel>, String> {
+/// Opens one connection per endpoint and makes one untimed put on each; `timeout` bounds
+/// every request on them (`None` for connections carrying streams that last a row).
+async fn connect(endpoints: &[String], timeout: Option<Duration>) -> Result<Vec<Channel>, String> {
     let value = random_bytes(VALUE_BYTES);
     let mut channels: Vec<Channel> = Vec::new();
     for ep in endpoints {
-        let channel = Endpoint::from_shared(format!("http://{ep}"))
+        let mut endpoint = Endpoint::from_shared(format!("http://{ep}"))
             .map_err(|e| e.to_string())?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(t) = timeout {
+            endpoint = endpoint.timeout(t);
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
-        KvClient::new(channel.clone())
-            .put(PutRequest {
-                key: b"bench-kv-warm-up".to_vec(),
-                value: value.clone(),
-                ..PutRequest::default()
-            })
+        let mut kv = KvClient::new(channel.clone());
+        let warm_up = kv.put(PutRequest {
+            key: b"bench-kv-warm-up".to_vec(),
+            value: value.clone(),
+            ..PutRequest::default()
+        });
+        tokio::time::timeout(REQUEST_TIMEOUT, warm_up)
             .await
+            .map_err(|_| format!("warm-up put on {ep}: no answer in {REQUEST_TIMEOUT:?}"))?
             .map_err(|e| format!("warm-up put on {ep}: {}: {}", e.code(), e.message()))?;
         channels.push(channel);
     }
     Ok(channels)
 }
 
-/// Runs one row: the clients loop until the puts are all handed out or `deadline` passes.
-async fn drive(channels: &[Channel], w: Workload, deadline: Instant) -> Result<Load, String> {
-    let value = random_bytes(VALUE_BYTES);
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(w.clients);
-    for c in 0..w.clients {
-        let mut kv = KvClient::new(channels[c % channels.len()].clone());
-        let next = Arc::clone(&next);
-        let value = value.clone();
-        let total = w.puts;
-        tasks.push(tokio::spawn(async move {
-            let mut r = ClientResult {
-                hist: new_hist(),
-                puts: 0,
-                errors: 0,
-                first_error: None,
-                cut_short: false,
-            };
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    r.cut_short = true;
-                    break;
-                }
-                let request = PutRequest {
-                    key: i.to_be_bytes().to_vec(),
-                    value: value.clone(),
-                    ..PutRequest::default()
-                };
-                let t0 = Instant::now();
-                match kv.put(request).await {
-                    Ok(_) => {
-                        r.hist.saturating_record(t0.elapsed().as_micros() as u64);
-                        r.puts += 1;
-                    }
-                    Err(e) => {
-                        r.errors += 1;
-                        r.first_error
-                            .get_or_insert_with(|| format!("{}: {}", e.code(), e.message()));
-                    }
-                }
-            }
-            r
-        }));
-    }
-    let mut load = Load {
-        puts: 0,
-        errors: 0,
-        first_error: None,
-        secs: 0.0,
-        hist: new_hist(),
-        cut_short: false,
-        conns_on_leader: 0,
-        cpu: None,
-    };
-    for t in tasks {
-        let r = t.await.map_err(|e| format!("a client task failed: {e}"))?;
-        load.hist
-            .add(&r.hist)
-            .map_err(|e| format!("merging histograms: {e}"))?;
-        load.puts += r.puts;
-        load.errors += r.errors;
-        load.cut_short |= r.cut_short;
-        if load.first_error.is_none() {
-            load.first_error = r.first_error;
-        }
-    }
-    load.secs = start.elapsed().as_secs_f64();
-    Ok(load)
-}
-
 fn print_table_head() {
     println!();
     println!(
-        "| target      | conns | clients |    puts | conns on leader | seconds |  writes/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | members' CPU µs/put | CPU s: leader / followers / client |"
+        "| workload                  | target      | conns | clients |     ops | conns on leader | seconds |     ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | wrong | members' CPU µs/op | CPU s: leader / followers / client |"
     );
     println!(
-        "|-------------|------:|--------:|--------:|----------------:|--------:|----------:|-------:|-------:|---------:|-------:|-------:|--------------------:|------------------------------------|"
+        "|---------------------------|-------------|------:|--------:|--------:|----------------:|--------:|----------:|-------:|-------:|-------:|---------:|-------:|-------:|------:|-------------------:|------------------------------------|"
     );
 }
 
-fn print_row(w: Workload, target: Target, load: &Result<Load, String>) {
+fn print_row(spec: Spec, target: Target, load: &Result<Load, RowError>) {
     let head = format!(
-        "| {:<11} | {:>5} | {:>7} | {:>7} |",
+        "| {:<25} | {:<11} | {:>5} | {:>7} | {:>7} |",
+        spec.label(),
         target.label(),
-        w.conns,
-        w.clients,
-        w.puts
+        spec.conns,
+        spec.clients,
+        spec.expected_ops()
     );
-    match load {
-        Err(e) => println!("{head} {e}"),
-        Ok(l) => {
-            println!(
-                "{head} {:>15} | {:>7.2} | {:>9.0} | {:>6.2} | {:>6.2} | {:>8.2} | {:>6.2} | {:>6} | {:>19} | {:<34} |{}",
-                format!("{} / {}", l.conns_on_leader, w.conns),
-                l.secs,
-                l.writes_per_sec(),
-                l.ms(0.5),
-                l.ms(0.99),
-                l.ms(0.999),
-                l.hist.max() as f64 / 1000.0,
-                l.errors,
-                l.members_cpu_us_per_put()
-                    .map_or_else(|| "?".to_string(), |us| format!("{us:.0}")),
-                l.cpu.as_ref().map_or_else(
-                    || "?".to_string(),
-                    |c| c
-                        .iter()
-                        .map(|s| format!("{s:.2}"))
-                        .collect::<Vec<_>>()
-                        .join(" / ")
-                ),
-                if l.cut_short {
-                    format!(" CUT SHORT at the time bound after {} puts", l.puts)
-                } else {
-                    String::new()
-                }
-            );
-            if let Some(e) = &l.first_error {
-                println!("  first error: {e}");
-            }
+    let l = match load {
+        Err(RowError::Unserved(e)) => return println!("{head} unserved ({e})"),
+        Err(RowError::Failed(e)) => return println!("{head} {e}"),
+        Ok(l) => l,
+    };
+    println!(
+        "{head} {:>15} | {:>7.2} | {:>9.0} | {:>6.2} | {:>6.2} | {:>6.2} | {:>8.2} | {:>6.2} | {:>6} | {:>5} | {:>18} | {:<34} |{}",
+        format!("{} / {}", l.conns_on_leader, spec.conns),
+        l.secs,
+        l.ops_per_sec(),
+        l.ms(0.5),
+        l.ms(0.9),
+        l.ms(0.99),
+        l.ms(0.999),
+        l.hist.max() as f64 / 1000.0,
+        l.errors,
+        l.wrong,
+        l.members_cpu_us_per_op()
+            .map_or_else(|| "?".to_string(), |us| format!("{us:.0}")),
+        l.cpu.as_ref().map_or_else(
+            || "?".to_string(),
+            |c| c
+                .iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+        if l.cut_short {
+            format!(" CUT SHORT after {} ops", l.ops)
+        } else {
+            String::new()
         }
+    );
+    for d in &l.detail {
+        println!("  {d}");
+    }
+    if let Some(e) = &l.first_error {
+        println!("  first error: {e}");
+    }
+    if let Some(e) = &l.first_wrong {
+        println!("  WRONG RESULT: {e}");
     }
 }
 
 /// raft-kv's figures over etcd's, row by row.
-fn print_ratios(ours: &SystemRun, theirs: &SystemRun) {
+fn print_ratios(ours: &SystemRun, theirs: &SystemRun, rows: &[(Spec, Target)]) {
     println!(
-        "\n## raft-kv / etcd (same run, same client; writes/s above 1 and latency below 1 \
-         favour raft-kv, as does members' CPU per put below 1)\n"
+        "\n## raft-kv / etcd (same run, same client; ops/s above 1 and latency below 1 \
+         favour raft-kv, as does members' CPU per op below 1)\n"
     );
     println!(
-        "| target      | clients | raft-kv writes/s | etcd writes/s | writes/s ratio | p50 ratio | p99 ratio | p99.9 ratio | CPU/put ratio |"
+        "| workload                  | target      | clients | raft-kv ops/s | etcd ops/s | ops/s ratio | p50 ratio | p90 ratio | p99 ratio | p99.9 ratio | CPU/op ratio |"
     );
     println!(
-        "|-------------|--------:|-----------------:|--------------:|---------------:|----------:|----------:|------------:|--------------:|"
+        "|---------------------------|-------------|--------:|--------------:|-----------:|------------:|----------:|----------:|----------:|------------:|-------------:|"
     );
-    for w in WORKLOADS {
-        for target in [Target::All, Target::Leader] {
-            let (Some(a), Some(b)) = (ours.row(w, target), theirs.row(w, target)) else {
-                println!(
-                    "| {:<11} | {:>7} | (a row is missing: see above)",
-                    target.label(),
-                    w.clients
-                );
-                continue;
-            };
-            let ratio = |x: f64, y: f64| {
-                if y > 0.0 && x.is_finite() {
-                    format!("{:.2}x", x / y)
-                } else {
-                    "-".to_string()
-                }
-            };
-            println!(
-                "| {:<11} | {:>7} | {:>16.0} | {:>13.0} | {:>14} | {:>9} | {:>9} | {:>11} | {:>13} |",
-                target.label(),
-                w.clients,
-                a.writes_per_sec(),
-                b.writes_per_sec(),
-                ratio(a.writes_per_sec(), b.writes_per_sec()),
-                ratio(a.ms(0.5), b.ms(0.5)),
-                ratio(a.ms(0.99), b.ms(0.99)),
-                ratio(a.ms(0.999), b.ms(0.999)),
-                ratio(
-                    a.members_cpu_us_per_put().unwrap_or(f64::NAN),
-                    b.members_cpu_us_per_put().unwrap_or(0.0)
-                ),
-            );
+    for &(spec, target) in rows {
+        let head = format!(
+            "| {:<25} | {:<11} | {:>7} |",
+            spec.label(),
+            target.label(),
+            spec.clients
+        );
+        match (ours.row(spec, target), theirs.row(spec, target)) {
+            (Some(Ok(a)), Some(Ok(b))) => println!("{head} {}", ratio_cells(a, b)),
+            (Some(Err(RowError::Unserved(_))), _) => println!("{head} raft-kv: unserved"),
+            (_, Some(Err(RowError::Unserved(_)))) => println!("{head} etcd: unserved"),
+            _ => println!("{head} (a row is missing or failed: see above)"),
         }
     }
     for s in [ours, theirs] {
@@ -667,6 +721,31 @@ fn print_ratios(ours: &SystemRun, theirs: &SystemRun) {
             println!("{}: {f}", s.name);
         }
     }
+}
+
+/// The cells of a ratio row: `a`'s figures, `b`'s, and their ratios.
+fn ratio_cells(a: &Load, b: &Load) -> String {
+    let ratio = |x: f64, y: f64| {
+        if y > 0.0 && x.is_finite() {
+            format!("{:.2}x", x / y)
+        } else {
+            "-".to_string()
+        }
+    };
+    format!(
+        "{:>13.0} | {:>10.0} | {:>11} | {:>9} | {:>9} | {:>9} | {:>11} | {:>12} |",
+        a.ops_per_sec(),
+        b.ops_per_sec(),
+        ratio(a.ops_per_sec(), b.ops_per_sec()),
+        ratio(a.ms(0.5), b.ms(0.5)),
+        ratio(a.ms(0.9), b.ms(0.9)),
+        ratio(a.ms(0.99), b.ms(0.99)),
+        ratio(a.ms(0.999), b.ms(0.999)),
+        ratio(
+            a.members_cpu_us_per_op().unwrap_or(f64::NAN),
+            b.members_cpu_us_per_op().unwrap_or(0.0)
+        ),
+    )
 }
 
 fn print_reference() {
@@ -685,35 +764,10 @@ fn print_header(
     base: &Path,
     raft_kv: &Path,
     etcd: Result<&PathBuf, &String>,
-    rows: &[(Workload, Target)],
+    rows: &[(Spec, Target)],
 ) -> Result<(), String> {
-    let client_build = if cfg!(debug_assertions) {
-        "debug (debug assertions on): client figures are not representative"
-    } else {
-        "release"
-    };
     println!("# cargo xtask bench kv");
-    println!("date (UTC):   {}", utc_now());
-    println!("cpu:          {}", cpu_model());
-    println!(
-        "cores:        {} (available parallelism; the 3 members, and the client on 2 tokio \
-         workers, share them)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("memory:       {}", mem_total());
-    println!(
-        "kernel:       {}",
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
-    );
-    println!(
-        "build:        raft-kv release ({}), benchmark client {client_build}",
-        raft_kv.display()
-    );
-    match etcd {
-        Ok(path) => println!("etcd:         {} ({})", etcd_version(path), path.display()),
-        Err(why) => println!("etcd:         not run: {why}"),
-    }
+    print_machine(raft_kv, etcd);
     println!("directory:    {} (both clusters' data)", base.display());
     println!("file system:  {}", file_system_of(base));
     println!(
@@ -744,14 +798,58 @@ fn print_header(
         u32::from(ETCD_BASE_PORT) + 10_000,
         u32::from(ETCD_BASE_PORT) + 20_000,
     );
+    print_workloads(args, rows);
+    Ok(())
+}
+
+/// The machine and build lines of the header.
+fn print_machine(raft_kv: &Path, etcd: Result<&PathBuf, &String>) {
+    let client_build = if cfg!(debug_assertions) {
+        "debug (debug assertions on): client figures are not representative"
+    } else {
+        "release"
+    };
+    println!("date (UTC):   {}", utc_now());
+    println!("cpu:          {}", cpu_model());
     println!(
-        "workload:     etcd `benchmark put`: {KEY_BYTES} B sequential keys, {VALUE_BYTES} B \
-         values, closed-loop clients, gRPC KV.Put; puts per row {} (--puts-scale {})",
+        "cores:        {} (available parallelism; the 3 members, and the client on 2 tokio \
+         workers, share them)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("memory:       {}", mem_total());
+    println!(
+        "kernel:       {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
+    );
+    println!(
+        "build:        raft-kv release ({}), benchmark client {client_build}",
+        raft_kv.display()
+    );
+    match etcd {
+        Ok(path) => println!("etcd:         {} ({})", etcd_version(path), path.display()),
+        Err(why) => println!("etcd:         not run: {why}"),
+    }
+}
+
+/// The workload lines of the header.
+fn print_workloads(args: &KvArgs, rows: &[(Spec, Target)]) {
+    let kinds: Vec<String> = args.workloads.iter().map(|k| format!("{k:?}")).collect();
+    println!(
+        "workloads:    {} (--workloads), operations per row {} (--puts-scale {})",
+        kinds.join(", ").to_lowercase(),
         rows.iter()
-            .map(|(w, _)| w.puts.to_string())
+            .map(|(s, _)| s.ops.to_string())
             .collect::<Vec<_>>()
             .join("/"),
         args.puts_scale
+    );
+    println!(
+        "              put: etcd `benchmark put`, {KEY_BYTES} B sequential keys, {VALUE_BYTES} B \
+         values; txn: CAS loop on KV.Txn (compare mod_revision, put / else get); range: \
+         single-key linearizable Range over {RANGE_KEYS} keys; watch: {WATCHERS} watchers, \
+         one Watch stream each, on one key, one writer on the leader (ops = events, latency \
+         put to event)"
     );
     println!(
         "targets:      `all members` = connection i to endpoint i % 3, followers first; \
@@ -762,13 +860,13 @@ fn print_header(
          row (/proc/PID/stat, 10 ms ticks)"
     );
     println!(
-        "bounds:       {} s per put, {} s per row, {} s in all; one untimed put per \
-         connection before each row",
+        "bounds:       {} s per request, {} s per row, {} s in all, watch events {} s after \
+         the last put; one untimed put per connection before each row",
         REQUEST_TIMEOUT.as_secs(),
         args.row_secs,
-        args.timeout
+        args.timeout,
+        WATCH_DRAIN.as_secs()
     );
-    Ok(())
 }
 
 /// 256 B appends, each followed by `fdatasync`, for one second in `dir`: latency in µs.
@@ -824,13 +922,13 @@ fn loopback_probe() -> Result<Histogram<u64>, String> {
 }
 
 /// A histogram of latencies in µs, up to 10 minutes.
-fn new_hist() -> Histogram<u64> {
+pub fn new_hist() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// `len` pseudo-random bytes (SplitMix64 from the clock), like the random value etcd's
 /// benchmark writes.
-fn random_bytes(len: usize) -> Vec<u8> {
+pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut state = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);

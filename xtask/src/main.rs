@@ -2,6 +2,9 @@
 
 mod bench_core;
 mod bench_kv;
+mod bench_kv_load;
+mod bench_kv_ops;
+mod bench_kv_watch;
 mod bench_log;
 mod bench_snapshot;
 mod cluster;
@@ -40,7 +43,7 @@ enum Bench {
     Core(bench_core::CoreArgs),
     /// raft-log-file appends, reads and open time, beside a plain write + fdatasync loop.
     Log(bench_log::LogArgs),
-    /// A 3-member raft-kv cluster over gRPC under etcd's `benchmark put` load, beside etcd.
+    /// A 3-member raft-kv cluster over gRPC (put, txn, range, watch), beside etcd.
     Kv(bench_kv::KvArgs),
     /// A 1 GiB raft snapshot sent between two members on loopback, beside a plain TCP copy.
     Snapshot(bench_snapshot::SnapshotArgs),

@@ -69,6 +69,22 @@ pub struct Flags {
     /// --experimental-snapshot-catchup-entries).
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_catchup_entries: u64,
+    /// Raise the NOSPACE alarm, and refuse writes that add data, once the store's history
+    /// takes more than this many bytes (etcd's flag; default 2 GiB, as etcd's).
+    #[arg(long, default_value_t = 2 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quota_backend_bytes: u64,
+    /// Automatic compaction: `periodic` keeps the history of the last
+    /// --auto-compaction-retention (a duration such as `1h`, `30m`, `90s`, or hours);
+    /// `revision` keeps the last --auto-compaction-retention revisions (checked every 5
+    /// minutes, as etcd does).
+    #[arg(long, value_enum, default_value_t = CompactionMode::Periodic)]
+    pub auto_compaction_mode: CompactionMode,
+    /// What automatic compaction keeps (see --auto-compaction-mode); `0` turns it off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// The most operations in a transaction's branch (etcd's --max-txn-ops).
+    #[arg(long, default_value_t = crate::store::txn::TXN_OPS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=(crate::store::txn::TXN_OPS_MAX as u64)))]
+    pub max_txn_ops: u64,
     /// The most bytes of snapshot data in one chunk sent to a follower.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(8 << 20)))]
     pub snapshot_chunk_bytes: u64,
@@ -122,6 +138,8 @@ pub struct ServerConfig {
     pub election_ticks: u32,
     /// The client request deadline.
     pub request_timeout: Duration,
+    /// What automatic compaction keeps.
+    pub retention: Retention,
 }
 
 /// FNV-1a, 64 bits: a stable id from names and URLs (never 0).
@@ -229,7 +247,10 @@ impl ServerConfig {
         if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
             return Err("--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".to_string());
         }
+        let retention =
+            parse_retention(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
         Ok(ServerConfig {
+            retention,
             id: me.id,
             cluster_id: cluster_id(&flags.initial_cluster_token),
             peer_addr,
@@ -376,4 +397,55 @@ mod tests {
         let c = ServerConfig::from_flags(f).unwrap();
         assert_eq!(c.metrics_addr, Some("127.0.0.1:2381".parse().unwrap()));
     }
+}
+
+/// etcd's automatic compaction modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompactionMode {
+    /// Keep a span of time.
+    Periodic,
+    /// Keep a number of revisions.
+    Revision,
+}
+
+/// What automatic compaction keeps, from `--auto-compaction-mode` and
+/// `--auto-compaction-retention`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// No automatic compaction.
+    Off,
+    /// The history of this long.
+    Period(Duration),
+    /// This many revisions.
+    Revisions(i64),
+}
+
+/// Parses `--auto-compaction-retention` for a mode, as etcd does: a bare number means hours
+/// in periodic mode and revisions in revision mode; periodic also takes `90s`, `30m`, `2h`.
+pub fn parse_retention(mode: CompactionMode, text: &str) -> Result<Retention, String> {
+    let text = text.trim();
+    let bad = || format!("invalid --auto-compaction-retention {text:?}");
+    if mode == CompactionMode::Revision {
+        let n: i64 = text.parse().map_err(|_| bad())?;
+        return Ok(if n <= 0 { Retention::Off } else { Retention::Revisions(n) });
+    }
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "h"),
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Ok(if secs == 0.0 {
+        Retention::Off
+    } else {
+        Retention::Period(Duration::from_secs_f64(secs))
+    })
 }

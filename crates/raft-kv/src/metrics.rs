@@ -2,9 +2,13 @@
 //!
 //! `GET /metrics` (or `HEAD`) answers `200` with the node's status in Prometheus' text
 //! exposition format ([`render`]): raft's term, leadership and indexes as gauges, and what the
-//! driver did with snapshots as counters (since the process started). Any other path answers
-//! `404`, another method on `/metrics` `405`. Every connection carries one request and is
-//! closed after the answer.
+//! driver did with snapshots as counters (since the process started). As etcd's, `GET /health`
+//! answers `200` with `{"health":"true","reason":""}` while the member knows a leader, else
+//! `503` with `{"health":"false","reason":"RAFT NO LEADER"}`
+//! ([`crate::server::health`]), and `GET /version` answers
+//! `{"etcdserver":"3.4.0","etcdcluster":"3.4.0"}` (the etcd API level served). Any other path
+//! answers `404`, another method on these paths `405`. Every connection carries one request
+//! and is closed after the answer.
 //!
 //! The responder is written by hand and reads at most [`REQUEST_HEAD_BYTES_MAX`] bytes of
 //! request head, for at most [`REQUEST_READ_TIMEOUT`], and gives up on a client that does not
@@ -42,6 +46,14 @@ pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub const METRICS_PATH: &str = "/metrics";
 /// The `Content-Type` of the metrics: Prometheus' text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The path of etcd's health check.
+pub const HEALTH_PATH: &str = "/health";
+/// The path of etcd's version report.
+pub const VERSION_PATH: &str = "/version";
+/// The body of `/version`: the etcd API level served, as etcd reports its versions.
+pub const VERSION_JSON: &str = r#"{"etcdserver":"3.4.0","etcdcluster":"3.4.0"}"#;
+/// The `Content-Type` of `/health` and `/version`.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// A Prometheus metric type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,8 +328,54 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Head> {
     }
 }
 
+/// The answer to a well-formed request. `status` is called only for the metrics and the
+/// health check.
+fn answer<F: Fn() -> NodeStatus>(request: Request, status: &F) -> Answer {
+    match request {
+        Request::Fetch { path, body } => {
+            let (code, reason, content_type, text) = match path.as_str() {
+                METRICS_PATH => (200, "OK", CONTENT_TYPE, render(&status())),
+                HEALTH_PATH => {
+                    let healthy = crate::server::health::is_healthy(&status());
+                    let (code, reason) = if healthy {
+                        (200, "OK")
+                    } else {
+                        (503, "Service Unavailable")
+                    };
+                    let json = crate::server::health::health_json(healthy);
+                    (code, reason, JSON_CONTENT_TYPE, json)
+                }
+                VERSION_PATH => (200, "OK", JSON_CONTENT_TYPE, VERSION_JSON.to_string()),
+                _ => {
+                    return Answer {
+                        send_body: body,
+                        ..Answer::error(404, "Not Found")
+                    }
+                }
+            };
+            Answer {
+                code,
+                reason,
+                headers: "",
+                content_type,
+                body: text,
+                send_body: body,
+            }
+        }
+        Request::OtherMethod { path }
+            if [METRICS_PATH, HEALTH_PATH, VERSION_PATH].contains(&path.as_str()) =>
+        {
+            Answer {
+                headers: "Allow: GET, HEAD\r\n",
+                ..Answer::error(405, "Method Not Allowed")
+            }
+        }
+        Request::OtherMethod { .. } => Answer::error(404, "Not Found"),
+    }
+}
+
 /// Serves one connection: reads one request head, answers it, closes. `status` is called
-/// only for a request of the metrics.
+/// only for a request of the metrics or the health check.
 pub async fn handle_connection<S, F>(stream: S, status: F) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -355,23 +413,7 @@ where
                 tracing::debug!("metrics: refused a malformed request: {why}");
                 Answer::error(400, "Bad Request")
             }
-            Ok(Request::Fetch { path, body }) if path == METRICS_PATH => Answer {
-                code: 200,
-                reason: "OK",
-                headers: "",
-                content_type: CONTENT_TYPE,
-                body: render(&status()),
-                send_body: body,
-            },
-            Ok(Request::OtherMethod { path }) if path == METRICS_PATH => Answer {
-                headers: "Allow: GET, HEAD\r\n",
-                ..Answer::error(405, "Method Not Allowed")
-            },
-            Ok(Request::Fetch { body, .. }) => Answer {
-                send_body: body,
-                ..Answer::error(404, "Not Found")
-            },
-            Ok(Request::OtherMethod { .. }) => Answer::error(404, "Not Found"),
+            Ok(request) => answer(request, &status),
         },
     };
     let write = async {
@@ -540,6 +582,11 @@ mod tests {
 
     /// Sends `request` to a handler over an in-memory pipe and returns the whole answer.
     async fn exchange(request: &[u8]) -> String {
+        exchange_with(request, status).await
+    }
+
+    /// [`exchange`] with a handler whose node is in the state `status` returns.
+    async fn exchange_with(request: &[u8], status: fn() -> NodeStatus) -> String {
         let (mut client, server) = tokio::io::duplex(64 << 10);
         let handler = tokio::spawn(handle_connection(server, status));
         client.write_all(request).await.unwrap();
@@ -574,6 +621,29 @@ mod tests {
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
         assert!(answer.contains(&format!("Content-Length: {}\r\n", rendered.len())));
         assert_eq!(body(&answer), "");
+    }
+
+    #[tokio::test]
+    async fn health_and_version_answer_as_etcd_does() {
+        let answer = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
+        assert!(answer.contains("Content-Type: application/json\r\n"));
+        assert_eq!(body(&answer), r#"{"health":"true","reason":""}"#);
+        // A member that knows no leader is unhealthy.
+        let answer = exchange_with(b"GET /health HTTP/1.1\r\n\r\n", NodeStatus::default).await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(
+            body(&answer),
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#
+        );
+        let answer = exchange_with(b"GET /version HTTP/1.1\r\n\r\n", NodeStatus::default).await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
+        assert_eq!(
+            body(&answer),
+            r#"{"etcdserver":"3.4.0","etcdcluster":"3.4.0"}"#
+        );
+        let answer = exchange(b"POST /health HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 405 Method Not Allowed");
     }
 
     #[tokio::test]

@@ -21,10 +21,14 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::IntervalStream;
 
 use crate::config::{ClusterState, ServerConfig};
-use crate::proto::etcdserverpb::{cluster_server, kv_server, maintenance_server};
+use crate::proto::etcdserverpb::{lease_server, watch_server, auth_server, cluster_server, kv_server, maintenance_server};
 use crate::proto::raftkv::internal_server;
+use crate::server::authority::AuthorityFix;
+use crate::server::health::{is_healthy, report_health, set_health};
+use crate::server::paths::NameUnservedLayer;
 use crate::server::{
-    ClusterService, InternalService, KvService, MaintenanceService, Shared, PROMOTE_INTERVAL,
+    AuthService, ClusterService, InternalService, KvService, MaintenanceService, Shared,
+    LeaseService, WatchService, PROMOTE_INTERVAL,
 };
 use crate::snapshot::{read_store_snapshot, write_store_snapshot};
 use crate::store::{Command, MemberInfo, Outcome, Store};
@@ -117,7 +121,7 @@ fn member_of(command: &Command) -> Option<u64> {
         Command::AddMember { id, .. }
         | Command::RemoveMember { id }
         | Command::UpdateMember { id, .. } => Some(*id),
-        Command::Put { .. } | Command::DeleteRange { .. } => None,
+        _ => None,
     }
 }
 
@@ -126,6 +130,8 @@ fn member_of(command: &Command) -> Option<u64> {
 struct KvStateMachine {
     store: Arc<RwLock<Store>>,
     peers: PeerSync,
+    /// The store's revision after each apply (watchers and read-your-writes wait on it).
+    revisions: watch::Sender<i64>,
 }
 
 #[async_trait]
@@ -141,6 +147,11 @@ impl StateMachine for KvStateMachine {
                 if let Some(id) = member {
                     self.peers.sync(&store, id);
                 }
+                self.revisions.send_if_modified(|r| {
+                    let changed = *r != store.revision();
+                    *r = store.revision();
+                    changed
+                });
                 outcome
             }
             Err(e) => Outcome::Rejected(format!("undecodable command: {e}")),
@@ -156,6 +167,7 @@ impl StateMachine for KvStateMachine {
         let mut store = self.store.write();
         *store = restored;
         self.peers.sync_all(&store);
+        self.revisions.send_replace(store.revision());
         Ok(())
     }
 }
@@ -291,6 +303,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         .map_err(|e| format!("cannot listen for peers on {}: {e}", config.peer_addr))?;
 
     let store = Arc::new(RwLock::new(Store::default()));
+    let (revisions_tx, revisions) = watch::channel(store.read().revision());
     let mut raft = Config::new(config.id);
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = 1;
@@ -318,6 +331,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
                 known,
                 grace: config.tick * config.election_ticks * REMOVED_PEER_GRACE_ELECTIONS,
             },
+            revisions: revisions_tx,
         },
         snapshots,
         transport.clone(),
@@ -325,7 +339,12 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     .await
     .map_err(|e| format!("cannot start raft: {e}"))?;
 
-    let shared = Arc::new(Shared::new(handle, Arc::clone(&store), config.clone()));
+    let shared = Arc::new(Shared::new(
+        handle,
+        Arc::clone(&store),
+        config.clone(),
+        revisions,
+    ));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -343,6 +362,10 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     }));
 
     tasks.push(tokio::spawn(publish_loop(
+        Arc::clone(&shared),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::server::lease::expiry_loop(
         Arc::clone(&shared),
         stopped.clone(),
     )));
@@ -374,15 +397,36 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         .await
         .map_err(|e| format!("cannot listen for clients on {}: {e}", config.client_addr))?;
     // Client sockets get TCP_NODELAY: without it a small response can wait ~40 ms for
-    // Nagle's algorithm (tonic does not set it on an incoming stream we hand it).
+    // Nagle's algorithm (tonic does not set it on an incoming stream we hand it). Each goes
+    // through `AuthorityFix`, which makes requests whose `:authority` is a URL acceptable to
+    // the HTTP/2 server (etcdctl's `http://` endpoints; see `server::authority`).
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
+        conn.map(|stream| {
             let _ = stream.set_nodelay(true);
-        }
-        conn
+            AuthorityFix::new(stream)
+        })
     });
+    // gRPC's health service: SERVING while a leader is known (`server::health`).
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&health_reporter, is_healthy(&shared.node.status())).await;
+    tasks.push(tokio::spawn(report_health(
+        shared.node.clone(),
+        health_reporter,
+        config.tick,
+        stopped.clone(),
+    )));
+    // Unknown paths answer Unimplemented naming the path (`server::paths`).
     let router = tonic::transport::Server::builder()
+        .layer(NameUnservedLayer)
+        .add_service(health_service)
+        .add_service(auth_server::AuthServer::new(AuthService))
         .add_service(kv_server::KvServer::new(KvService(Arc::clone(&shared))))
+        .add_service(watch_server::WatchServer::new(WatchService(Arc::clone(
+            &shared,
+        ))))
+        .add_service(lease_server::LeaseServer::new(LeaseService(Arc::clone(
+            &shared,
+        ))))
         .add_service(maintenance_server::MaintenanceServer::new(
             MaintenanceService(Arc::clone(&shared)),
         ))

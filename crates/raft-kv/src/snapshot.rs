@@ -2,10 +2,11 @@
 //! snapshot streams.
 //!
 //! A snapshot holds everything a [`Store`] holds: its revision, the member records (with the
-//! removed ids and the members waiting for promotion) and every key with its value, lease,
-//! revisions and version. Equal stores give identical bytes (maps
-//! are written in key order and postcard's encoding is deterministic), so members can compare
-//! snapshots by checksum.
+//! removed ids and the members waiting for promotion), the compaction point, the leases with
+//! their TTLs, the raised alarms, and the key space's whole history (every record since the
+//! compaction point, and each key's newest put at or below it). Equal stores give identical
+//! bytes (maps are written in key order and postcard's encoding is deterministic), so members
+//! can compare snapshots by checksum.
 //!
 //! # Layout
 //!
@@ -19,10 +20,18 @@
 //! | trailer | record count `u64`, CRC-32C `u32` of every byte before the CRC itself  |
 //!
 //! The records come in a fixed order: first the store's revision, then the members by
-//! ascending id, then the removed ids, ascending, then the ids waiting for promotion,
-//! ascending, then the keys in ascending byte order. A reader rejects anything else (a
-//! duplicate, a record out of order, bytes after the trailer), so a snapshot that reads back
-//! is in canonical form and re-encodes to the same bytes.
+//! ascending id, the removed ids, ascending, the ids waiting for promotion, ascending, the
+//! compaction point, the leases by ascending id, the alarms in order, and the history in
+//! revision order. A reader rejects anything else (a duplicate, a record out of order, bytes
+//! after the trailer), so a snapshot that reads back is in canonical form and re-encodes to
+//! the same bytes.
+//!
+//! # Older versions
+//!
+//! Versions 1 and 2 had no history: one record per current key instead. They still load:
+//! each key becomes a put at its mod revision, and the compaction point is the snapshot's
+//! revision (reads of older revisions fail as compacted, as they did then). The leases of
+//! keys are kept, but those versions held no lease table, so such an id names no lease.
 //!
 //! # etcd's envelope
 //!
@@ -41,17 +50,29 @@ use raft_core::driver::{SnapshotSink, SnapshotSource};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{KeyValue, MemberInfo, Store, StoreParts};
+use crate::store::mvcc::{Record as HistoryRecord, Rev};
+use crate::store::{Alarm, KeyValue, MemberInfo, Store, StoreParts};
 
 /// The record kinds by [`rank`], for error messages.
-const KINDS: [&str; 5] = ["revision", "member", "removed", "promotion", "key"];
+const KINDS: [&str; 9] = [
+    "revision",
+    "member",
+    "removed",
+    "promotion",
+    "key",
+    "compaction",
+    "lease",
+    "alarm",
+    "history",
+];
 
 /// The first bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"RAFTKVSS";
 
-/// The format version written. Version 2 added the removed and promotion records; version 1
-/// (without them) is still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version written. Version 3 replaced the key records by the history and added the
+/// compaction, lease and alarm records; version 2 added the removed and promotion records.
+/// Versions 1 and 2 are still read (see the module's documentation).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format version read.
 pub const FORMAT_VERSION_MIN: u32 = 1;
@@ -164,9 +185,14 @@ impl From<SnapshotFormatError> for io::Error {
 enum RecordRef<'a> {
     Revision(i64),
     Member(&'a MemberInfo),
+    #[cfg_attr(not(test), allow(dead_code))]
     Key(&'a KeyValue),
     Removed(u64),
     Promotion(u64),
+    Compacted(i64),
+    Lease { id: i64, ttl: i64 },
+    Alarm(Alarm),
+    History(Rev, &'a HistoryRecord),
 }
 
 /// A record as read. The variants must stay in [`RecordRef`]'s order: postcard encodes the
@@ -178,6 +204,10 @@ enum Record {
     Key(KeyValue),
     Removed(u64),
     Promotion(u64),
+    Compacted(i64),
+    Lease { id: i64, ttl: i64 },
+    Alarm(Alarm),
+    History(Rev, HistoryRecord),
 }
 
 /// Where a record kind goes in the canonical order.
@@ -188,6 +218,10 @@ fn rank(record: &Record) -> u8 {
         Record::Removed(_) => 2,
         Record::Promotion(_) => 3,
         Record::Key(_) => 4,
+        Record::Compacted(_) => 5,
+        Record::Lease { .. } => 6,
+        Record::Alarm(_) => 7,
+        Record::History(..) => 8,
     }
 }
 
@@ -207,7 +241,20 @@ pub(crate) fn write(store: &Store, w: &mut impl Write) -> io::Result<()> {
                 .iter()
                 .map(|&id| RecordRef::Promotion(id)),
         )
-        .chain(store.key_values().map(RecordRef::Key));
+        .chain(std::iter::once(RecordRef::Compacted(store.compacted())))
+        .chain(
+            store
+                .leases()
+                .iter()
+                .map(|(&id, l)| RecordRef::Lease { id, ttl: l.ttl }),
+        )
+        .chain(store.alarms().iter().map(|&a| RecordRef::Alarm(a)))
+        .chain(
+            store
+                .kv()
+                .records()
+                .map(|(&rev, r)| RecordRef::History(rev, r)),
+        );
     for record in records {
         body.clear();
         body = postcard::to_extend(&record, body)
@@ -252,6 +299,10 @@ struct Decoder {
     revision: Option<i64>,
     /// The rank of the last record's kind ([`rank`]).
     last_rank: u8,
+    /// The format version of the header.
+    version: u32,
+    /// The key records of a version 1 or 2 snapshot, in key order.
+    keys: Vec<KeyValue>,
     parts: StoreParts,
 }
 
@@ -270,7 +321,8 @@ impl Decoder {
 
     fn version(&mut self, version: &[u8; 4]) -> Result<(), SnapshotFormatError> {
         self.absorb(version);
-        match u32::from_le_bytes(*version) {
+        self.version = u32::from_le_bytes(*version);
+        match self.version {
             FORMAT_VERSION_MIN..=FORMAT_VERSION => Ok(()),
             other => Err(SnapshotFormatError::UnsupportedVersion(other)),
         }
@@ -308,45 +360,96 @@ impl Decoder {
             )));
         }
         self.last_rank = rank;
-        /// Whether `id` follows the last id of an ascending set.
-        fn ascending(last: Option<&u64>, id: u64) -> Result<(), String> {
-            match last {
-                Some(&last) if id <= last => Err(format!("{id} does not follow {last}")),
-                _ => Ok(()),
-            }
-        }
-        let parts = &mut self.parts;
         match (record, self.revision) {
             (Record::Revision(revision), None) => self.revision = Some(revision),
             (Record::Revision(_), Some(_)) => return Err(bad("a second revision record".into())),
             (_, None) => return Err(bad("the first record is not the revision".into())),
-            (Record::Member(member), Some(_)) => {
-                ascending(parts.members.keys().next_back(), member.id)
-                    .map_err(|e| bad(format!("member {e}")))?;
+            (record, Some(_)) => self.add(record).map_err(bad)?,
+        }
+        Ok(())
+    }
+
+    /// Adds a record that follows the revision record to the parts.
+    fn add(&mut self, record: Record) -> Result<(), String> {
+        /// Whether `id` follows the last id of an ascending set.
+        fn ascending<T: Ord + std::fmt::Debug>(last: Option<&T>, id: &T) -> Result<(), String> {
+            match last {
+                Some(last) if id <= last => Err(format!("{id:?} does not follow {last:?}")),
+                _ => Ok(()),
+            }
+        }
+        let v3 = self.version >= 3;
+        let parts = &mut self.parts;
+        match record {
+            Record::Revision(_) => unreachable!("handled by the caller"),
+            Record::Member(member) => {
+                ascending(parts.members.keys().next_back(), &member.id)
+                    .map_err(|e| format!("member {e}"))?;
                 parts.members.insert(member.id, member);
             }
-            (Record::Removed(id), Some(_)) => {
-                ascending(parts.removed.last(), id).map_err(|e| bad(format!("removed id {e}")))?;
+            Record::Removed(id) => {
+                ascending(parts.removed.last(), &id).map_err(|e| format!("removed id {e}"))?;
                 parts.removed.insert(id);
             }
-            (Record::Promotion(id), Some(_)) => {
-                ascending(parts.promotions.last(), id)
-                    .map_err(|e| bad(format!("promotion {e}")))?;
+            Record::Promotion(id) => {
+                ascending(parts.promotions.last(), &id).map_err(|e| format!("promotion {e}"))?;
                 parts.promotions.insert(id);
             }
-            (Record::Key(kv), Some(_)) => {
-                if let Some((last, _)) = parts.data.last_key_value() {
-                    if kv.key <= *last {
-                        return Err(bad("keys out of order".into()));
-                    }
+            Record::Key(_) if v3 => return Err("a key record in a version 3 snapshot".into()),
+            Record::Key(kv) => {
+                if self.keys.last().is_some_and(|last| kv.key <= last.key) {
+                    return Err("keys out of order".into());
                 }
-                parts.data.insert(kv.key.clone(), kv);
+                self.keys.push(kv);
+            }
+            Record::Compacted(_) | Record::Lease { .. } | Record::Alarm(_) | Record::History(..)
+                if !v3 =>
+            {
+                return Err(format!("a version 3 record in a version {} snapshot", self.version));
+            }
+            Record::Compacted(revision) => parts.kv.restore_compacted(revision),
+            Record::Lease { id, ttl } => {
+                ascending(parts.leases.keys().next_back(), &id).map_err(|e| format!("lease {e}"))?;
+                parts.leases.insert(id, ttl);
+            }
+            Record::Alarm(alarm) => {
+                ascending(parts.alarms.last(), &alarm).map_err(|e| format!("alarm {e}"))?;
+                parts.alarms.insert(alarm);
+            }
+            Record::History(rev, record) => {
+                let last = parts.kv.last_rev();
+                ascending(last.as_ref(), &rev).map_err(|e| format!("history revision {e}"))?;
+                parts.kv.restore_record(rev, record);
             }
         }
         Ok(())
     }
 
-    fn trailer(self, trailer: &[u8; TRAILER_BYTES]) -> Result<Store, SnapshotFormatError> {
+    /// A version 1 or 2 snapshot's keys as history: each a put at its mod revision, the
+    /// compaction point at the snapshot's revision.
+    fn keys_to_history(&mut self, revision: i64) {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.sort_by_key(|kv| kv.mod_revision);
+        let mut last = Rev::default();
+        for kv in keys {
+            let rev = if kv.mod_revision == last.main {
+                Rev {
+                    main: last.main,
+                    sub: last.sub + 1,
+                }
+            } else {
+                Rev {
+                    main: kv.mod_revision,
+                    sub: 0,
+                }
+            };
+            last = rev;
+            self.parts.kv.restore_record(rev, HistoryRecord::Put(kv));
+        }
+        self.parts.kv.restore_compacted(revision);
+    }
+
+    fn trailer(mut self, trailer: &[u8; TRAILER_BYTES]) -> Result<Store, SnapshotFormatError> {
         let (count, crc) = trailer.split_at(8);
         let computed = crc32c::crc32c_append(self.crc, count);
         let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
@@ -360,8 +463,12 @@ impl Decoder {
                 read: self.records,
             });
         }
+        let revision = self.revision.ok_or(SnapshotFormatError::NoRevision)?;
+        if self.version < 3 {
+            self.keys_to_history(revision);
+        }
         let mut parts = self.parts;
-        parts.revision = self.revision.ok_or(SnapshotFormatError::NoRevision)?;
+        parts.revision = revision;
         Ok(Store::from_parts(parts))
     }
 }
@@ -537,14 +644,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn put(key: &[u8], value: &[u8], lease: i64) -> Command {
-        Command::Put {
+        Command::Put(crate::store::txn::PutReq {
             key: key.to_vec(),
             value: value.to_vec(),
             lease,
-            ignore_value: false,
-            ignore_lease: false,
             prev_kv: true,
-        }
+            ..Default::default()
+        })
     }
 
     fn member(id: u64) -> MemberInfo {
@@ -560,21 +666,34 @@ mod tests {
     /// an empty key, and members.
     fn sample() -> Store {
         let mut s = Store::default();
+        for id in (3..50).step_by(3).chain([1, 7, 99]) {
+            s.apply(Command::LeaseGrant { id, ttl: id + 5 });
+        }
+        s.apply(Command::LeaseRevoke { id: 99 });
         for i in 0..50u32 {
             s.apply(put(format!("k{i:03}").as_bytes(), &i.to_be_bytes(), 0));
         }
         for i in (0..50u32).step_by(3) {
             s.apply(put(format!("k{i:03}").as_bytes(), b"again", i64::from(i)));
         }
-        s.apply(Command::DeleteRange {
+        s.apply(Command::DeleteRange(crate::store::txn::DeleteReq {
             key: b"k010".to_vec(),
             range_end: b"k020".to_vec(),
             prev_kv: false,
-        });
+        }));
         s.apply(put(b"k012", b"back", 7));
         s.apply(put(&[0xff, 0, 1], &[0; 300], 0));
         s.apply(put(b"", b"empty key", 0));
         s.apply(put(b"no value", b"", 0));
+        let compact_at = s.revision() - 20;
+        s.apply(Command::Compact {
+            revision: compact_at,
+        });
+        s.apply(Command::Alarm {
+            action: crate::store::AlarmAction::Activate,
+            member: 3,
+            alarm: Some(crate::store::AlarmType::Corrupt),
+        });
         s.apply(Command::Publish(member(3)));
         s.apply(Command::Publish(member(1)));
         s.apply(Command::Publish(MemberInfo {
@@ -609,11 +728,11 @@ mod tests {
         vec![
             put(b"k000", b"later", 1),
             put(b"new", b"key", 0),
-            Command::DeleteRange {
+            Command::DeleteRange(crate::store::txn::DeleteReq {
                 key: b"k".to_vec(),
                 range_end: b"l".to_vec(),
                 prev_kv: true,
-            },
+            }),
             Command::Publish(member(2)),
             put(b"k001", b"recreated", 0),
         ]
@@ -702,13 +821,13 @@ mod tests {
         bad[0] = b'X';
         assert!(matches!(decode(&bad), Err(SnapshotFormatError::BadMagic)));
         let mut bad = bytes.clone();
-        bad[8..12].copy_from_slice(&3u32.to_le_bytes());
+        bad[8..12].copy_from_slice(&4u32.to_le_bytes());
         let e = decode(&bad).unwrap_err();
         assert!(
-            matches!(e, SnapshotFormatError::UnsupportedVersion(3)),
+            matches!(e, SnapshotFormatError::UnsupportedVersion(4)),
             "{e}"
         );
-        assert!(e.to_string().contains("version 3"), "{e}");
+        assert!(e.to_string().contains("version 4"), "{e}");
         // A flipped byte in a value decodes, but the checksum catches it.
         let at = bytes
             .windows(5)
@@ -774,6 +893,8 @@ mod tests {
             ..KeyValue::default()
         };
         let (a, b) = (kv(b"a"), kv(b"b"));
+        let (ha, hb) = (HistoryRecord::Put(a.clone()), HistoryRecord::Tombstone(b"b".to_vec()));
+        let at = |main| Rev { main, sub: 0 };
         let valid = assemble(&[
             rec(RecordRef::Revision(5)),
             rec(RecordRef::Member(&m1)),
@@ -781,11 +902,29 @@ mod tests {
             rec(RecordRef::Removed(3)),
             rec(RecordRef::Removed(4)),
             rec(RecordRef::Promotion(2)),
-            rec(RecordRef::Key(&a)),
-            rec(RecordRef::Key(&b)),
+            rec(RecordRef::Compacted(2)),
+            rec(RecordRef::Lease { id: 1, ttl: 5 }),
+            rec(RecordRef::History(at(3), &ha)),
+            rec(RecordRef::History(at(4), &hb)),
         ]);
         let store = decode(&valid).expect("valid");
         assert_eq!(store.revision(), 5);
+        assert_eq!((store.compacted(), store.leases().len()), (2, 1));
+        assert_eq!(store.kv().records().count(), 2);
+        // History out of revision order is refused.
+        let swapped = assemble(&[
+            rec(RecordRef::Revision(5)),
+            rec(RecordRef::History(at(4), &hb)),
+            rec(RecordRef::History(at(3), &ha)),
+        ]);
+        assert!(decode(&swapped).is_err());
+        // Version 2 keys become history at their mod revisions, compacted at the revision.
+        let v2 = assemble_version(
+            2,
+            &[rec(RecordRef::Revision(5)), rec(RecordRef::Key(&a)), rec(RecordRef::Key(&b))],
+        );
+        let old = decode(&v2).expect("a version 2 snapshot");
+        assert_eq!((old.compacted(), old.key_values().count()), (5, 2));
         assert_eq!(store.removed().iter().copied().collect::<Vec<_>>(), [3, 4]);
         assert_eq!(store.promotions().iter().copied().collect::<Vec<_>>(), [2]);
         assert_eq!(encode(&store), valid);
@@ -1017,7 +1156,7 @@ mod tests {
         fn arbitrary_stores_round_trip(
             ops in proptest::collection::vec(
                 (
-                    0u8..5,
+                    0u8..8,
                     proptest::collection::vec(any::<u8>(), 0..4),
                     proptest::collection::vec(any::<u8>(), 0..8),
                 ),
@@ -1028,7 +1167,14 @@ mod tests {
             for (op, key, value) in ops {
                 let command = match op {
                     0 => put(&key, &value, 0),
-                    1 => Command::DeleteRange { key, range_end: value, prev_kv: false },
+                    1 => Command::DeleteRange(crate::store::txn::DeleteReq {
+                        key,
+                        range_end: value,
+                        prev_kv: false,
+                    }),
+                    5 => Command::LeaseGrant { id: i64::from(value.len() as u8), ttl: 5 },
+                    6 => put(&key, &value, i64::from(value.len() as u8)),
+                    7 => Command::Compact { revision: s.revision() - i64::from(key.len() as u8) },
                     2 => Command::Publish(MemberInfo {
                         id: u64::from(key.first().copied().unwrap_or(0)),
                         name: String::from_utf8_lossy(&value).into_owned(),

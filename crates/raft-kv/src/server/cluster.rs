@@ -24,7 +24,7 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-enum Route {
+pub(crate) enum Route {
     /// Here: this member leads.
     Here,
     /// At the leader, through this channel to its client URL.
@@ -32,13 +32,13 @@ enum Route {
 }
 
 /// Whether a request carries the [`FORWARDED`] mark.
-fn is_forwarded<T>(request: &Request<T>) -> bool {
+pub(crate) fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
 /// A request to pass on: marked as forwarded when it goes to the leader, with the time left
 /// until `deadline` as its gRPC timeout.
-fn onward<T>(message: T, mark: bool, deadline: Instant) -> Request<T> {
+pub(crate) fn onward<T>(message: T, mark: bool, deadline: Instant) -> Request<T> {
     let mut request = Request::new(message);
     if mark {
         request
@@ -67,7 +67,7 @@ fn one_peer_url(urls: &[String]) -> Result<String, Status> {
 }
 
 /// Calls the leader with a timeout at `deadline`.
-async fn at_leader<T>(
+pub(crate) async fn at_leader<T>(
     deadline: Instant,
     call: impl std::future::Future<Output = Result<Response<T>, Status>>,
 ) -> Result<T, Status> {
@@ -80,7 +80,7 @@ async fn at_leader<T>(
 impl Shared {
     /// Where a Cluster request goes: here if this member leads, else to the leader (waiting
     /// for one until `deadline`). A forwarded request is never forwarded again.
-    async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
+    pub(crate) async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
         loop {
             let status = self.node.status();
             if status.is_leader {

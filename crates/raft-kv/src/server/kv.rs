@@ -1,11 +1,42 @@
-//! etcd's `KV` service.
+//! etcd's `KV` service: reads served here after a read barrier (or at once when
+//! serializable), writes proposed through raft (forwarded by a follower to the leader), and
+//! answered once this member has applied them too, so that a serializable read on the member
+//! that answered a write sees it (etcd's read-your-writes).
 
-
+use super::convert::{
+    delete_from_proto, delete_to_proto, kv_status, put_from_proto, put_to_proto,
+    range_from_proto, range_to_proto, txn_from_proto, txn_to_proto,
+};
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use prost::Message;
+use crate::store::KvError;
 
 /// `etcdserverpb.KV`.
 pub struct KvService(pub Arc<Shared>);
+
+/// Whether every read of a transaction is serializable (then it needs no read barrier).
+fn serializable(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request;
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(Request::RequestRange(r)) => r.serializable,
+        Some(Request::RequestTxn(inner)) => serializable(inner),
+        _ => true,
+    })
+}
+
+impl KvService {
+    /// Runs a write through raft; the outcome once applied here too.
+    async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        self.0.check_quota(&command).await?;
+        let outcome = self.0.execute(command).await?;
+        self.0.wait_applied(outcome.revision()).await?;
+        match outcome {
+            Outcome::Failed { error, .. } => Err(kv_status(&error)),
+            outcome => Ok(outcome),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
@@ -14,57 +45,17 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = request.into_inner();
-        if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
-        }
-        if r.limit < 0 {
-            return Err(Status::invalid_argument(
-                "etcdserver: limit must not be negative",
-            ));
-        }
-        if !r.serializable {
+        let serializable = r.serializable;
+        let r = range_from_proto(r)?;
+        if !serializable {
             self.0.read_barrier().await?;
         }
         let store = self.0.store.read();
-        if r.revision > store.revision() {
-            return Err(Status::out_of_range(
-                "etcdserver: mvcc: required revision is a future revision",
-            ));
-        }
-        if r.revision > 0 && r.revision < store.revision() {
-            return Err(Status::out_of_range(
-                "etcdserver: mvcc: required revision has been compacted",
-            ));
-        }
-        let mut kvs: Vec<&KeyValue> = store
-            .range(&r.key, &r.range_end)
-            .filter(|kv| r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
-            .filter(|kv| r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
-            .filter(|kv| r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
-            .filter(|kv| r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
-            .collect();
-        sort(&mut kvs, r.sort_order(), r.sort_target());
-        let count = kvs.len() as i64;
-        let limit = if r.limit > 0 {
-            r.limit as usize
-        } else {
-            usize::MAX
-        };
-        let more = kvs.len() > limit;
-        let kvs = if r.count_only {
-            Vec::new()
-        } else {
-            kvs.iter()
-                .take(limit)
-                .map(|kv| to_proto(kv, r.keys_only))
-                .collect()
-        };
-        Ok(Response::new(pb::RangeResponse {
-            header: self.0.header(store.revision()),
-            kvs,
-            more,
-            count,
-        }))
+        let answer = store.read(&r).map_err(|e| kv_status(&e))?;
+        Ok(Response::new(range_to_proto(
+            answer,
+            self.0.header(store.revision()),
+        )))
     }
 
     async fn put(
@@ -72,26 +63,15 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
-        if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
-        }
         if r.key.len() + r.value.len() > REQUEST_BYTES_MAX {
             return Err(Status::invalid_argument("etcdserver: request is too large"));
         }
-        let command = Command::Put {
-            key: r.key,
-            value: r.value,
-            lease: r.lease,
-            ignore_value: r.ignore_value,
-            ignore_lease: r.ignore_lease,
-            prev_kv: r.prev_kv,
-        };
-        match self.0.execute(command).await? {
-            Outcome::Put { revision, prev } => Ok(Response::new(pb::PutResponse {
-                header: self.0.header(revision),
-                prev_kv: prev.map(|kv| to_proto(&kv, false)),
-            })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        match self.write(Command::Put(put_from_proto(r)?)).await? {
+            Outcome::Put { revision, prev } => Ok(Response::new(put_to_proto(
+                crate::store::txn::PutResp { prev },
+                self.0.header(revision),
+            ))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -99,62 +79,76 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let r = request.into_inner();
-        if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
-        }
-        let command = Command::DeleteRange {
-            key: r.key,
-            range_end: r.range_end,
-            prev_kv: r.prev_kv,
-        };
-        match self.0.execute(command).await? {
+        let command = Command::DeleteRange(delete_from_proto(request.into_inner())?);
+        match self.write(command).await? {
             Outcome::Deleted {
                 revision,
                 deleted,
                 prev,
-            } => Ok(Response::new(pb::DeleteRangeResponse {
-                header: self.0.header(revision),
-                deleted,
-                prev_kvs: prev.iter().map(|kv| to_proto(kv, false)).collect(),
-            })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            } => Ok(Response::new(delete_to_proto(
+                crate::store::txn::DeleteResp { deleted, prev },
+                self.0.header(revision),
+            ))),
+            other => Err(unexpected(other)),
         }
     }
 
+    /// A transaction that may write goes through raft; one that only reads is served here
+    /// (after a read barrier unless all its reads are serializable).
     async fn txn(
         &self,
-        _request: Request<pb::TxnRequest>,
+        request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        Err(unserved("KV.Txn"))
+        let r = request.into_inner();
+        if r.encoded_len() > REQUEST_BYTES_MAX {
+            return Err(Status::invalid_argument("etcdserver: request is too large"));
+        }
+        let reads_serializable = serializable(&r);
+        let t = txn_from_proto(r, self.0.config.flags.max_txn_ops as usize)?;
+        if !t.writes() {
+            if !reads_serializable {
+                self.0.read_barrier().await?;
+            }
+            let store = self.0.store.read();
+            let answer = store.read_txn(&t).map_err(|e| kv_status(&e))?;
+            return Ok(Response::new(txn_to_proto(
+                answer,
+                self.0.header(store.revision()),
+            )));
+        }
+        match self.write(Command::Txn(t)).await? {
+            Outcome::Txn { revision, response } => Ok(Response::new(txn_to_proto(
+                response,
+                self.0.header(revision),
+            ))),
+            other => Err(unexpected(other)),
+        }
     }
 
+    /// Compaction goes through raft; the answer comes once this member has applied it (the
+    /// history is in memory, so "physical" compaction is done by then too).
     async fn compact(
         &self,
-        _request: Request<pb::CompactionRequest>,
+        request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        Err(unserved("KV.Compact"))
+        let revision = request.into_inner().revision;
+        {
+            let store = self.0.store.read();
+            if revision > store.revision() {
+                return Err(kv_status(&KvError::FutureRevision));
+            }
+            if revision <= store.compacted() {
+                return Err(kv_status(&KvError::Compacted));
+            }
+        }
+        match self.write(Command::Compact { revision }).await? {
+            Outcome::Compacted { revision: current } => {
+                self.0.wait_compacted(revision).await?;
+                Ok(Response::new(pb::CompactionResponse {
+                    header: self.0.header(current),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 }
-
-fn sort(
-    kvs: &mut [&KeyValue],
-    order: pb::range_request::SortOrder,
-    target: pb::range_request::SortTarget,
-) {
-    use pb::range_request::{SortOrder, SortTarget};
-    if order == SortOrder::None {
-        return; // already in key order
-    }
-    match target {
-        SortTarget::Key => {}
-        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-    }
-    if order == SortOrder::Descend {
-        kvs.reverse();
-    }
-}
-

@@ -3,6 +3,36 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::store::{Alarm, AlarmAction, AlarmType};
+
+/// The store's alarm kind of an etcd alarm type (`None`: every kind).
+fn alarm_type(t: pb::AlarmType) -> Option<AlarmType> {
+    match t {
+        pb::AlarmType::None => None,
+        pb::AlarmType::Nospace => Some(AlarmType::NoSpace),
+        pb::AlarmType::Corrupt => Some(AlarmType::Corrupt),
+    }
+}
+
+fn alarm_to_proto(a: &Alarm) -> pb::AlarmMember {
+    let alarm = match a.alarm {
+        AlarmType::NoSpace => pb::AlarmType::Nospace,
+        AlarmType::Corrupt => pb::AlarmType::Corrupt,
+    };
+    pb::AlarmMember {
+        member_id: a.member,
+        alarm: alarm as i32,
+    }
+}
+
+/// etcd's text for a raised alarm in `Status.errors`.
+fn alarm_error(a: &Alarm) -> String {
+    let name = match a.alarm {
+        AlarmType::NoSpace => "NOSPACE",
+        AlarmType::Corrupt => "CORRUPT",
+    };
+    format!("memberID:{} alarm:{name} ", a.member)
+}
 
 /// `etcdserverpb.Maintenance`.
 pub struct MaintenanceService(pub Arc<Shared>);
@@ -70,7 +100,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: status.commit_index.0,
             raft_term: status.term.0,
             raft_applied_index: status.applied_index.0,
-            errors: Vec::new(),
+            errors: self.0.store.read().alarms().iter().map(alarm_error).collect(),
             db_size_in_use: size,
             is_learner: status.membership.learners.contains(&self.0.config.id),
         }))
@@ -103,32 +133,80 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
+    /// Lists alarms (after a read barrier), or raises or clears one through raft.
     async fn alarm(
         &self,
-        _request: Request<pb::AlarmRequest>,
+        request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        Err(unserved("Maintenance.Alarm"))
+        use pb::alarm_request::AlarmAction as A;
+        let r = request.into_inner();
+        let kind = alarm_type(r.alarm());
+        let action = match r.action() {
+            A::Get => {
+                self.0.read_barrier().await?;
+                let store = self.0.store.read();
+                return Ok(Response::new(pb::AlarmResponse {
+                    header: self.0.header(store.revision()),
+                    alarms: store.alarms().iter().map(alarm_to_proto).collect(),
+                }));
+            }
+            A::Activate => AlarmAction::Activate,
+            A::Deactivate => AlarmAction::Deactivate,
+        };
+        let command = Command::Alarm {
+            action,
+            member: r.member_id,
+            alarm: kind,
+        };
+        match self.0.execute(command).await? {
+            Outcome::Alarms { revision, alarms } => Ok(Response::new(pb::AlarmResponse {
+                header: self.0.header(revision),
+                alarms: alarms.iter().map(alarm_to_proto).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
     }
 
+    /// Nothing to defragment: the store lives in memory and the log compacts itself.
     async fn defragment(
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(unserved("Maintenance.Defragment"))
+        let revision = self.0.store.read().revision();
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.0.header(revision),
+        }))
     }
 
+    /// A CRC-32C of everything the store holds.
     async fn hash(
         &self,
         _request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unserved("Maintenance.Hash"))
+        let store = self.0.store.read();
+        Ok(Response::new(pb::HashResponse {
+            header: self.0.header(store.revision()),
+            hash: store.hash(),
+        }))
     }
 
+    /// A CRC-32C of the key space's history up to a revision (0: the current one): equal on
+    /// every member at the same revision.
     async fn hash_kv(
         &self,
-        _request: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(unserved("Maintenance.HashKV"))
+        let revision = request.into_inner().revision;
+        let store = self.0.store.read();
+        let at = store
+            .kv()
+            .check_read(revision, store.revision())
+            .map_err(|e| super::convert::kv_status(&e))?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.0.header(at),
+            hash: store.kv().hash(at),
+            compact_revision: store.compacted(),
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

@@ -2,18 +2,38 @@
 //!
 //! - [`kv`]: `KV` (Range, Put, DeleteRange, Txn, Compact).
 //! - [`cluster`]: `Cluster` (etcd's membership API) and its forwarding to the leader.
+//! - [`lease`]: `Lease`, and the leader's lease clock that revokes expired leases.
+//! - [`watch`]: `Watch`: watchers read their events from the MVCC history.
 //! - [`maintenance`]: `Maintenance` (Status, Snapshot, MoveLeader, Alarm, Hash, HashKV,
 //!   Defragment).
+//! - [`auth`]: `Auth`, not served (every method answers `Unimplemented`, naming itself).
+//! - [`health`]: gRPC's health service and `/health`: healthy while a leader is known.
+//! - [`paths`]: an `Unimplemented` answer to a path nobody serves names the path.
+//! - [`authority`]: client connections whose `:authority` is a URL (etcdctl's `http://`
+//!   endpoints), rewritten so that the HTTP/2 server takes them.
 //! - this module: what every service shares ([`Shared`]): proposing a command here or at the
 //!   leader, read barriers, and the mapping of raft's errors to etcd's.
 
+pub mod auth;
+pub mod authority;
 pub mod cluster;
+pub mod convert;
+pub mod health;
 pub mod kv;
 pub mod maintenance;
+pub mod paths;
+pub mod lease;
+mod progress;
+pub mod watch;
 
+pub(crate) use progress::unexpected;
+
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use maintenance::MaintenanceService;
+pub use lease::LeaseService;
+pub use watch::WatchService;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,9 +52,8 @@ use tonic::{Request, Response, Status};
 use crate::config::{member_id, parse_url, ServerConfig};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
-use crate::proto::mvccpb;
 use crate::proto::raftkv;
-use crate::store::{Command, KeyValue, Outcome, Store, PEER_URL_EXISTS};
+use crate::store::{Command, Outcome, Store, PEER_URL_EXISTS};
 
 /// The largest request accepted (etcd's default limit), in bytes of key plus value.
 pub const REQUEST_BYTES_MAX: usize = 3 * 512 * 1024;
@@ -63,8 +82,7 @@ const CHANNELS_MAX: usize = 64;
 /// the other leads would pass it back and forth).
 const FORWARDED: &str = "raft-kv-forwarded";
 
-/// etcd's message for a member id that is not a member.
-pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+pub use crate::store::MEMBER_NOT_FOUND;
 
 /// etcd's message for promoting a voter.
 pub const MEMBER_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
@@ -102,6 +120,10 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// Channels to other members' client URLs (at most [`CHANNELS_MAX`]).
     channels: Mutex<HashMap<String, Channel>>,
+    /// The store's revision after each apply here (watchers and read-your-writes wait on it).
+    pub revisions: tokio::sync::watch::Receiver<i64>,
+    /// The leader's lease deadlines.
+    pub lessor: lease::Lessor,
 }
 
 impl Shared {
@@ -110,6 +132,7 @@ impl Shared {
         node: NodeHandle<Outcome>,
         store: Arc<RwLock<Store>>,
         config: ServerConfig,
+        revisions: tokio::sync::watch::Receiver<i64>,
     ) -> Shared {
         Shared {
             node,
@@ -117,6 +140,8 @@ impl Shared {
             data_dir: config.flags.data_dir.clone(),
             config,
             channels: Mutex::new(HashMap::new()),
+            revisions,
+            lessor: lease::Lessor::default(),
         }
     }
 
@@ -158,61 +183,87 @@ impl Shared {
     }
 
     /// Runs a command through raft: proposes it here if this member leads, or forwards it to
-    /// the leader; waits for the result until the request deadline.
+    /// the leader; waits for the result until the request deadline. Every failure is etcd's:
+    /// `Unavailable` with etcd's message when the command may not have been applied (no
+    /// leader, a leader change, a lost connection to the leader, the deadline).
     pub async fn execute(&self, command: Command) -> Result<Outcome, Status> {
         let deadline = self.deadline();
         let encoded = Bytes::from(
             postcard::to_allocvec(&command).map_err(|e| Status::internal(e.to_string()))?,
         );
         loop {
-            let proposed =
-                tokio::time::timeout_at(deadline, self.node.propose(encoded.clone())).await;
-            let error = match proposed {
-                Err(_) => return Err(Status::unavailable("etcdserver: request timed out")),
-                Ok(Ok(outcome)) => return Ok(outcome),
-                Ok(Err(e)) => e,
+            let unreached = match self.attempt(&encoded, deadline).await {
+                Attempt::Done(result) => return result,
+                Attempt::Unreached(why) => why,
             };
-            match error {
-                NodeError::NotLeader {
-                    leader: Some(leader),
-                    ..
-                } => {
-                    if let Some(url) = self.leader_client_url(leader) {
-                        match self.forward(&url, encoded.clone(), deadline).await {
-                            // The leader could not be reached at all, so the command was not
-                            // sent: wait for a new leader, as when none is known.
-                            Err(status) if is_connect_error(&status) => {}
-                            other => return other,
-                        }
-                    }
-                }
-                NodeError::NotLeader { leader: None, .. } => {}
-                other => return Err(node_error_status(other)),
-            }
             // No leader (or its address, or a connection to it) yet: an election is under way.
             if Instant::now() + NO_LEADER_RETRY >= deadline {
-                return Err(Status::unavailable("etcdserver: no leader"));
+                return Err(Status::unavailable(match unreached {
+                    Unreached::NoLeader => ETCD_NO_LEADER,
+                    Unreached::LeaderUnreachable => ETCD_CONNECTION_LOST,
+                }));
             }
             tokio::time::sleep(NO_LEADER_RETRY).await;
         }
     }
 
+    /// One try of [`Shared::execute`]: propose here, or forward to the leader this member
+    /// knows.
+    async fn attempt(&self, encoded: &Bytes, deadline: Instant) -> Attempt {
+        let proposed = tokio::time::timeout_at(deadline, self.node.propose(encoded.clone())).await;
+        let error = match proposed {
+            Err(_) => return Attempt::Done(Err(Status::unavailable(ETCD_TIMED_OUT))),
+            Ok(Ok(outcome)) => return Attempt::Done(Ok(outcome)),
+            Ok(Err(e)) => e,
+        };
+        match error {
+            NodeError::NotLeader {
+                leader: Some(leader),
+                ..
+            } => {
+                let Some(url) = self.leader_client_url(leader) else {
+                    return Attempt::Unreached(Unreached::NoLeader);
+                };
+                match self.forward(&url, encoded.clone(), deadline).await {
+                    Ok(outcome) => Attempt::Done(Ok(outcome)),
+                    // Never reached the leader, so not applied: wait for one, as when none is
+                    // known.
+                    Err(ForwardError::NotDelivered) => {
+                        Attempt::Unreached(Unreached::LeaderUnreachable)
+                    }
+                    Err(ForwardError::Failed(status)) => Attempt::Done(Err(status)),
+                }
+            }
+            NodeError::NotLeader { leader: None, .. } => Attempt::Unreached(Unreached::NoLeader),
+            other => Attempt::Done(Err(node_error_status(other))),
+        }
+    }
+
+    /// Forwards a command to the leader at client URL `url` (`raftkv.Internal.Forward`).
     async fn forward(
         &self,
         url: &str,
         command: Bytes,
         deadline: Instant,
-    ) -> Result<Outcome, Status> {
-        let mut client = raftkv::internal_client::InternalClient::new(self.channel(url)?)
+    ) -> Result<Outcome, ForwardError> {
+        let channel = self.channel(url).map_err(|status| {
+            tracing::warn!(url, "cannot forward to the leader: {}", status.message());
+            ForwardError::NotDelivered
+        })?;
+        let mut client = raftkv::internal_client::InternalClient::new(channel)
             .max_decoding_message_size(FORWARD_RESPONSE_BYTES_MAX);
         let request = raftkv::ForwardRequest {
             command: command.to_vec(),
         };
         let response = tokio::time::timeout_at(deadline, client.forward(request))
             .await
-            .map_err(|_| Status::unavailable("etcdserver: request timed out"))??;
-        postcard::from_bytes(&response.into_inner().outcome)
-            .map_err(|e| Status::internal(format!("undecodable answer from the leader: {e}")))
+            .map_err(|_| ForwardError::Failed(Status::unavailable(ETCD_TIMED_OUT)))?
+            .map_err(forward_error)?;
+        postcard::from_bytes(&response.into_inner().outcome).map_err(|e| {
+            ForwardError::Failed(Status::internal(format!(
+                "undecodable answer from the leader: {e}"
+            )))
+        })
     }
 
     /// Waits for a linearizable read point to be applied here.
@@ -233,10 +284,124 @@ impl Shared {
     }
 }
 
-/// Where a Cluster request is handled.
-fn is_connect_error(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable
-        && (status.message().contains("connect") || status.message().contains("Connection refused"))
+/// etcd's message for a request that found no leader.
+pub const ETCD_NO_LEADER: &str = "etcdserver: no leader";
+
+/// etcd's message for a request that did not finish within the request timeout.
+pub const ETCD_TIMED_OUT: &str = "etcdserver: request timed out";
+
+/// etcd's message for a request that lost its leader (leadership moved while it waited).
+pub const ETCD_LEADER_CHANGED: &str = "etcdserver: leader changed";
+
+/// etcd's message for a request whose connection to the leader was lost: it may or may not
+/// have been applied.
+pub const ETCD_CONNECTION_LOST: &str =
+    "etcdserver: request timed out, possibly due to connection lost";
+
+/// etcd's message for a request whose leader failed while it waited: it may or may not have
+/// been applied.
+pub const ETCD_LEADER_FAIL: &str =
+    "etcdserver: request timed out, possibly due to previous leader failure";
+
+/// How one try of [`Shared::execute`] ended.
+enum Attempt {
+    /// With the client's answer.
+    Done(Result<Outcome, Status>),
+    /// Without reaching a leader: the command was not applied, and may be tried again.
+    Unreached(Unreached),
+}
+
+/// Why a try did not reach a leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreached {
+    /// None is known (or not its client URL).
+    NoLeader,
+    /// The known leader could not be reached.
+    LeaderUnreachable,
+}
+
+/// How forwarding a command to the leader failed.
+#[derive(Debug)]
+enum ForwardError {
+    /// The command never reached the leader (no connection could be made, or the leader
+    /// refused the request unprocessed): it was not applied and may be sent again.
+    NotDelivered,
+    /// The client's answer: the leader's own, or etcd's `Unavailable` when the command may
+    /// have reached the leader but its outcome is unknown.
+    Failed(Status),
+}
+
+/// Whether a request that failed in transport reached the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Certainly not: no connection was made, or the server refused the stream unprocessed.
+    NotSent,
+    /// Perhaps: the connection broke after the request may have gone out.
+    MaybeSent,
+}
+
+/// What the transport errors in a failed request's source chain say about its delivery;
+/// `None` if there are none (the status is the server's answer). tonic keeps the error a
+/// status was made from as the status's source.
+fn transport_delivery(status: &Status) -> Option<Delivery> {
+    let mut source = std::error::Error::source(status);
+    let first = source?;
+    while let Some(error) = source {
+        if let Some(delivery) = delivery_of(error) {
+            return Some(delivery);
+        }
+        source = error.source();
+    }
+    tracing::debug!("forwarding failed in transport: {first}");
+    Some(Delivery::MaybeSent)
+}
+
+/// What one error of a source chain says about delivery, if it says anything.
+fn delivery_of(error: &(dyn std::error::Error + 'static)) -> Option<Delivery> {
+    if error.is::<tonic::ConnectError>() {
+        return Some(Delivery::NotSent);
+    }
+    if let Some(e) = error.downcast_ref::<hyper::Error>() {
+        // hyper hands back a request it never wrote (the connection was not ready, or
+        // closed first) as canceled.
+        return e.is_canceled().then_some(Delivery::NotSent);
+    }
+    if let Some(e) = error.downcast_ref::<h2::Error>() {
+        // REFUSED_STREAM, and a GOAWAY naming a last stream below ours, both mean that the
+        // server did not process the request (RFC 9113, sections 8.7 and 6.8).
+        let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        let above_goaway = e.is_go_away() && e.is_remote();
+        return (refused || above_goaway).then_some(Delivery::NotSent);
+    }
+    if let Some(e) = error.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::{
+            AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable,
+        };
+        let at_connect = matches!(
+            e.kind(),
+            ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+        );
+        return Some(if at_connect {
+            Delivery::NotSent
+        } else {
+            Delivery::MaybeSent
+        });
+    }
+    None
+}
+
+/// The failure of a forwarded request, in etcd's terms: a transport failure before the
+/// leader got the command is [`ForwardError::NotDelivered`]; one after it may have is etcd's
+/// `Unavailable` "request timed out, possibly due to connection lost"; the leader's own
+/// answer passes unchanged.
+fn forward_error(status: Status) -> ForwardError {
+    match transport_delivery(&status) {
+        Some(Delivery::NotSent) => ForwardError::NotDelivered,
+        Some(Delivery::MaybeSent) => {
+            ForwardError::Failed(Status::unavailable(ETCD_CONNECTION_LOST))
+        }
+        None => ForwardError::Failed(status),
+    }
 }
 
 /// The answer to a method raft-kv does not serve: gRPC `Unimplemented`, naming it.
@@ -246,18 +411,17 @@ pub(crate) fn unserved(method: &str) -> Status {
 
 fn node_error_status(e: NodeError) -> Status {
     match e {
-        NodeError::LeadershipLost => Status::unavailable("etcdserver: leader changed"),
+        NodeError::LeadershipLost => Status::unavailable(ETCD_LEADER_CHANGED),
         NodeError::ReadUnavailable | NodeError::NotLeader { .. } => {
-            Status::unavailable("etcdserver: no leader")
+            Status::unavailable(ETCD_NO_LEADER)
         }
         NodeError::Busy(why) => {
             Status::unavailable(format!("etcdserver: too many requests ({why})"))
         }
         NodeError::ShuttingDown => Status::unavailable("etcdserver: server stopped"),
-        // etcd's answer when it cannot tell whether a proposal was applied.
-        NodeError::OutcomeUnknown => {
-            Status::unavailable("etcdserver: request timed out, possibly due to leader change")
-        }
+        // etcd's answer when it cannot tell whether a proposal was applied (here: this
+        // member lost leadership, and a snapshot from the next leader covered the entry).
+        NodeError::OutcomeUnknown => Status::unavailable(ETCD_LEADER_FAIL),
         NodeError::Snapshot(why) => Status::internal(format!("etcdserver: snapshot failed: {why}")),
         NodeError::MembershipRefused(why) => {
             Status::failed_precondition(format!("etcdserver: {why}"))
@@ -275,20 +439,6 @@ fn node_error_status(e: NodeError) -> Status {
     }
 }
 
-fn to_proto(kv: &KeyValue, keys_only: bool) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: kv.key.clone(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: if keys_only {
-            Vec::new()
-        } else {
-            kv.value.clone()
-        },
-        lease: kv.lease,
-    }
-}
 
 /// `raftkv.Internal`: the leader's side of forwarding.
 pub struct InternalService(pub Arc<Shared>);

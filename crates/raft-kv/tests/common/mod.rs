@@ -955,3 +955,161 @@ pub async fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
     );
     done.stdout
 }
+
+/// A process left running in the background (say `etcdctl watch` or `etcdctl lock`), its
+/// stdout and stderr going to files read at any time. Dropping it SIGKILLs the process.
+pub struct Background {
+    /// What runs, for messages.
+    pub what: String,
+    /// When it was spawned.
+    pub started: Instant,
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+    _dir: TempDir,
+}
+
+/// Spawns `etcdctl` (API v3, the same timeouts as [`etcdctl`]) against `endpoints` in the
+/// background, with an empty stdin.
+pub fn spawn_etcdctl(endpoints: &str, args: &[&str]) -> Background {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(args);
+    Background::spawn(command, &format!("etcdctl {}", args.join(" ")))
+}
+
+impl Background {
+    /// Spawns `command` with an empty stdin and its output going to files.
+    pub fn spawn(mut command: Command, what: &str) -> Background {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let out = dir.path().join("stdout");
+        let err = dir.path().join("stderr");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("a file"))
+            .stderr(std::fs::File::create(&err).expect("a file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+        Background {
+            what: what.to_string(),
+            started: Instant::now(),
+            child: Some(child),
+            out,
+            err,
+            _dir: dir,
+        }
+    }
+
+    /// The process id (while it runs).
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("a running process").id()
+    }
+
+    /// What it has written to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` until its stdout satisfies `ok`, and returns that stdout; panics
+    /// (showing both outputs) if it does not by then.
+    pub async fn wait_stdout(
+        &mut self,
+        limit: Duration,
+        wanted: &str,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.stdout();
+            if ok(&out) {
+                return out;
+            }
+            if Instant::now() >= deadline {
+                let exited = self.try_exit();
+                panic!(
+                    "{}: no {wanted} on stdout within {limit:?} (exit status: {exited:?})\n\
+                     stdout:\n{out}\nstderr:\n{}",
+                    self.what,
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Its exit status if it has exited (reaping it), else `None`.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match child.try_wait().expect("waiting for a child") {
+            Some(status) => {
+                self.child = None;
+                Some(status)
+            }
+            None => None,
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_exit().is_none()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.id();
+        let status = Command::new("kill")
+            .args(["-s", name, &pid.to_string()])
+            .status()
+            .expect("running kill(1)");
+        assert!(status.success(), "kill -s {name} {pid}: {status}");
+    }
+
+    /// Waits up to `limit` for the process to exit and reaps it; panics if it still runs.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().expect("a running process");
+            if let Some(status) = child.try_wait().expect("waiting for a child") {
+                last = Some(status);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match last {
+            Some(status) => {
+                self.child = None;
+                status
+            }
+            None => panic!(
+                "{} still runs after {limit:?}; stdout:\n{}\nstderr:\n{}",
+                self.what,
+                self.stdout(),
+                self.stderr()
+            ),
+        }
+    }
+
+    /// SIGKILLs the process (if it still runs) and reaps it; returns its output.
+    pub fn kill(&mut self) -> (String, String) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        (self.stdout(), self.stderr())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
