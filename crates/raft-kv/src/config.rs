@@ -449,3 +449,22 @@ pub fn parse_retention(mode: CompactionMode, text: &str) -> Result<Retention, St
         Retention::Period(Duration::from_secs_f64(secs))
     })
 }
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn retention_parses_as_etcd_reads_it() {
+        let p = |t| parse_retention(CompactionMode::Periodic, t);
+        assert_eq!(p("0"), Ok(Retention::Off));
+        assert_eq!(p("1"), Ok(Retention::Period(Duration::from_secs(3600))));
+        assert_eq!(p("30m"), Ok(Retention::Period(Duration::from_secs(1800))));
+        assert_eq!(p("90s"), Ok(Retention::Period(Duration::from_secs(90))));
+        assert!(p("5d").is_err() && p("-1h").is_err() && p("x").is_err());
+        let r = |t| parse_retention(CompactionMode::Revision, t);
+        assert_eq!(r("1000"), Ok(Retention::Revisions(1000)));
+        assert_eq!(r("0"), Ok(Retention::Off));
+        assert!(r("10m").is_err());
+    }
+}

@@ -365,6 +365,10 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         Arc::clone(&shared),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(crate::server::compaction::compaction_loop(
+        Arc::clone(&shared),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(crate::server::lease::expiry_loop(
         Arc::clone(&shared),
         stopped.clone(),

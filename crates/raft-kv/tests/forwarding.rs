@@ -17,8 +17,12 @@ use tonic::{Code, Status};
 /// Writers, each on a connection of its own, writing through the follower at once: enough
 /// that several forwarded writes are in flight when the leader dies.
 const WRITERS: usize = 8;
-/// How long the writers run before the leader is killed.
-const BEFORE_KILL: Duration = Duration::from_millis(400);
+/// How long the writers run before the leader is paused.
+const BEFORE_PAUSE: Duration = Duration::from_millis(400);
+/// How long the leader stays paused (SIGSTOP) before it is killed: forwarded writes pile up
+/// unanswered on its connections, so that the kill breaks connections with writes in flight.
+/// Well below the election timeout.
+const PAUSED: Duration = Duration::from_millis(200);
 /// How long they go on after: past the election of a new leader.
 const AFTER_KILL: Duration = Duration::from_millis(2500);
 /// The messages etcd answers `Unavailable` with when a write cannot be known to commit.
@@ -55,9 +59,11 @@ fn spawn_writer(
     })
 }
 
-/// The leader is SIGKILLed while a follower forwards writes to it from several clients:
-/// every write that fails fails with `Unavailable` and one of etcd's messages, and writes go
-/// on through the follower once a new leader is elected.
+/// The leader is paused, then SIGKILLed, while a follower forwards writes to it from several
+/// clients (some of them started during the pause, so that their writes wait at the paused
+/// leader when it dies): every write that fails fails with `Unavailable` and one of etcd's
+/// messages, the writes in flight at the kill among them, and writes go on through the
+/// follower once a new leader is elected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_forwarded_to_a_killed_leader_fail_unavailable() {
     bounded(Duration::from_secs(40), async {
@@ -65,27 +71,37 @@ async fn writes_forwarded_to_a_killed_leader_fail_unavailable() {
         let leader = cluster.wait_leader(&[0, 1, 2]).await;
         let follower = (leader + 1) % 3;
         let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| spawn_writer(cluster.kv(follower), format!("w{w}/"), Arc::clone(&stop)))
-            .collect();
-        tokio::time::sleep(BEFORE_KILL).await;
+        let writers = |prefix: &str| -> Vec<_> {
+            (0..WRITERS)
+                .map(|w| {
+                    let prefix = format!("{prefix}{w}/");
+                    spawn_writer(cluster.kv(follower), prefix, Arc::clone(&stop))
+                })
+                .collect()
+        };
+        let steady = writers("steady");
+        tokio::time::sleep(BEFORE_PAUSE).await;
+        cluster.pause(leader);
+        // Their first writes are forwarded to the paused leader and wait there unanswered.
+        let late = writers("late");
+        tokio::time::sleep(PAUSED).await;
         cluster.kill(leader);
         tokio::time::sleep(AFTER_KILL).await;
         stop.store(true, Ordering::Relaxed);
 
-        let (mut acked, mut failures) = (0, Vec::new());
-        for w in writers {
+        let (mut acked, mut failures, mut late_failures) = (0, Vec::new(), 0);
+        for (i, w) in steady.into_iter().chain(late).enumerate() {
             let (a, f) = w.await.expect("a writer");
             acked += a;
+            if i >= WRITERS {
+                late_failures += f.len();
+            }
             failures.extend(f);
         }
-        eprintln!("TEMPDEBUG acked {acked} failures {failures:?}");
         assert!(acked > 0, "no write went through");
-        // Writes in flight when the leader died must have failed: otherwise this test did not
-        // see what it is about.
         assert!(
-            !failures.is_empty(),
-            "no forwarded write failed when the leader was killed"
+            late_failures > 0,
+            "no write in flight at the paused leader failed when it was killed"
         );
         let wrong: Vec<&Status> = failures
             .iter()

@@ -66,7 +66,8 @@ fn one_peer_url(urls: &[String]) -> Result<String, Status> {
     }
 }
 
-/// Calls the leader with a timeout at `deadline`.
+/// Calls the leader with a timeout at `deadline`. A transport failure (the connection to the
+/// leader broke) is etcd's `Unavailable` (see [`leader_call_status`]).
 pub(crate) async fn at_leader<T>(
     deadline: Instant,
     call: impl std::future::Future<Output = Result<Response<T>, Status>>,
@@ -75,6 +76,7 @@ pub(crate) async fn at_leader<T>(
         .await
         .map_err(|_| Status::unavailable("etcdserver: request timed out"))?
         .map(Response::into_inner)
+        .map_err(leader_call_status)
 }
 
 impl Shared {

@@ -2,6 +2,7 @@
 //!
 //! - [`kv`]: `KV` (Range, Put, DeleteRange, Txn, Compact).
 //! - [`cluster`]: `Cluster` (etcd's membership API) and its forwarding to the leader.
+//! - [`compaction`]: automatic compaction by the leader (`--auto-compaction-*`).
 //! - [`lease`]: `Lease`, and the leader's lease clock that revokes expired leases.
 //! - [`watch`]: `Watch`: watchers read their events from the MVCC history.
 //! - [`maintenance`]: `Maintenance` (Status, Snapshot, MoveLeader, Alarm, Hash, HashKV,
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod authority;
 pub mod cluster;
+pub mod compaction;
 pub mod convert;
 pub mod health;
 pub mod kv;
@@ -401,6 +403,17 @@ fn forward_error(status: Status) -> ForwardError {
             ForwardError::Failed(Status::unavailable(ETCD_CONNECTION_LOST))
         }
         None => ForwardError::Failed(status),
+    }
+}
+
+/// The client's answer when a call passed on to the leader (a Cluster or Lease request)
+/// failed: a transport failure, whether or not the request reached the leader, is etcd's
+/// `Unavailable` "request timed out, possibly due to connection lost"; the leader's own
+/// answer passes unchanged.
+pub(crate) fn leader_call_status(status: Status) -> Status {
+    match transport_delivery(&status) {
+        Some(_) => Status::unavailable(ETCD_CONNECTION_LOST),
+        None => status,
     }
 }
 

@@ -199,7 +199,10 @@ fn a_transaction_is_one_revision_and_runs_one_branch() {
         ],
         ..TxnReq::default()
     };
-    assert!(s.read_txn(&missing).unwrap().succeeded == false);
+    assert!(
+        !s.read_txn(&missing).unwrap().succeeded,
+        "a value compare on a missing key fails"
+    );
 }
 
 #[test]
