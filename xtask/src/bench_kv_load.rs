@@ -229,3 +229,16 @@ impl Client for PutClient {
         Ok(Op::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RowError;
+
+    #[test]
+    fn only_unimplemented_is_unserved() {
+        let unserved = RowError::from_status("Txn", &tonic::Status::unimplemented("KV.Txn"));
+        assert!(matches!(unserved, RowError::Unserved(m) if m.contains("KV.Txn")));
+        let failed = RowError::from_status("Txn", &tonic::Status::unavailable("down"));
+        assert!(matches!(failed, RowError::Failed(_)));
+    }
+}

@@ -67,27 +67,23 @@ fn key_of(prefix: &[u8], k: usize) -> Vec<u8> {
     key
 }
 
-/// Puts `value` to every key, concurrently over `channels` (untimed); returns each key's
-/// revision.
+/// Requests in flight while a row writes its keys.
+const PREWRITE_LANES: usize = 100;
+
+/// Puts `value` to every key, [`PREWRITE_LANES`] at a time over `channels` (untimed);
+/// returns each key's revision.
 async fn prewrite(
     channels: &[Channel],
     keys: &[Vec<u8>],
     value: &[u8],
 ) -> Result<Vec<i64>, RowError> {
-    let lanes = channels.iter().enumerate().map(|(lane, channel)| {
-        let mut kv = KvClient::new(channel.clone());
-        let mine: Vec<(usize, Vec<u8>)> = keys
-            .iter()
-            .enumerate()
-            .skip(lane)
-            .step_by(channels.len())
-            .map(|(k, key)| (k, key.clone()))
-            .collect();
+    let lanes = (0..PREWRITE_LANES.min(keys.len())).map(|lane| {
+        let mut kv = KvClient::new(channels[lane % channels.len()].clone());
         async move {
-            let mut out = Vec::with_capacity(mine.len());
-            for (k, key) in mine {
+            let mut out = Vec::new();
+            for k in (lane..keys.len()).step_by(PREWRITE_LANES) {
                 let request = PutRequest {
-                    key,
+                    key: keys[k].clone(),
                     value: value.to_vec(),
                     ..PutRequest::default()
                 };

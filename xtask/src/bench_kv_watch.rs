@@ -352,3 +352,35 @@ fn check(got: &[i64], sent: &[i64]) -> Result<usize, String> {
     }
     Ok(sent.len() - next)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+
+    #[test]
+    fn check_accepts_every_event_once_in_order_and_counts_the_late_ones() {
+        let sent = [5, 7, 8, 12];
+        assert_eq!(check(&[5, 7, 8, 12], &sent), Ok(0));
+        assert_eq!(check(&[5, 7], &sent), Ok(2));
+        assert_eq!(check(&[], &sent), Ok(4));
+    }
+
+    #[test]
+    fn check_rejects_gaps_duplicates_reordering_and_events_no_put_made() {
+        let sent = [5, 7, 8, 12];
+        assert!(check(&[5, 8, 12], &sent)
+            .unwrap_err()
+            .contains("missed 1 event"));
+        assert!(check(&[5, 7, 7, 8], &sent)
+            .unwrap_err()
+            .contains("duplicate"));
+        // An event ahead of its turn shows first as a gap; one behind, as out of order.
+        assert!(check(&[5, 8, 7], &sent)
+            .unwrap_err()
+            .contains("missed 1 event"));
+        assert!(check(&[5, 7, 8, 7], &sent)
+            .unwrap_err()
+            .contains("out of order"));
+        assert!(check(&[5, 6], &sent).unwrap_err().contains("no put"));
+    }
+}

@@ -7,9 +7,17 @@
 //! seconds, or the unexpected death of a member (whose log tail it prints). Stopping sends
 //! SIGTERM to every member and SIGKILL to those still running after a grace period.
 //!
-//! Ports: member `i` (from 1) serves clients on `base + 10000 * ((i - 1) % 5) + 10 * ((i - 1)
-//! / 5)` and peers one port above, so the default `--base-port 12379` gives 12379/12380,
-//! 22379/22380, ... 52379/52380 for n1 to n5, then 12389/12390 for n6, and so on.
+//! Ports: member `i` (from 1) serves clients on `base + 100 * (i - 1)` and peers one port
+//! above, so the default `--base-port 12379` gives 12379/12380, 12479/12480, 12579/12580, ...
+//! 12979/12980 for n1 to n7, and so on. Every port stays below 32768, where Linux's ephemeral
+//! range (32768-60999, the ports outgoing connections take) begins: a port there may be held
+//! by any outgoing connection when a member (re)starts, which then fails with "Address already
+//! in use". A layout that would reach the range is refused.
+//!
+//! Readiness: a member is ready once it answers `Maintenance.Status` as the member this
+//! command started (the member id raft-kv derives from its peer URL and the cluster token,
+//! and the cluster id of the token); a port answered by another server (say, a member of
+//! another cluster left running) fails the start at once, naming what answered.
 //!
 //! # Membership changes while it runs
 //!
@@ -69,8 +77,8 @@ pub struct ClusterArgs {
     /// Wipe the data directory first (otherwise members restart on the data they have).
     #[arg(long)]
     clean: bool,
-    /// Client port of member 1; member i uses base + 10000 * ((i - 1) % 5) + 10 * ((i - 1) /
-    /// 5) for clients (n1 to n5 10000 apart) and the next port for peers.
+    /// Client port of member 1; member i uses base + 100 * (i - 1) for clients and the next
+    /// port for peers, all below Linux's ephemeral port range (32768 and up).
     #[arg(long, default_value_t = 12379)]
     base_port: u16,
     /// Stop this many seconds after the cluster is ready and the changes below are done (for
@@ -106,7 +114,10 @@ const LOG_TAIL_LINES: usize = 20;
 /// The file in a cluster directory that says this command made it, and with which layout.
 const MARKER: &str = ".xtask-cluster";
 
-/// The `--initial-cluster-token` of `cargo xtask cluster`.
+/// The start of every `--initial-cluster-token` of `cargo xtask cluster`: each directory gets
+/// a token of its own (`xtask-cluster-` and 16 hex digits, kept in the marker file), so that
+/// the member ids and cluster id of two clusters never agree (the readiness check tells them
+/// apart); a marker without a token line stands for this one.
 const TOKEN: &str = "xtask-cluster";
 
 /// How long an added member may take to start, catch up and be promoted.
@@ -151,7 +162,7 @@ fn run_cluster(args: &ClusterArgs) -> Result<(), String> {
     let server = Server {
         binary,
         log_level: args.log_level.clone(),
-        token: TOKEN.to_string(),
+        token: roster.token.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,6 +188,7 @@ async fn serve(
 
     let mut cluster = Cluster {
         members: Vec::new(),
+        identity: Some(Identity::raft_kv(&roster.token)),
     };
     warn_without_setpriv();
     let members = roster.members()?;
@@ -309,7 +321,10 @@ async fn serve(
 /// members as the marker records them.
 fn prepare_dir(dir: &Path, args: &ClusterArgs) -> Result<Roster, String> {
     let marker = dir.join(MARKER);
-    let wanted = format!("nodes {}\nbase-port {}\n", args.nodes, args.base_port);
+    let wanted = format!(
+        "nodes {}\nbase-port {}\nport-step {MEMBER_PORT_STEP}\n",
+        args.nodes, args.base_port
+    );
     let non_empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !marker.exists() {
         return Err(format!(
@@ -324,10 +339,12 @@ fn prepare_dir(dir: &Path, args: &ClusterArgs) -> Result<Roster, String> {
     } else if non_empty {
         let had = std::fs::read_to_string(&marker).unwrap_or_default();
         let Some(changes) = had.strip_prefix(&wanted) else {
-            let layout: Vec<&str> = had.lines().take(2).collect();
+            let layout: Vec<&str> = had.lines().take(3).collect();
             return Err(format!(
                 "{} holds a cluster made with another layout ({}); rerun with the same \
-                 --nodes and --base-port, or add --clean to start afresh",
+                 --nodes and --base-port (a directory made before members sat \
+                 {MEMBER_PORT_STEP} ports apart cannot be reused), or add --clean to start \
+                 afresh",
                 dir.display(),
                 layout.join(", ")
             ));
@@ -337,16 +354,33 @@ fn prepare_dir(dir: &Path, args: &ClusterArgs) -> Result<Roster, String> {
         return Ok(roster);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(&marker, wanted)
+    let token = format!("token {}\n", new_token(dir));
+    std::fs::write(&marker, format!("{wanted}{token}"))
         .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
-    Roster::parse(args.nodes, args.base_port, marker, "")
+    Roster::parse(args.nodes, args.base_port, marker, &token)
+}
+
+/// A cluster token of its own for a new cluster in `dir` (see [`TOKEN`]).
+fn new_token(dir: &Path) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let unique = raft_kv::config::stable_id(&[
+        &dir.display().to_string(),
+        &now.to_string(),
+        &std::process::id().to_string(),
+    ]);
+    format!("{TOKEN}-{unique:016x}")
 }
 
 /// The members of a cluster directory: the initial ones and those added and removed while
-/// running, as the marker file records them (`added nK`, `removed nK` lines after the layout).
+/// running, as the marker file records them (`added nK`, `removed nK` lines after the layout),
+/// and the cluster's token (a `token T` line).
 struct Roster {
     nodes: u16,
     base_port: u16,
+    /// The members' `--initial-cluster-token`.
+    token: String,
     /// Indexes (`K` of `nK`) of members added while running.
     added: Vec<u32>,
     /// Indexes of members removed (never used again).
@@ -361,24 +395,25 @@ impl Roster {
         let mut roster = Roster {
             nodes,
             base_port,
+            token: TOKEN.to_string(),
             added: Vec::new(),
             removed: Vec::new(),
             marker,
         };
         for line in changes.lines().filter(|l| !l.trim().is_empty()) {
-            let index = line.split_once(' ').and_then(|(what, name)| {
-                let index = member_index(name)?;
-                match what {
-                    "added" => roster.added.push(index),
-                    "removed" => roster.removed.push(index),
+            let read = line.split_once(' ').and_then(|(what, word)| {
+                match (what, member_index(word)) {
+                    ("added", Some(index)) => roster.added.push(index),
+                    ("removed", Some(index)) => roster.removed.push(index),
+                    ("token", _) if word.starts_with(TOKEN) => roster.token = word.to_string(),
                     _ => return None,
                 }
-                Some(index)
+                Some(())
             });
-            if index.is_none() {
+            if read.is_none() {
                 return Err(format!(
-                    "{}: cannot read the line {line:?} (expected `added nK` or `removed nK`); \
-                     add --clean to start afresh",
+                    "{}: cannot read the line {line:?} (expected `added nK`, `removed nK` or \
+                     `token {TOKEN}-...`); add --clean to start afresh",
                     roster.marker.display()
                 ));
             }
@@ -694,7 +729,7 @@ async fn remove_member(
     let addr = cluster.members[pos].addr.clone();
     let id = match status(&addr).await {
         Ok(s) => s.header.map_or(0, |h| h.member_id),
-        Err(_) => raft_kv::config::member_id(&addr.peer_url(), TOKEN).0,
+        Err(_) => raft_kv::config::member_id(&addr.peer_url(), &roster.token).0,
     };
     println!("removing {} ({id:016x})", addr.name);
     // Through another member first: the removed one stops answering once it knows.
@@ -798,6 +833,14 @@ impl MemberAddr {
     }
 }
 
+/// The ports between one member's and the next's (client and peer port each).
+pub const MEMBER_PORT_STEP: u32 = 100;
+
+/// The first port of Linux's default ephemeral range (`net.ipv4.ip_local_port_range`,
+/// 32768-60999): outgoing connections take their local ports there, so a member listening
+/// there may find its port taken when it (re)starts. Every member port stays below it.
+pub const EPHEMERAL_PORT_LOW: u32 = 32_768;
+
 /// The addresses of `nodes` members: member `i` (from 1) as [`member_addr`] places it.
 pub fn layout(nodes: u16, base_port: u16) -> Result<Vec<MemberAddr>, String> {
     (1..=u32::from(nodes))
@@ -805,24 +848,101 @@ pub fn layout(nodes: u16, base_port: u16) -> Result<Vec<MemberAddr>, String> {
         .collect()
 }
 
-/// Where member `nI` listens: clients on `base + 10000 * ((i - 1) % 5) + 10 * ((i - 1) / 5)`,
-/// peers on the port above (n1 to n5 10000 apart, then n6 next to n1, and so on).
+/// Where member `nI` listens: clients on `base + 100 * (i - 1)`, peers on the port above;
+/// refused if that reaches Linux's ephemeral port range ([`EPHEMERAL_PORT_LOW`]).
 pub fn member_addr(index: u32, base_port: u16) -> Result<MemberAddr, String> {
-    let slot = index.saturating_sub(1);
-    let client = u32::from(base_port) + 10_000 * (slot % 5) + 10 * (slot / 5);
-    if base_port == 0 || client + 1 > u32::from(u16::MAX) {
+    let client = u32::from(base_port) + MEMBER_PORT_STEP * index.saturating_sub(1);
+    let peer = client + 1;
+    if base_port == 0 || peer >= EPHEMERAL_PORT_LOW {
         return Err(format!(
             "--base-port {base_port} does not leave room for member n{index} (member i uses \
-             base + 10000 * ((i - 1) % 5) + 10 * ((i - 1) / 5) and the port above; 5 members \
-             fit with a base port up to {})",
-            u32::from(u16::MAX) - 1 - 40_000
+             base + {MEMBER_PORT_STEP} * (i - 1) and the port above, which must stay below \
+             {EPHEMERAL_PORT_LOW}, where Linux's ephemeral port range begins)"
         ));
     }
     Ok(MemberAddr {
         name: format!("n{index}"),
         client_port: client as u16,
-        peer_port: (client + 1) as u16,
+        peer_port: peer as u16,
     })
+}
+
+/// Who should answer on a member's client port: raft-kv's member of that peer URL in the
+/// cluster of this token.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    token: String,
+}
+
+/// A server answering on a member's client port that is not that member.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ForeignMember {
+    /// The member expected there.
+    pub name: String,
+    /// Its client endpoint.
+    pub endpoint: String,
+    /// The member id and cluster id expected.
+    pub expected: (u64, u64),
+    /// The member id and cluster id that answered.
+    pub answered: (u64, u64),
+}
+
+impl std::fmt::Display for ForeignMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is answered by member {:016x} of cluster {:016x}, not by {} (member {:016x} \
+             of cluster {:016x}): another cluster or program holds the port; stop it, or \
+             pick another --base-port",
+            self.endpoint,
+            self.answered.0,
+            self.answered.1,
+            self.name,
+            self.expected.0,
+            self.expected.1
+        )
+    }
+}
+
+impl std::error::Error for ForeignMember {}
+
+impl Identity {
+    /// raft-kv's members of the cluster of `token` (`--initial-cluster-token`).
+    pub fn raft_kv(token: &str) -> Identity {
+        Identity {
+            token: token.to_string(),
+        }
+    }
+
+    /// The member id and cluster id the member at `addr` has.
+    fn expected(&self, addr: &MemberAddr) -> (u64, u64) {
+        let member = raft_kv::config::member_id(&addr.peer_url(), &self.token).0;
+        (member, raft_kv::config::cluster_id(&self.token))
+    }
+
+    /// Checks every answer (in member order) against the member it should come from.
+    pub fn check(
+        &self,
+        addrs: &[&MemberAddr],
+        answers: &[Result<StatusResponse, String>],
+    ) -> Result<(), ForeignMember> {
+        for (addr, answer) in addrs.iter().zip(answers) {
+            let Some(header) = answer.as_ref().ok().and_then(|s| s.header.as_ref()) else {
+                continue;
+            };
+            let expected = self.expected(addr);
+            let answered = (header.member_id, header.cluster_id);
+            if answered != expected {
+                return Err(ForeignMember {
+                    name: addr.name.clone(),
+                    endpoint: addr.endpoint(),
+                    expected,
+                    answered,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `--initial-cluster` for these members.
@@ -924,6 +1044,9 @@ pub fn proc_cpu_secs(stat_path: &str) -> Option<f64> {
 pub struct Cluster {
     /// The members, in `--initial-cluster` order.
     pub members: Vec<Member>,
+    /// Who should answer on the members' ports, if known (raft-kv's members); checked while
+    /// waiting for the cluster to settle.
+    identity: Option<Identity>,
 }
 
 /// What a settled cluster looks like.
@@ -943,6 +1066,7 @@ impl Cluster {
         warn_without_setpriv();
         let mut cluster = Cluster {
             members: Vec::new(),
+            identity: None,
         };
         for a in addrs {
             cluster.spawn(server, dir, a, &initial_cluster, "new")?;
@@ -1032,6 +1156,7 @@ impl Cluster {
             None => {
                 let stopped = Cluster {
                     members: vec![self.members.remove(pos)],
+                    identity: None,
                 }
                 .stop(STOP_GRACE);
                 return format!(
@@ -1065,12 +1190,19 @@ impl Cluster {
     }
 
     /// Waits until every member answers `Maintenance.Status` and all name the same leader,
-    /// failing early if a member exits and after `timeout` with what each member last said.
+    /// failing early if a member exits or (when the cluster knows who should answer) another
+    /// server answers on a member's port, and after `timeout` with what each member last said.
     pub async fn wait_settled(&mut self, timeout: Duration) -> Result<Settled, String> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
             let answers = self.statuses().await;
+            if let Some(identity) = &self.identity {
+                let addrs: Vec<&MemberAddr> = self.members.iter().map(|m| &m.addr).collect();
+                identity
+                    .check(&addrs, &answers)
+                    .map_err(|e| e.to_string())?;
+            }
             let settled = settle(&answers);
             if let Some(s) = settled {
                 return Ok(s);
@@ -1240,17 +1372,85 @@ mod tests {
     use super::*;
 
     #[test]
-    fn members_past_the_fifth_sit_next_to_the_first_five() {
-        let ports = |i| {
-            let a = member_addr(i, 12379).unwrap();
+    fn members_sit_100_ports_apart_below_the_ephemeral_range() {
+        let ports = |i, base| {
+            let a = member_addr(i, base).unwrap();
             (a.name, a.client_port, a.peer_port)
         };
-        assert_eq!(ports(1), ("n1".to_string(), 12379, 12380));
-        assert_eq!(ports(5), ("n5".to_string(), 52379, 52380));
-        assert_eq!(ports(6), ("n6".to_string(), 12389, 12390));
-        assert_eq!(ports(12), ("n12".to_string(), 22399, 22400));
-        assert!(member_addr(5, 30000).unwrap_err().contains("n5"));
-        assert_eq!(layout(3, 12379).unwrap().len(), 3);
+        assert_eq!(ports(1, 12379), ("n1".to_string(), 12379, 12380));
+        assert_eq!(ports(2, 12379), ("n2".to_string(), 12479, 12480));
+        assert_eq!(ports(5, 12379), ("n5".to_string(), 12779, 12780));
+        assert_eq!(ports(12, 12379), ("n12".to_string(), 13479, 13480));
+        // Every member of up to 7 with the default base port, and the 20 that `--add` can
+        // add besides, stays below Linux's ephemeral range; none shares a port.
+        let all = layout(27, 12379).unwrap();
+        let mut taken: Vec<u16> = all
+            .iter()
+            .flat_map(|a| [a.client_port, a.peer_port])
+            .collect();
+        assert!(
+            taken.iter().all(|&p| u32::from(p) < EPHEMERAL_PORT_LOW),
+            "{taken:?}"
+        );
+        taken.sort_unstable();
+        taken.dedup();
+        assert_eq!(taken.len(), 2 * all.len());
+        // CI's second cluster (base 14379) does not meet the first.
+        let ci = layout(7, 14379).unwrap();
+        assert!(ci.iter().all(|a| a.client_port > all[19].peer_port));
+        // A layout reaching the ephemeral range is refused.
+        assert_eq!(ports(8, 32000), ("n8".to_string(), 32700, 32701));
+        let refused = member_addr(9, 32000).unwrap_err();
+        assert!(
+            refused.contains("n9") && refused.contains("32768"),
+            "{refused}"
+        );
+        assert!(layout(3, 32679).is_err());
+        assert!(member_addr(1, 0).is_err());
+    }
+
+    /// A `Maintenance.Status` answer from member `member` of cluster `cluster`.
+    fn answer(member: u64, cluster: u64) -> Result<StatusResponse, String> {
+        Ok(StatusResponse {
+            header: Some(raft_kv::proto::etcdserverpb::ResponseHeader {
+                cluster_id: cluster,
+                member_id: member,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_the_expected_members_count_as_ready() {
+        let identity = Identity::raft_kv(TOKEN);
+        let addrs = layout(3, 12379).unwrap();
+        let addrs: Vec<&MemberAddr> = addrs.iter().collect();
+        let cluster = raft_kv::config::cluster_id(TOKEN);
+        let id = |a: &MemberAddr| raft_kv::config::member_id(&a.peer_url(), TOKEN).0;
+        let ours: Vec<_> = addrs.iter().map(|a| answer(id(a), cluster)).collect();
+        assert_eq!(identity.check(&addrs, &ours), Ok(()));
+        // A member not answering yet is not a foreign one.
+        let mut waiting = ours.clone();
+        waiting[1] = Err("cannot connect".into());
+        assert_eq!(identity.check(&addrs, &waiting), Ok(()));
+        // Another cluster's member (another token) on n2's port.
+        let other = Identity::raft_kv("another-cluster");
+        let mut foreign = ours.clone();
+        let (member, cluster_of_other) = other.expected(addrs[1]);
+        foreign[1] = answer(member, cluster_of_other);
+        let err = identity.check(&addrs, &foreign).unwrap_err();
+        assert_eq!(err.name, "n2");
+        assert_eq!(err.answered, (member, cluster_of_other));
+        assert_eq!(err.expected, (id(addrs[1]), cluster));
+        let text = err.to_string();
+        assert!(
+            text.contains("127.0.0.1:12479") && text.contains("another cluster"),
+            "{text}"
+        );
+        // Our cluster, but the members' ports swapped.
+        let swapped = vec![ours[1].clone(), ours[0].clone(), ours[2].clone()];
+        assert_eq!(identity.check(&addrs, &swapped).unwrap_err().name, "n1");
     }
 
     #[test]
@@ -1259,9 +1459,10 @@ mod tests {
             3,
             12379,
             PathBuf::from("m"),
-            "added n4\nremoved n1\nadded n5\nremoved n4\n",
+            "token xtask-cluster-00000000000000ab\nadded n4\nremoved n1\nadded n5\nremoved n4\n",
         )
         .unwrap();
+        assert_eq!(roster.token, "xtask-cluster-00000000000000ab");
         let members: Vec<(String, bool)> = roster
             .members()
             .unwrap()
@@ -1275,6 +1476,11 @@ mod tests {
         assert_eq!(roster.next_index(), 6);
         let bad = Roster::parse(3, 12379, PathBuf::from("m"), "added four\n");
         assert!(bad.err().unwrap().contains("added four"));
+        let bad = Roster::parse(3, 12379, PathBuf::from("m"), "token other\n");
+        assert!(bad.err().unwrap().contains("token other"));
+        // Each new cluster gets a token of its own.
+        let (a, b) = (new_token(Path::new("d")), new_token(Path::new("d")));
+        assert!(a.starts_with("xtask-cluster-") && a != b, "{a} {b}");
     }
 
     #[test]

@@ -1153,6 +1153,61 @@ impl<S: Storage> Raft<S> {
                 self.handle_read(from, request_id);
             }
             self.config_committed();
+            if self.role == Role::Leader {
+                self.broadcast_commit();
+            }
+        }
+    }
+
+    /// Tells the followers a new commit index at once (as etcd's `bcastAppend` after a
+    /// commit does) instead of with the next append or heartbeat, so that they apply it, and
+    /// answer the clients waiting on them, a one-way delay later rather than a heartbeat
+    /// later. The message is an empty append at the follower's match index, which it holds,
+    /// so it is never refused (an append at the next index could overtake entries still in
+    /// flight and be refused); the follower commits up to the smaller of the commit index and
+    /// its match index. A follower with an append already in the outbox gets the new commit
+    /// index in it instead; followers being probed or sent a snapshot, or whose window is full
+    /// (a slow follower gets no more messages than `inflight_msgs_max`), hear it later.
+    fn broadcast_commit(&mut self) {
+        let committed = self.log.committed;
+        // Appends of this term still waiting in the outbox carry the new commit index instead
+        // (the leader's log holds their entries, so its commit index is correct there).
+        let mut covered = Vec::new();
+        let term = self.term;
+        for m in self.msgs.iter_mut().filter(|m| m.term == term) {
+            if let MessageBody::Append(a) = &mut m.body {
+                a.leader_commit = committed;
+                covered.push(m.to);
+            }
+        }
+        let inflight_max = self.cfg.inflight_msgs_max;
+        let peers: Vec<(NodeId, LogIndex)> = self
+            .progress
+            .iter()
+            .filter(|(id, pr)| {
+                **id != self.id
+                    && !covered.contains(id)
+                    && pr.state == ProgressState::Replicate
+                    && !pr.is_paused(inflight_max)
+            })
+            .map(|(id, pr)| (*id, pr.match_index))
+            .collect();
+        for (to, prev_log_index) in peers {
+            let Some(prev_log_term) = self.log.term(prev_log_index) else {
+                continue; // compacted: the next append carries the commit index
+            };
+            let body = MessageBody::Append(AppendRequest {
+                prev_log_index,
+                prev_log_term,
+                entries: Vec::new(),
+                leader_commit: committed,
+            });
+            self.msgs.push(Message {
+                from: self.id,
+                to,
+                term: self.term,
+                body,
+            });
         }
     }
 

@@ -6,8 +6,10 @@
 //! - the MVCC history: `get --rev`, `etcdctl compaction`, and what a compacted or future
 //!   revision gets;
 //! - `Watch`: `etcdctl watch` (one key, `--prefix`, `--prev-kv`, `-w json`, `--rev` replaying
-//!   history, a watch from a compacted revision);
-//! - `Lease`: grant, `put --lease`, time-to-live, keep-alive, revoke, list, expiry;
+//!   history, a watch from a compacted revision); several watches on one gRPC stream
+//!   (ranges, `prev_kv`, filters, cancel, progress);
+//! - `Lease`: grant, `put --lease`, time-to-live, keep-alive, revoke, list, expiry, and
+//!   leases through a change of leader;
 //! - `etcdctl lock` and `etcdctl elect` (etcd's concurrency recipes, built on leases, Txn and
 //!   Watch);
 //! - `Maintenance`: `endpoint hashkv`, `alarm list`, `defrag`;
@@ -63,7 +65,7 @@ const AGAINST_ETCD_ENV: &str = "RAFT_KV_TEST_AGAINST_ETCD";
 /// A running cluster: raft-kv members (the harness's [`Cluster`]) or etcd members.
 struct Servers {
     ports: Vec<u16>,
-    _raft_kv: Option<Cluster>,
+    raft_kv: Option<Cluster>,
     etcd: Vec<Child>,
     etcd_logs: Vec<PathBuf>,
     _dir: Option<tempfile::TempDir>,
@@ -77,7 +79,7 @@ impl Servers {
                 let cluster = Cluster::start(n).await;
                 Servers {
                     ports: cluster.members.iter().map(|m| m.client_port).collect(),
-                    _raft_kv: Some(cluster),
+                    raft_kv: Some(cluster),
                     etcd: Vec::new(),
                     etcd_logs: Vec::new(),
                     _dir: None,
@@ -101,7 +103,7 @@ impl Servers {
             .join(",");
         let mut servers = Servers {
             ports: ports.clone(),
-            _raft_kv: None,
+            raft_kv: None,
             etcd: Vec::new(),
             etcd_logs: Vec::new(),
             _dir: None,
@@ -190,6 +192,43 @@ impl Servers {
 
     async fn leader(&self) -> usize {
         self.try_leader().await.expect("an agreed leader")
+    }
+
+    /// SIGKILLs member `i`.
+    fn kill(&mut self, i: usize) {
+        match &mut self.raft_kv {
+            Some(cluster) => cluster.kill(i),
+            None => {
+                let _ = self.etcd[i].kill();
+                let _ = self.etcd[i].wait();
+            }
+        }
+    }
+
+    /// The leader among the members in `among`, once they agree on one of them.
+    async fn wait_leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + common::LEADER_TIMEOUT;
+        loop {
+            let mut statuses = Vec::new();
+            for &i in among {
+                if let Ok(s) = self.maintenance(i).status(StatusRequest {}).await {
+                    statuses.push((i, s.into_inner()));
+                }
+            }
+            if statuses.len() == among.len() {
+                let leader = statuses[0].1.leader;
+                if leader != 0 && statuses.iter().all(|(_, s)| s.leader == leader) {
+                    if let Some((i, _)) = statuses
+                        .iter()
+                        .find(|(_, s)| s.header.as_ref().map(|h| h.member_id) == Some(leader))
+                    {
+                        return *i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {among:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A member that is not the leader.
@@ -1045,16 +1084,12 @@ async fn etcdctl_watch_prints_every_event() {
             &servers.endpoint(1),
             &["watch", "w/a", &format!("--rev={}", first + 3)],
         );
-        let out = middle
-            .wait_stdout(limit, "the history", |o| o.matches("PUT").count() >= 2)
+        let expected_middle = "PUT\nw/a\ntwo words\nPUT\nw/a\n3\nDELETE\nw/a\n\n";
+        middle
+            .wait_stdout(limit, "the history", |o| o.len() >= expected_middle.len())
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let out = if middle.stdout().len() > out.len() {
-            middle.stdout()
-        } else {
-            out
-        };
-        assert_eq!(out, "PUT\nw/a\ntwo words\nPUT\nw/a\n3\nDELETE\nw/a\n\n");
+        assert_eq!(middle.stdout(), expected_middle);
         middle.kill();
 
         // From a revision still to come: only the events from it on.
@@ -1133,6 +1168,89 @@ async fn history_and_compaction() {
                 "Error: etcdserver: mvcc: required revision is a future revision",
             );
         }
+        // Range options at a past revision: count, limit, sort, revision filters.
+        let ep = servers.endpoint(1);
+        let counted = servers
+            .kv(1)
+            .range(RangeRequest {
+                key: "c/".into(),
+                range_end: prefix_end(b"c/"),
+                revision: 4,
+                count_only: true,
+                ..RangeRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                revision(&counted.header),
+                counted.count,
+                counted.kvs.len(),
+                counted.more
+            ),
+            (6, 2, 0, false)
+        );
+        let limited = [
+            "get",
+            "--rev=4",
+            "--prefix",
+            "c/",
+            "--limit=1",
+            "-w",
+            "json",
+        ];
+        let (_, rest) = split_header(&etcdctl_ok(&ep, &limited).await);
+        assert_eq!(
+            rest,
+            format!(
+                "{{\"kvs\":[{{\"key\":\"{}\",\"create_revision\":2,\"mod_revision\":3,\
+                 \"version\":2,\"value\":\"{}\"}}],\"more\":true,\"count\":2}}",
+                b64("c/k"),
+                b64("v2")
+            )
+        );
+        assert_eq!(
+            etcdctl_ok(
+                &ep,
+                &[
+                    "get",
+                    "--rev=4",
+                    "--prefix",
+                    "c/",
+                    "--sort-by=MODIFY",
+                    "--order=DESCEND"
+                ]
+            )
+            .await,
+            "c/other\nx\nc/k\nv2\n"
+        );
+        let filtered = |revision: i64, min_mod: i64, max_create: i64| {
+            let mut kv = servers.kv(2);
+            async move {
+                let r = kv
+                    .range(RangeRequest {
+                        key: "c/".into(),
+                        range_end: prefix_end(b"c/"),
+                        revision,
+                        min_mod_revision: min_mod,
+                        max_create_revision: max_create,
+                        ..RangeRequest::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let keys: Vec<String> = r
+                    .kvs
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                    .collect();
+                (keys, r.count)
+            }
+        };
+        // (etcd counts the keys before these filters.)
+        assert_eq!(filtered(4, 4, 0).await, (vec!["c/other".to_string()], 2));
+        assert_eq!(filtered(5, 0, 3).await, (vec!["c/k".to_string()], 2));
         // The old version's own bookkeeping.
         let old = servers
             .kv(1)
@@ -1253,7 +1371,6 @@ async fn history_and_compaction() {
             })
             .await;
         assert_eq!(out, "PUT\nc/other\nx\nPUT\nc/k\nv3\nDELETE\nc/other\n\n");
-        watch.kill();
 
         // A compaction through gRPC: the answer carries the revision it was made at.
         let r = servers
@@ -1280,6 +1397,21 @@ async fn history_and_compaction() {
             Code::OutOfRange,
             "etcdserver: mvcc: required revision has been compacted",
         );
+        // A watcher that had caught up goes on through the compaction.
+        servers.put(2, "c/after", "y").await;
+        let out = watch
+            .wait_stdout(
+                Duration::from_secs(5),
+                "the put after the compaction",
+                |o| o.contains("c/after"),
+            )
+            .await;
+        assert_eq!(
+            out,
+            "PUT\nc/other\nx\nPUT\nc/k\nv3\nDELETE\nc/other\n\nPUT\nc/after\ny\n"
+        );
+        let (_, err) = watch.kill();
+        assert_eq!(err, "");
         servers.still_serves("compactions").await;
     })
     .await;
@@ -1388,6 +1520,17 @@ async fn lease_commands() {
             format!("lease {id:016x} keepalived with TTL(60)\n")
         );
 
+        // A put without a lease detaches the key from its lease.
+        assert_eq!(
+            etcdctl_ok(&servers.endpoint(0), &["put", "l/b", "22"]).await,
+            "OK\n"
+        );
+        let out = etcdctl_ok(&e, &["lease", "timetolive", "--keys", &format!("{id:x}")]).await;
+        assert!(
+            out.ends_with("s), attached keys([l/a])\n"),
+            "timetolive --keys after l/b was put without the lease: {out:?}"
+        );
+
         // Revoking deletes the attached keys, on every member.
         assert_eq!(
             etcdctl_ok(
@@ -1400,7 +1543,7 @@ async fn lease_commands() {
         for i in 0..3 {
             assert_eq!(
                 etcdctl_ok(&servers.endpoint(i), &["get", "--prefix", "l/"]).await,
-                "l/free\n3\n",
+                "l/b\n22\nl/free\n3\n",
                 "member {i}"
             );
         }
@@ -1443,6 +1586,151 @@ async fn lease_commands() {
             format!("lease {other:016x} revoked\n")
         );
         assert_eq!(etcdctl_ok(&e, &["lease", "list"]).await, "found 0 leases\n");
+    })
+    .await;
+}
+
+/// A key belongs to the lease of its last put: a put with another lease moves it, a put
+/// without one detaches it, `--ignore-lease` keeps it, `--ignore-value` changes only the
+/// lease; a lease's keys go in one revision when it is revoked, also keys put in a txn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_belongs_to_the_lease_of_its_last_put() {
+    if !etcdctl_installed() {
+        return;
+    }
+    bounded(Duration::from_secs(45), async {
+        let servers = Servers::start(3).await;
+        let e = servers.endpoints();
+        let grant = |ep: String| async move {
+            lease_id_in(&etcdctl_ok(&ep, &["lease", "grant", "60"]).await)
+        };
+        let one = grant(servers.endpoint(0)).await;
+        let two = grant(servers.endpoint(1)).await;
+        let (one_hex, two_hex) = (format!("{one:x}"), format!("{two:x}"));
+        let keys_of = |hex: String| {
+            let e = e.clone();
+            async move {
+                let out = etcdctl_ok(&e, &["lease", "timetolive", "--keys", &hex]).await;
+                out.split_once(", attached keys(")
+                    .map(|(_, k)| k.to_string())
+                    .unwrap_or_else(|| panic!("timetolive --keys {hex}: {out:?}"))
+            }
+        };
+        let lease_of = |key: &'static str| {
+            let kv = servers.kv(2);
+            async move {
+                let mut kv = kv;
+                let r = kv
+                    .range(RangeRequest {
+                        key: key.into(),
+                        ..RangeRequest::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                r.kvs
+                    .first()
+                    .map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease))
+            }
+        };
+
+        let put = |args: Vec<String>| {
+            let e = e.clone();
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                etcdctl(&e, &args).await
+            }
+        };
+        let ok = |done: Finished| {
+            assert!(done.status.success(), "{}", done.stderr);
+            done.stdout
+        };
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ok(put(args(&["put", &format!("--lease={one_hex}"), "la/k", "1"])).await),
+            "OK\n"
+        );
+        assert_eq!(lease_of("la/k").await, Some(("1".into(), one)));
+        assert_eq!(keys_of(one_hex.clone()).await, "[la/k])\n");
+        // Another lease: the key moves.
+        assert_eq!(
+            ok(put(args(&["put", &format!("--lease={two_hex}"), "la/k", "2"])).await),
+            "OK\n"
+        );
+        assert_eq!(lease_of("la/k").await, Some(("2".into(), two)));
+        assert_eq!(keys_of(one_hex.clone()).await, "[])\n");
+        assert_eq!(keys_of(two_hex.clone()).await, "[la/k])\n");
+        // --ignore-lease keeps it; --ignore-value changes the lease only.
+        assert_eq!(
+            ok(put(args(&["put", "--ignore-lease", "la/k", "3"])).await),
+            "OK\n"
+        );
+        assert_eq!(lease_of("la/k").await, Some(("3".into(), two)));
+        assert_eq!(
+            ok(put(args(&[
+                "put",
+                "--ignore-value",
+                &format!("--lease={one_hex}"),
+                "la/k"
+            ]))
+            .await),
+            "OK\n"
+        );
+        assert_eq!(lease_of("la/k").await, Some(("3".into(), one)));
+        assert_eq!(keys_of(two_hex.clone()).await, "[])\n");
+        // --ignore-value of a missing key.
+        assert_failed_with(
+            "put --ignore-value of a missing key",
+            &put(args(&["put", "--ignore-value", "la/none"])).await,
+            "Error: etcdserver: key not found",
+        );
+        // A put without a lease detaches.
+        assert_eq!(ok(put(args(&["put", "la/d", "x"])).await), "OK\n");
+        assert_eq!(
+            ok(put(args(&["put", &format!("--lease={two_hex}"), "la/d", "y"])).await),
+            "OK\n"
+        );
+        assert_eq!(ok(put(args(&["put", "la/d", "z"])).await), "OK\n");
+        assert_eq!(lease_of("la/d").await, Some(("z".into(), 0)));
+        assert_eq!(keys_of(two_hex.clone()).await, "[])\n");
+
+        // Keys put with a lease in a transaction.
+        let done = etcdctl_with_input(
+            &e,
+            &["txn"],
+            &format!("\nput --lease={one_hex} la/t1 a\nput --lease={one_hex} la/t2 b\n\n\n"),
+        )
+        .await;
+        assert_eq!(ok(done), "SUCCESS\n\nOK\n\nOK\n");
+        let out = etcdctl_ok(&e, &["lease", "timetolive", "--keys", &one_hex]).await;
+        let keys = out
+            .split_once(", attached keys([")
+            .and_then(|(_, k)| k.strip_suffix("])\n"))
+            .unwrap_or_else(|| panic!("{out:?}"));
+        let keys: BTreeSet<&str> = keys.split(' ').collect();
+        assert_eq!(keys, BTreeSet::from(["la/k", "la/t1", "la/t2"]));
+
+        // Revoking deletes its three keys at one revision; revoking a lease without keys
+        // writes nothing.
+        let before = servers.revision(0).await;
+        assert_eq!(
+            etcdctl_ok(&e, &["lease", "revoke", &one_hex]).await,
+            format!("lease {one:016x} revoked\n")
+        );
+        assert_eq!(servers.revision(1).await, before + 1);
+        assert_eq!(
+            etcdctl_ok(&e, &["get", "--prefix", "la/"]).await,
+            "la/d\nz\n"
+        );
+        assert_eq!(
+            etcdctl_ok(&e, &["lease", "revoke", &two_hex]).await,
+            format!("lease {two:016x} revoked\n")
+        );
+        assert_eq!(servers.revision(2).await, before + 1);
+        assert_eq!(
+            etcdctl_ok(&e, &["get", "--prefix", "la/"]).await,
+            "la/d\nz\n"
+        );
     })
     .await;
 }
@@ -2192,6 +2480,323 @@ async fn bad_requests_get_etcds_answers() {
         servers
             .still_serves("requests for revisions that are not there")
             .await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// More of Watch and Lease
+
+/// Several watches on one gRPC stream: each is created with its own id (0, 1, 2 in order),
+/// gets exactly the events of its range (with the previous version if asked, without
+/// deletions if filtered), a transaction's events in one response; a canceled watch says so
+/// and gets nothing more; a progress request is answered with the current revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_share_a_grpc_stream() {
+    async fn next_watch(stream: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
+        tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a watch response within 5 s")
+            .expect("a watch response")
+            .expect("the stream open")
+    }
+    bounded(Duration::from_secs(30), async {
+        let servers = Servers::start(1).await;
+        let create = |c: WatchCreateRequest| WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(c)),
+        };
+        let creates = [
+            WatchCreateRequest {
+                key: "g/a".into(),
+                ..WatchCreateRequest::default()
+            },
+            WatchCreateRequest {
+                key: "g/".into(),
+                range_end: prefix_end(b"g/"),
+                prev_kv: true,
+                filters: vec![
+                    raft_kv::proto::etcdserverpb::watch_create_request::FilterType::Nodelete as i32,
+                ],
+                ..WatchCreateRequest::default()
+            },
+            WatchCreateRequest {
+                key: "g/b".into(),
+                range_end: "g/d".into(),
+                ..WatchCreateRequest::default()
+            },
+        ];
+        let start = servers.revision(0).await;
+        // (The stream opens once the server answers, which it does to a first request.)
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut creates = creates.into_iter();
+        tx.send(create(creates.next().unwrap())).await.unwrap();
+        let mut stream = servers
+            .watch(0)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("a watch stream")
+            .into_inner();
+        for (id, c) in std::iter::once(None).chain(creates.map(Some)).enumerate() {
+            if let Some(c) = c {
+                tx.send(create(c)).await.unwrap();
+            }
+            let r = next_watch(&mut stream).await;
+            assert_eq!(
+                (r.watch_id, r.created, r.canceled, r.events.len()),
+                (id as i64, true, false, 0),
+                "{r:?}"
+            );
+            assert_eq!(revision(&r.header), start);
+        }
+
+        let r = start;
+        assert_eq!(servers.put(0, "g/a", "1").await, r + 1);
+        servers.put(0, "g/b", "2").await;
+        servers.put(0, "g/c", "3").await;
+        servers
+            .kv(0)
+            .delete_range(DeleteRangeRequest {
+                key: "g/a".into(),
+                ..DeleteRangeRequest::default()
+            })
+            .await
+            .unwrap();
+        servers.put(0, "g/d", "4").await;
+        servers
+            .kv(0)
+            .txn(TxnRequest {
+                compare: vec![],
+                success: vec![put_op("g/a", "5"), put_op("g/b", "6")],
+                failure: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(servers.revision(0).await, r + 6);
+
+        // (watch id, header revision, events as (type, key, value, previous value, revision))
+        type Seen = (i64, i64, Vec<(i32, String, String, Option<String>, i64)>);
+        let summary = |w: &WatchResponse| -> Seen {
+            let events = w
+                .events
+                .iter()
+                .map(|e| {
+                    let kv = e.kv.as_ref().expect("an event's kv");
+                    (
+                        e.r#type,
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                        e.prev_kv
+                            .as_ref()
+                            .map(|p| String::from_utf8_lossy(&p.value).into_owned()),
+                        kv.mod_revision,
+                    )
+                })
+                .collect();
+            (w.watch_id, revision(&w.header), events)
+        };
+        let ev = |t: i32, k: &str, v: &str, p: Option<&str>, rev: i64| {
+            (t, k.to_string(), v.to_string(), p.map(str::to_string), rev)
+        };
+        let mut got: Vec<Seen> = Vec::new();
+        // 3 + 5 + 3 responses.
+        while got.len() < 11 {
+            got.push(summary(&next_watch(&mut stream).await));
+        }
+        let of = |id: i64| -> Vec<Seen> { got.iter().filter(|s| s.0 == id).cloned().collect() };
+        assert_eq!(
+            of(0),
+            vec![
+                (0, r + 1, vec![ev(0, "g/a", "1", None, r + 1)]),
+                (0, r + 4, vec![ev(1, "g/a", "", None, r + 4)]),
+                (0, r + 6, vec![ev(0, "g/a", "5", None, r + 6)]),
+            ],
+            "watch 0 (g/a); all: {got:?}"
+        );
+        assert_eq!(
+            of(1),
+            vec![
+                (1, r + 1, vec![ev(0, "g/a", "1", None, r + 1)]),
+                (1, r + 2, vec![ev(0, "g/b", "2", None, r + 2)]),
+                (1, r + 3, vec![ev(0, "g/c", "3", None, r + 3)]),
+                (1, r + 5, vec![ev(0, "g/d", "4", None, r + 5)]),
+                (
+                    1,
+                    r + 6,
+                    vec![
+                        ev(0, "g/a", "5", None, r + 6),
+                        ev(0, "g/b", "6", Some("2"), r + 6)
+                    ]
+                ),
+            ],
+            "watch 1 (g/ with prev_kv, no deletes); all: {got:?}"
+        );
+        assert_eq!(
+            of(2),
+            vec![
+                (2, r + 2, vec![ev(0, "g/b", "2", None, r + 2)]),
+                (2, r + 3, vec![ev(0, "g/c", "3", None, r + 3)]),
+                (2, r + 6, vec![ev(0, "g/b", "6", None, r + 6)]),
+            ],
+            "watch 2 ([g/b, g/d)); all: {got:?}"
+        );
+
+        // Cancel watch 0.
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CancelRequest(
+                raft_kv::proto::etcdserverpb::WatchCancelRequest { watch_id: 0 },
+            )),
+        })
+        .await
+        .unwrap();
+        let c = next_watch(&mut stream).await;
+        assert_eq!(
+            (
+                c.watch_id,
+                c.created,
+                c.canceled,
+                c.cancel_reason.as_str(),
+                c.events.len()
+            ),
+            (0, false, true, "", 0),
+            "{c:?}"
+        );
+        servers.put(0, "g/a", "7").await;
+        let w = summary(&next_watch(&mut stream).await);
+        assert_eq!(w, (1, r + 7, vec![ev(0, "g/a", "7", Some("5"), r + 7)]));
+
+        // Progress: the current revision, on no watch in particular.
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                raft_kv::proto::etcdserverpb::WatchProgressRequest {},
+            )),
+        })
+        .await
+        .unwrap();
+        let p = next_watch(&mut stream).await;
+        assert_eq!(
+            (
+                p.watch_id,
+                p.created,
+                p.canceled,
+                p.events.len(),
+                revision(&p.header)
+            ),
+            (-1, false, false, 0, r + 7),
+            "{p:?}"
+        );
+        // Nothing else arrives (watch 0 is gone).
+        let more = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+        assert!(more.is_err(), "unexpected: {more:?}");
+    })
+    .await;
+}
+
+/// Leases live through a change of leader: a kept-alive lease stays, one left alone still
+/// expires (the new leader expires it), and new grants work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_outlive_a_leader_change() {
+    if !etcdctl_installed() {
+        return;
+    }
+    bounded(Duration::from_secs(45), async {
+        let mut servers = Servers::start(3).await;
+        let leader = servers.leader().await;
+        let a = (leader + 1) % 3;
+        let b = (leader + 2) % 3;
+        let lease_a = servers.lease(a);
+        let grant = |ttl: i64| {
+            let mut lease = lease_a.clone();
+            async move {
+                lease
+                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+                    .await
+                    .expect("a grant")
+                    .into_inner()
+            }
+        };
+        let kept = grant(2).await;
+        let left = grant(2).await;
+        let mut kv = servers.kv(a);
+        for (key, lease) in [("lc/kept", kept.id), ("lc/left", left.id)] {
+            kv.put(PutRequest {
+                key: key.into(),
+                value: "v".into(),
+                lease,
+                ..PutRequest::default()
+            })
+            .await
+            .expect("a put with a lease");
+        }
+        let mut keep_alive = spawn_etcdctl(
+            &servers.endpoint(a),
+            &["lease", "keep-alive", &format!("{:x}", kept.id)],
+        );
+        keep_alive
+            .wait_stdout(Duration::from_secs(5), "a keep-alive", |o| {
+                o.contains("TTL(2)")
+            })
+            .await;
+
+        servers.kill(leader);
+        let killed = Instant::now();
+        let new_leader = servers.wait_leader(&[a, b]).await;
+        eprintln!("new leader after {:?}", killed.elapsed());
+
+        // The lease left alone expires under the new leader.
+        loop {
+            let r = servers
+                .kv(b)
+                .range(RangeRequest {
+                    key: "lc/left".into(),
+                    ..RangeRequest::default()
+                })
+                .await;
+            match r {
+                Ok(r) if r.get_ref().kvs.is_empty() => break,
+                _ => {}
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(8),
+                "lc/left (lease of 2 s) still there {:?} after the leader was killed",
+                killed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "lc/left vanished {:?} after the leader was killed",
+            killed.elapsed()
+        );
+        // The kept one stays (keep-alives reach the new leader), for more than its TTL.
+        let wait = Duration::from_secs(5).saturating_sub(killed.elapsed());
+        tokio::time::sleep(wait).await;
+        for i in [a, b] {
+            assert_eq!(
+                servers.get(i, "lc/kept").await.as_deref(),
+                Some("v"),
+                "member {i}, {:?} after the leader was killed; keep-alive:\n{}{}",
+                killed.elapsed(),
+                keep_alive.stdout(),
+                keep_alive.stderr()
+            );
+        }
+        let r = servers
+            .lease(new_leader)
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: kept.id,
+                keys: true,
+            })
+            .await
+            .expect("time to live")
+            .into_inner();
+        assert_eq!(
+            (r.granted_ttl, r.keys.clone()),
+            (2, vec![b"lc/kept".to_vec()]),
+            "{r:?}"
+        );
+        assert!((0..=2).contains(&r.ttl), "{r:?}");
+        let fresh = grant(5).await;
+        assert_eq!(fresh.ttl, 5);
+        keep_alive.kill();
     })
     .await;
 }

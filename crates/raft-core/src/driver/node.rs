@@ -247,6 +247,11 @@ impl<R: Send + 'static> NodeHandle<R> {
     pub fn status(&self) -> NodeStatus {
         self.status.lock().clone()
     }
+
+    /// The current term, without copying the whole status (for response headers).
+    pub fn term(&self) -> Term {
+        self.status.lock().term
+    }
 }
 
 /// What a finished write hands back to the driver.

@@ -121,13 +121,19 @@ impl FrameHead {
     }
 
     fn write(&self, out: &mut BytesMut) {
-        let len = u32::try_from(self.len).expect("a frame of at most 16 KiB");
+        let len = u32::try_from(self.len)
+            .ok()
+            .filter(|&l| l < 1 << 24)
+            .expect("a frame length fits in 24 bits");
         out.put_slice(&len.to_be_bytes()[1..]);
         out.put_u8(self.kind);
         out.put_u8(self.flags);
         out.put_u32(self.stream_id);
     }
 }
+
+/// A decoded header list: (name, value) pairs in order.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Why a header block cannot be followed.
 #[derive(Debug, thiserror::Error)]
@@ -354,7 +360,7 @@ fn headers_fragment(flags: u8, payload: &[u8]) -> Option<(&[u8], Option<[u8; PRI
 fn decode(
     decoder: &mut fluke_hpack::Decoder<'static>,
     fragment: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BlockError> {
+) -> Result<Fields, BlockError> {
     let mut fields = Vec::new();
     let mut size = 0;
     decoder
@@ -378,26 +384,35 @@ fn fixed_authority(value: &[u8]) -> Option<Option<Vec<u8>>> {
         return None;
     }
     let url = Uri::try_from(value).ok();
-    Some(url.and_then(|u| u.authority().map(|a| a.as_str().as_bytes().to_vec())))
+    let authority = url.and_then(|u| u.authority().cloned());
+    Some(
+        authority
+            .filter(|a| !a.as_str().is_empty())
+            .map(|a| a.as_str().as_bytes().to_vec()),
+    )
 }
 
 /// Rewrites (or drops) an `:authority` that is not an authority. Returns whether it did.
-fn fix_authority(fields: &mut Vec<(Vec<u8>, Vec<u8>)>) -> bool {
+fn fix_authority(fields: &mut Fields) -> bool {
     let mut changed = false;
     fields.retain_mut(|(name, value)| {
         if name.as_slice() != b":authority" {
             return true;
         }
-        match fixed_authority(value) {
-            None => true,
-            Some(fixed) => {
-                changed = true;
-                tracing::debug!(
-                    authority = %String::from_utf8_lossy(value),
-                    "client sent an :authority that is a URL"
-                );
-                fixed.map(|f| *value = f).is_some()
+        let Some(fixed) = fixed_authority(value) else {
+            return true;
+        };
+        changed = true;
+        tracing::debug!(
+            authority = %String::from_utf8_lossy(value),
+            "client sent an :authority that is not an authority"
+        );
+        match fixed {
+            Some(authority) => {
+                *value = authority;
+                true
             }
+            None => false,
         }
     });
     changed
@@ -405,7 +420,7 @@ fn fix_authority(fields: &mut Vec<(Vec<u8>, Vec<u8>)>) -> bool {
 
 /// Encodes header fields as literals without indexing, with literal names: the server's
 /// dynamic table is left alone.
-fn encode(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+fn encode(fields: &Fields) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
@@ -551,5 +566,184 @@ impl<S: Connected> Connected for AuthorityFix<S> {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client's request headers with this `:authority`.
+    fn request(authority: &str, path: &str) -> Fields {
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+    }
+
+    fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        FrameHead {
+            len: payload.len(),
+            kind,
+            flags,
+            stream_id,
+        }
+        .write(&mut out);
+        out.extend_from_slice(payload);
+        out.to_vec()
+    }
+
+    /// What a client sends: the preface, SETTINGS, then for each request a header block
+    /// (encoded with a dynamic table, as clients do) and a DATA frame. The second request's
+    /// block has padding and priority fields and is split over a CONTINUATION frame.
+    fn client_stream(requests: &[Fields]) -> Vec<u8> {
+        let mut encoder = fluke_hpack::Encoder::new();
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(0x4, 0, 0, &[]));
+        for (i, fields) in requests.iter().enumerate() {
+            let stream = 2 * i as u32 + 1;
+            let block = encoder.encode(fields.iter().map(|(n, v)| (&n[..], &v[..])));
+            if i % 2 == 0 {
+                out.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            } else {
+                let (a, b) = block.split_at(block.len() / 2);
+                let mut payload = vec![3];
+                payload.extend_from_slice(&[0, 0, 0, 0, 16]);
+                payload.extend_from_slice(a);
+                payload.extend_from_slice(&[0, 0, 0]);
+                out.extend(frame(HEADERS, PADDED | PRIORITY, stream, &payload));
+                out.extend(frame(CONTINUATION, END_HEADERS, stream, b));
+            }
+            out.extend(frame(0x0, END_STREAM, stream, b"message"));
+        }
+        out
+    }
+
+    /// Passes `input` through an [`AuthorityFix`] in small pieces and returns what the server
+    /// reads.
+    async fn through_fix(input: Vec<u8>) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for piece in input.chunks(7) {
+                client.write_all(piece).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut fixed = AuthorityFix::new(server);
+        let mut out = Vec::new();
+        fixed.read_to_end(&mut out).await.unwrap();
+        drop(writer.await.unwrap());
+        out
+    }
+
+    /// The server's view: each header block decoded (with one decoder, as a server has),
+    /// and each DATA payload.
+    fn server_view(stream: &[u8]) -> (Vec<Fields>, Vec<Vec<u8>>) {
+        assert!(stream.starts_with(PREFACE));
+        let mut rest = &stream[PREFACE.len()..];
+        let mut decoder = fluke_hpack::Decoder::new();
+        let (mut blocks, mut data, mut block) = (Vec::new(), Vec::new(), Vec::new());
+        while !rest.is_empty() {
+            let head = FrameHead::parse(rest);
+            let payload = &rest[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + head.len];
+            rest = &rest[FRAME_HEAD_BYTES + head.len..];
+            match head.kind {
+                HEADERS => {
+                    let (fragment, _) = headers_fragment(head.flags, payload).unwrap();
+                    block = fragment.to_vec();
+                }
+                CONTINUATION => block.extend_from_slice(payload),
+                0x0 => data.push(payload.to_vec()),
+                _ => continue,
+            }
+            if matches!(head.kind, HEADERS | CONTINUATION) && head.flags & END_HEADERS != 0 {
+                blocks.push(decoder.decode(&block).expect("a decodable block"));
+            }
+        }
+        (blocks, data)
+    }
+
+    #[tokio::test]
+    async fn a_url_authority_becomes_its_authority_and_later_blocks_still_decode() {
+        let requests = [
+            request("127.0.0.1:2379", "/etcdserverpb.KV/Range"),
+            request("http://127.0.0.1:2379", "/etcdserverpb.Maintenance/Status"),
+            request("http://127.0.0.1:2379", "/etcdserverpb.Maintenance/Status"),
+            request("127.0.0.1:2379", "/etcdserverpb.KV/Put"),
+            request("http://127.0.0.1:2379", "/etcdserverpb.KV/Put"),
+        ];
+        let (blocks, data) = server_view(&through_fix(client_stream(&requests)).await);
+        let expected: Vec<Fields> = requests
+            .iter()
+            .map(|r| request("127.0.0.1:2379", std::str::from_utf8(&r[2].1).unwrap()))
+            .collect();
+        assert_eq!(blocks, expected);
+        assert_eq!(data, vec![b"message".to_vec(); requests.len()]);
+    }
+
+    #[tokio::test]
+    async fn valid_authorities_and_other_protocols_pass_byte_for_byte() {
+        let requests = [
+            request("127.0.0.1:2379", "/etcdserverpb.KV/Range"),
+            request("127.0.0.1:2379", "/etcdserverpb.KV/Put"),
+            request("localhost", "/etcdserverpb.KV/Put"),
+        ];
+        let stream = client_stream(&requests);
+        assert_eq!(through_fix(stream.clone()).await, stream);
+        let http1 = b"GET /health HTTP/1.1\r\nHost: http://x\r\n\r\n".to_vec();
+        assert_eq!(through_fix(http1.clone()).await, http1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_block_is_passed_on_unfollowed() {
+        let mut stream = PREFACE.to_vec();
+        let payload = vec![0u8; HEADER_BLOCK_BYTES_MAX];
+        stream.extend(frame(HEADERS, END_HEADERS, 1, &payload));
+        stream.extend(frame(0x0, END_STREAM, 1, b"message"));
+        assert_eq!(through_fix(stream.clone()).await, stream);
+    }
+
+    #[test]
+    fn authorities_are_fixed_as_etcdctl_needs() {
+        let fixed = |v: &str| {
+            fixed_authority(v.as_bytes()).map(|f| f.map(|a| String::from_utf8(a).unwrap()))
+        };
+        assert_eq!(fixed("127.0.0.1:2379"), None);
+        assert_eq!(fixed("localhost"), None);
+        assert_eq!(
+            fixed("http://127.0.0.1:2379"),
+            Some(Some("127.0.0.1:2379".into()))
+        );
+        assert_eq!(
+            fixed("https://example.com:2379/"),
+            Some(Some("example.com:2379".into()))
+        );
+        assert_eq!(fixed("http://[::1]:2379"), Some(Some("[::1]:2379".into())));
+        // Not even a URL with an authority: dropped.
+        assert_eq!(fixed("a b"), Some(None));
+        assert_eq!(fixed("unix:///tmp/sock"), Some(None));
+    }
+
+    #[test]
+    fn integers_encode_as_hpack_says() {
+        // RFC 7541, C.1.1 to C.1.3.
+        let encode = |v, n| {
+            let mut out = Vec::new();
+            encode_integer(&mut out, v, n, 0);
+            out
+        };
+        assert_eq!(encode(10, 5), [10]);
+        assert_eq!(encode(1337, 5), [31, 154, 10]);
+        assert_eq!(encode(42, 8), [42]);
     }
 }

@@ -65,6 +65,11 @@ pub fn range_from_proto(r: pb::RangeRequest) -> Result<RangeReq, Status> {
     if r.key.is_empty() {
         return Err(Status::invalid_argument(KEY_NOT_PROVIDED));
     }
+    if r.limit < 0 {
+        return Err(Status::invalid_argument(
+            "etcdserver: limit must not be negative",
+        ));
+    }
     let sort_order = match r.sort_order() {
         pb::range_request::SortOrder::None => SortOrder::None,
         pb::range_request::SortOrder::Ascend => SortOrder::Ascend,
@@ -80,7 +85,7 @@ pub fn range_from_proto(r: pb::RangeRequest) -> Result<RangeReq, Status> {
     Ok(RangeReq {
         key: r.key,
         range_end: r.range_end,
-        limit: r.limit.max(0),
+        limit: r.limit,
         revision: r.revision,
         sort_order,
         sort_target,

@@ -168,7 +168,7 @@ impl Shared {
             cluster_id: self.config.cluster_id,
             member_id: self.config.id.0,
             revision,
-            raft_term: self.node.status().term.0,
+            raft_term: self.node.term().0,
         })
     }
 

@@ -3,9 +3,8 @@
 //! tonic answers a path of no registered service (`/v3lockpb.Lock/Lock`), and a method a
 //! registered service does not have (`/etcdserverpb.KV/Foo`), with `Unimplemented` and no
 //! message. [`NameUnservedLayer`] wraps the router and gives such answers a message naming
-//! the path: `raft-kv does not serve v3lockpb.Lock/Lock` (see [`unserved`]). Answers that
-//! carry a message already (the methods raft-kv declares but does not serve name
-//! themselves) pass unchanged.
+//! the path: `raft-kv does not serve v3lockpb.Lock/Lock`. Answers that carry a message
+//! already (the methods raft-kv declares but does not serve name themselves) pass unchanged.
 
 use std::future::Future;
 use std::pin::Pin;

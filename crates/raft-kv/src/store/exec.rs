@@ -81,16 +81,15 @@ fn check_put(store: &Store, p: &PutReq) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Whether any request that will run puts a key (refused while NOSPACE is raised).
-fn puts(ops: &[Op], d: &Decision) -> bool {
-    let mut nested = d.nested.iter();
-    ops.iter().any(|op| match op {
+/// Whether the transaction has a put in either branch, nested transactions included: etcd
+/// refuses such a transaction while NOSPACE is raised, whichever branch would run (its capped
+/// applier refuses any transaction whose `costTxn` is not 0, and that counts the puts of both
+/// branches; it misses nested puts, which count here).
+fn has_put(t: &TxnReq) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match op {
         Op::Put(_) => true,
-        Op::Txn(t) => {
-            let inner = nested.next().expect("one decision per nested txn");
-            puts(branch(t, inner), inner)
-        }
-        _ => false,
+        Op::Txn(inner) => has_put(inner),
+        Op::Range(_) | Op::Delete(_) => false,
     })
 }
 
@@ -279,6 +278,11 @@ impl Store {
         if self.no_space() {
             return self.failed(KvError::NoSpace);
         }
+        // A put on its own checks its lease before `ignore_*` (etcd's `Put`); in a
+        // transaction the order is the other way round (etcd's `checkPut`).
+        if p.lease != 0 && !p.ignore_lease && !self.leases.contains_key(&p.lease) {
+            return self.failed(KvError::LeaseNotFound);
+        }
         if let Err(e) = check_put(self, &p) {
             return self.failed(e);
         }
@@ -301,11 +305,11 @@ impl Store {
     }
 
     pub(super) fn apply_txn(&mut self, t: TxnReq) -> Outcome {
-        let d = decide(self, &t);
-        let ops = branch(&t, &d);
-        if self.no_space() && puts(ops, &d) {
+        if self.no_space() && has_put(&t) {
             return self.failed(KvError::NoSpace);
         }
+        let d = decide(self, &t);
+        let ops = branch(&t, &d);
         if let Err(e) = check(self, ops, &d) {
             return self.failed(e);
         }

@@ -5,14 +5,14 @@
 //!   revision since, and the change events watchers read.
 //! - [`txn`]: etcd's key requests (range, put, delete, transaction with compares) as the log
 //!   carries them, their answers and their validation.
-//! - [`exec`](self): applying a [`Command`]; every command's changes take one main revision
+//! - `exec`: applying a [`Command`]; every command's changes take one main revision
 //!   (sub-revisions within it), a command that changes nothing keeps the revision.
 //! - leases: id, granted TTL and attached keys. Whether a lease has expired is not the store's
 //!   business: only the leader decides, with its clock, and proposes a revoke
 //!   ([`Command::LeaseRevoke`]), so every member deletes the same keys at the same revision.
 //! - alarms: raised and cleared through the log; while NOSPACE is raised, writes that add
 //!   data fail with [`KvError::NoSpace`].
-//! - [`members`]: member records (which members vote is raft's configuration, not the store's).
+//! - `members`: member records (which members vote is raft's configuration, not the store's).
 //!
 //! Applying is deterministic: equal stores given equal commands stay equal, and write
 //! identical snapshots.
@@ -504,3 +504,5 @@ mod exec;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod model_tests;

@@ -5,7 +5,7 @@
 //! counting the changes within that request. `history` holds the records in revision order;
 //! `index` lists, per key, the revisions of its records (puts and tombstones), ascending.
 //!
-//! Invariants (checked by [`KeySpace::check`] in tests):
+//! Invariants (checked by `KeySpace::check` in tests):
 //! - every revision in `index` names a record of the same key in `history`, and every record
 //!   of `history` is listed in `index` under its key;
 //! - every revision is at most the current revision, and above the compaction point unless
@@ -253,10 +253,13 @@ impl KeySpace {
         events
     }
 
-    /// The key's value just before `rev`, if it existed then (and is not compacted).
+    /// The key's value before the request that made `rev` (at main revision `rev.main - 1`),
+    /// if it existed then and that revision is not compacted: etcd's `prev_kv` for a watch
+    /// event. (A transaction may put a key and then delete it; the delete's `prev_kv` is the
+    /// value before the transaction, as in etcd.)
     pub fn before(&self, key: &[u8], rev: Rev) -> Option<&KeyValue> {
         let revs = self.index.get(key)?;
-        let n = revs.partition_point(|r| *r < rev);
+        let n = revs.partition_point(|r| r.main < rev.main);
         self.history.get(revs.get(n.checked_sub(1)?)?)?.put()
     }
 

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{range_bounds, KeyValue, KvError};
 
-/// The most operations in one transaction, counting every branch's (etcd's `--max-txn-ops`
-/// default).
+/// The most compares, or operations in one branch, of a transaction (etcd's `--max-txn-ops`
+/// default; see [`TxnReq::validate`]).
 pub const TXN_OPS_MAX: usize = 128;
 
 /// How a range's keys are ordered.
@@ -227,21 +227,30 @@ impl TxnReq {
         self.success.iter().chain(&self.failure).any(Op::writes)
     }
 
-    /// etcd's validation before a transaction is proposed: at most `ops_max` (at most
-    /// [`TXN_OPS_MAX`]) operations per branch, no key written twice in one branch, nested
-    /// branches included.
+    /// etcd's validation before a transaction is proposed (`checkTxnRequest`, then
+    /// `checkIntervals` of each branch): at most `ops_max` (at most [`TXN_OPS_MAX`]) compares
+    /// and operations per branch, a nested transaction getting what its parent's longest list
+    /// leaves of the bound; and no key written twice in a branch ([`KvError::DuplicateKey`]).
     pub fn validate(&self, ops_max: usize) -> Result<(), KvError> {
-        if self.success.len().max(self.failure.len()).max(self.compare.len()) > ops_max {
-            return Err(KvError::TooManyOps);
-        }
+        self.count_ops(ops_max)?;
         for branch in [&self.success, &self.failure] {
-            let mut puts = BTreeSet::new();
-            let mut deletes = Vec::new();
-            collect_writes(branch, &mut puts, &mut deletes)?;
-            for (key, end) in &deletes {
-                if puts.iter().any(|k| in_range(k, key, end)) {
-                    return Err(KvError::DuplicateKey);
-                }
+            collect_writes(branch)?;
+        }
+        Ok(())
+    }
+
+    fn count_ops(&self, ops_max: usize) -> Result<(), KvError> {
+        let n = self
+            .success
+            .len()
+            .max(self.failure.len())
+            .max(self.compare.len());
+        let Some(left) = ops_max.checked_sub(n) else {
+            return Err(KvError::TooManyOps);
+        };
+        for op in self.success.iter().chain(&self.failure) {
+            if let Op::Txn(t) = op {
+                t.count_ops(left)?;
             }
         }
         Ok(())
@@ -258,35 +267,48 @@ impl Op {
     }
 }
 
-/// The keys put and the ranges deleted by `ops`; a key put twice is an error. A nested
-/// transaction contributes each of its branches (etcd checks each branch against the rest).
-fn collect_writes(
-    ops: &[Op],
-    puts: &mut BTreeSet<Vec<u8>>,
-    deletes: &mut Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<(), KvError> {
+/// The keys put and the ranges deleted by `ops`, nested transactions included (etcd's
+/// `checkIntervals`). A duplicate key: one put twice, a put in a range this level deletes,
+/// or a nested put in a range an earlier nested transaction deletes. The two branches of a
+/// nested transaction exclude each other: they may put the same key, and one's deletes do not
+/// conflict with the other's puts.
+#[allow(clippy::type_complexity)]
+fn collect_writes(ops: &[Op]) -> Result<(BTreeSet<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>), KvError> {
+    let mut deletes: Vec<(Vec<u8>, Vec<u8>)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(d) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let deleted = |deletes: &[(Vec<u8>, Vec<u8>)], k: &[u8]| {
+        deletes.iter().any(|(key, end)| in_range(k, key, end))
+    };
+    let mut puts = BTreeSet::new();
     for op in ops {
-        match op {
-            Op::Range(_) => {}
-            Op::Put(p) => {
-                if !puts.insert(p.key.clone()) {
-                    return Err(KvError::DuplicateKey);
-                }
-            }
-            Op::Delete(d) => deletes.push((d.key.clone(), d.range_end.clone())),
-            Op::Txn(t) => {
-                t.validate(usize::MAX)?;
-                for branch in [&t.success, &t.failure] {
-                    let mut inner_puts = puts.clone();
-                    let mut inner_deletes = Vec::new();
-                    collect_writes(branch, &mut inner_puts, &mut inner_deletes)?;
-                    deletes.extend(inner_deletes);
-                    puts.extend(inner_puts);
-                }
-            }
+        let Op::Txn(t) = op else { continue };
+        let (then_puts, then_deletes) = collect_writes(&t.success)?;
+        let (else_puts, else_deletes) = collect_writes(&t.failure)?;
+        let clash = |k: &Vec<u8>, own_branch: &BTreeSet<Vec<u8>>| {
+            (puts.contains(k) && !own_branch.contains(k)) || deleted(&deletes, k)
+        };
+        if then_puts.iter().any(|k| clash(k, &BTreeSet::new()))
+            || else_puts.iter().any(|k| clash(k, &then_puts))
+        {
+            return Err(KvError::DuplicateKey);
+        }
+        puts.extend(then_puts);
+        puts.extend(else_puts);
+        deletes.extend(then_deletes);
+        deletes.extend(else_deletes);
+    }
+    for op in ops {
+        let Op::Put(p) = op else { continue };
+        if deleted(&deletes, &p.key) || !puts.insert(p.key.clone()) {
+            return Err(KvError::DuplicateKey);
         }
     }
-    Ok(())
+    Ok((puts, deletes))
 }
 
 /// Whether `k` lies in etcd's range `[key, end)`.
@@ -349,7 +371,8 @@ impl RangeReq {
     }
 
     /// The answer from the keys of the range (in key order), after filtering, sorting and
-    /// limiting. As in etcd, `count` counts the range's keys before the revision filters.
+    /// limiting. As in etcd, `count` counts the range's keys before the revision filters, and
+    /// `count_only` answers with `more` false.
     pub fn answer(&self, mut kvs: Vec<&KeyValue>) -> RangeResp {
         let count = kvs.len() as i64;
         kvs.retain(|kv| self.admits(kv));
@@ -359,7 +382,8 @@ impl RangeReq {
         } else {
             usize::MAX
         };
-        let more = kvs.len() > limit;
+        // etcd counts without fetching for `count_only`, so nothing is cut and `more` is false.
+        let more = !self.count_only && kvs.len() > limit;
         let kvs = if self.count_only {
             Vec::new()
         } else {
