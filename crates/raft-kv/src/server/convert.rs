@@ -237,24 +237,36 @@ pub fn delete_to_proto(
     }
 }
 
-/// A transaction answer as etcd's: every nested answer carries the same header.
+/// A transaction answer as etcd's: the answers inside carry a header with the revision only,
+/// and a nested transaction's own header is empty, as etcd leaves them.
 pub fn txn_to_proto(t: TxnResp, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
-    use pb::response_op::Response;
-    let responses = t
-        .responses
-        .into_iter()
-        .map(|r| pb::ResponseOp {
-            response: Some(match r {
-                OpResp::Range(r) => Response::ResponseRange(range_to_proto(r, header)),
-                OpResp::Put(r) => Response::ResponsePut(put_to_proto(r, header)),
-                OpResp::Delete(r) => Response::ResponseDeleteRange(delete_to_proto(r, header)),
-                OpResp::Txn(t) => Response::ResponseTxn(txn_to_proto(t, header)),
-            }),
-        })
-        .collect();
+    let revision = header.map_or(0, |h| h.revision);
     pb::TxnResponse {
         header,
         succeeded: t.succeeded,
-        responses,
+        responses: inner_responses(t.responses, revision),
     }
+}
+
+fn inner_responses(responses: Vec<OpResp>, revision: i64) -> Vec<pb::ResponseOp> {
+    use pb::response_op::Response;
+    let inner = Some(pb::ResponseHeader {
+        revision,
+        ..pb::ResponseHeader::default()
+    });
+    responses
+        .into_iter()
+        .map(|r| pb::ResponseOp {
+            response: Some(match r {
+                OpResp::Range(r) => Response::ResponseRange(range_to_proto(r, inner)),
+                OpResp::Put(r) => Response::ResponsePut(put_to_proto(r, inner)),
+                OpResp::Delete(r) => Response::ResponseDeleteRange(delete_to_proto(r, inner)),
+                OpResp::Txn(t) => Response::ResponseTxn(pb::TxnResponse {
+                    header: Some(pb::ResponseHeader::default()),
+                    succeeded: t.succeeded,
+                    responses: inner_responses(t.responses, revision),
+                }),
+            }),
+        })
+        .collect()
 }

@@ -37,9 +37,6 @@ pub const KEEPALIVE_RESPONSES_MAX: usize = 16;
 /// etcd's message for a TTL above [`LEASE_TTL_MAX`].
 pub const TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 
-/// raft-kv's message for a negative TTL (etcd silently raises it to the minimum).
-pub const TTL_NEGATIVE: &str = "etcdserver: lease TTL must not be negative";
-
 /// The leader's deadlines of the leases it has seen, for one term of leadership.
 #[derive(Default)]
 pub struct Lessor {
@@ -201,9 +198,7 @@ impl pb::lease_server::Lease for LeaseService {
         if r.ttl > LEASE_TTL_MAX {
             return Err(Status::out_of_range(TTL_TOO_LARGE));
         }
-        if r.ttl < 0 {
-            return Err(Status::invalid_argument(TTL_NEGATIVE));
-        }
+        // Like etcd, a TTL below the minimum (0 or negative included) is raised to it.
         let ttl = r.ttl.max(min_ttl(&self.0));
         let id = match r.id {
             0 => self.0.lessor.next_id(self.0.config.id.0),
@@ -298,7 +293,8 @@ impl pb::lease_server::Lease for LeaseService {
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header,
             id: r.id,
-            ttl: left.as_secs_f64().ceil() as i64,
+            // Whole seconds left, truncated as etcd does.
+            ttl: left.as_secs() as i64,
             granted_ttl: lease.ttl,
             keys: if r.keys {
                 lease.keys.iter().cloned().collect()
