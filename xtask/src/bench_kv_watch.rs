@@ -64,7 +64,7 @@ pub async fn watch_row(ctx: &RowCtx<'_>, spec: Spec) -> Result<Load, RowError> {
             .await
             .map_err(|e| RowError::Failed(format!("a watcher task failed: {e}")))?;
         last_event = last_event.max(w.last_event.unwrap_or(epoch));
-        let missing = account(&mut load, w, &written.revisions)?;
+        let missing = account(&mut load, w, &written)?;
         late += usize::from(missing > 0);
     }
     drop(finish_tx);
@@ -307,14 +307,15 @@ impl Watcher {
 
 /// Adds one watcher's events to the row and checks them against the writer's revisions;
 /// returns how many of the last events it lacks (it gave up waiting for them).
-fn account(load: &mut Load, w: Watcher, sent: &[i64]) -> Result<usize, RowError> {
+fn account(load: &mut Load, w: Watcher, written: &Written) -> Result<usize, RowError> {
     load.ops += w.revisions.len() as u64;
     load.hist
         .add(&w.hist)
         .map_err(|e| RowError::Failed(format!("merging histograms: {e}")))?;
     let checked = match w.wrong {
         Some(e) => Err(e),
-        None => check(&w.revisions, sent),
+        // A put that failed may have been applied: its event is then no stranger.
+        None => check(&w.revisions, &written.revisions, written.errors > 0),
     };
     match (checked, w.error) {
         (Err(e), _) => load.wrong(|| e),
@@ -326,7 +327,9 @@ fn account(load: &mut Load, w: Watcher, sent: &[i64]) -> Result<usize, RowError>
 
 /// Compares the revisions a watcher received with the ones the writer made (increasing):
 /// `Ok(n)` if they are the first `len - n` of them exactly once in order, else what is wrong.
-fn check(got: &[i64], sent: &[i64]) -> Result<usize, String> {
+/// With `failed_puts`, events at revisions the writer does not know are let through (a put
+/// that failed may have been applied).
+fn check(got: &[i64], sent: &[i64], failed_puts: bool) -> Result<usize, String> {
     let mut next = 0;
     for (n, &r) in got.iter().enumerate() {
         if n > 0 && r <= got[n - 1] {
@@ -343,6 +346,7 @@ fn check(got: &[i64], sent: &[i64]) -> Result<usize, String> {
                     sent[next]
                 ))
             }
+            None if failed_puts => {}
             None => {
                 return Err(format!(
                     "an event at revision {r} that no put of the writer made"
@@ -360,27 +364,30 @@ mod tests {
     #[test]
     fn check_accepts_every_event_once_in_order_and_counts_the_late_ones() {
         let sent = [5, 7, 8, 12];
-        assert_eq!(check(&[5, 7, 8, 12], &sent), Ok(0));
-        assert_eq!(check(&[5, 7], &sent), Ok(2));
-        assert_eq!(check(&[], &sent), Ok(4));
+        assert_eq!(check(&[5, 7, 8, 12], &sent, false), Ok(0));
+        assert_eq!(check(&[5, 7], &sent, false), Ok(2));
+        assert_eq!(check(&[], &sent, false), Ok(4));
     }
 
     #[test]
     fn check_rejects_gaps_duplicates_reordering_and_events_no_put_made() {
         let sent = [5, 7, 8, 12];
-        assert!(check(&[5, 8, 12], &sent)
+        assert!(check(&[5, 8, 12], &sent, false)
             .unwrap_err()
             .contains("missed 1 event"));
-        assert!(check(&[5, 7, 7, 8], &sent)
+        assert!(check(&[5, 7, 7, 8], &sent, false)
             .unwrap_err()
             .contains("duplicate"));
         // An event ahead of its turn shows first as a gap; one behind, as out of order.
-        assert!(check(&[5, 8, 7], &sent)
+        assert!(check(&[5, 8, 7], &sent, false)
             .unwrap_err()
             .contains("missed 1 event"));
-        assert!(check(&[5, 7, 8, 7], &sent)
+        assert!(check(&[5, 7, 8, 7], &sent, false)
             .unwrap_err()
             .contains("out of order"));
-        assert!(check(&[5, 6], &sent).unwrap_err().contains("no put"));
+        assert!(check(&[5, 6], &sent, false).unwrap_err().contains("no put"));
+        // Unless a put failed (it may have applied): then only gaps count.
+        assert_eq!(check(&[5, 6, 7], &sent, true), Ok(2));
+        assert!(check(&[5, 6, 8], &sent, true).is_err());
     }
 }

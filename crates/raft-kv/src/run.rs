@@ -21,14 +21,16 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::IntervalStream;
 
 use crate::config::{ClusterState, ServerConfig};
-use crate::proto::etcdserverpb::{lease_server, watch_server, auth_server, cluster_server, kv_server, maintenance_server};
+use crate::proto::etcdserverpb::{
+    auth_server, cluster_server, kv_server, lease_server, maintenance_server, watch_server,
+};
 use crate::proto::raftkv::internal_server;
 use crate::server::authority::AuthorityFix;
 use crate::server::health::{is_healthy, report_health, set_health};
 use crate::server::paths::NameUnservedLayer;
 use crate::server::{
-    AuthService, ClusterService, InternalService, KvService, MaintenanceService, Shared,
-    LeaseService, WatchService, PROMOTE_INTERVAL,
+    AuthService, ClusterService, InternalService, KvService, LeaseService, MaintenanceService,
+    Shared, WatchService, PROMOTE_INTERVAL,
 };
 use crate::snapshot::{read_store_snapshot, write_store_snapshot};
 use crate::store::{Command, MemberInfo, Outcome, Store};
@@ -248,6 +250,18 @@ impl Running {
     }
 }
 
+/// The tasks a member runs, and the signal that stops them.
+struct Tasks {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handles.push(tokio::spawn(task));
+    }
+}
+
 /// Starts a member and returns once it serves clients.
 ///
 /// With `--initial-cluster-state existing` and no data yet, the member joins a running
@@ -256,10 +270,59 @@ impl Running {
 /// snapshot).
 pub async fn run(config: ServerConfig) -> Result<Running, String> {
     let mut config = config;
+    let (log, snapshots) = open_storage(&mut config)?;
+    let (transport, inbound, known) = start_transport(&config).await?;
+    let store = Arc::new(RwLock::new(Store::default()));
+    let (revisions_tx, revisions) = watch::channel(store.read().revision());
+    let machine = KvStateMachine {
+        store: Arc::clone(&store),
+        peers: PeerSync {
+            transport: transport.clone(),
+            me: config.id,
+            known,
+            grace: config.tick * config.election_ticks * REMOVED_PEER_GRACE_ELECTIONS,
+        },
+        revisions: revisions_tx,
+    };
+    let (raft, driver) = raft_configs(&config);
+    let (node, handle) = Node::new(raft, driver, log, machine, snapshots, transport.clone())
+        .await
+        .map_err(|e| format!("cannot start raft: {e}"))?;
+    let shared = Arc::new(Shared::new(handle, store, config.clone(), revisions));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Tasks {
+        handles: Vec::new(),
+        stopped,
+    };
+    tasks.spawn(drive(node, inbound, config.tick));
+    let removed = spawn_loops(&shared, &mut tasks);
+    if let Some(addr) = config.metrics_addr {
+        serve_metrics(&shared, addr, &mut tasks).await?;
+    }
+    serve_clients(&shared, &mut tasks).await?;
+    tracing::info!(
+        name = %config.flags.name,
+        id = config.id.0,
+        peer = %config.peer_addr,
+        client = %config.client_addr,
+        "ready to serve client requests"
+    );
+    Ok(Running {
+        shared,
+        stop,
+        removed,
+        tasks: tasks.handles,
+        transport,
+    })
+}
+
+/// Opens the log (a new member joining a running cluster starts with an empty
+/// configuration) and the snapshot store, reporting what recovery found.
+fn open_storage(config: &mut ServerConfig) -> Result<(LogFile, FileSnapshotStore), String> {
     let data_dir = config.flags.data_dir.clone();
     let log_dir = data_dir.join("log");
     let fresh = !log_dir.join("state").exists();
-    adopt_member_id(&mut config, &data_dir)?;
+    adopt_member_id(config, &data_dir)?;
     let joining = fresh && config.flags.initial_cluster_state == ClusterState::Existing;
     let membership = if joining {
         tracing::info!(
@@ -269,28 +332,32 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     } else {
         Membership::with_voters(config.members.iter().map(|m| m.id))
     };
-    let log = LogFile::open(
-        &log_dir,
-        Options {
-            membership,
-            segment_bytes_max: config.flags.log_segment_bytes,
-            ..Options::default()
-        },
-    )
-    .map_err(|e| format!("cannot open the log: {e}"))?;
+    let options = Options {
+        membership,
+        segment_bytes_max: config.flags.log_segment_bytes,
+        ..Options::default()
+    };
+    let log = LogFile::open(&log_dir, options).map_err(|e| format!("cannot open the log: {e}"))?;
     if let Some(report) = &log.recovery().torn_tail {
         tracing::warn!(file = %report.0, offset = report.1, "cut a torn write off the log tail");
     }
-    let snap_dir = data_dir.join("snap");
-    let snapshots = FileSnapshotStore::open(&snap_dir, raft_snapshot::Options::default())
-        .map_err(|e| format!("cannot open the snapshot store: {e}"))?;
+    let snapshots =
+        FileSnapshotStore::open(data_dir.join("snap"), raft_snapshot::Options::default())
+            .map_err(|e| format!("cannot open the snapshot store: {e}"))?;
     for (path, why) in &snapshots.recovery().rejected {
         tracing::warn!(file = %path.display(), "ignored a damaged snapshot: {why}");
     }
     for path in &snapshots.recovery().removed {
         tracing::info!(file = %path.display(), "removed a snapshot file left by a crash");
     }
+    Ok((log, snapshots))
+}
 
+/// Starts the peer transport with the peers of `--initial-cluster`; returns it, its inbound
+/// messages and the peer addresses given to it.
+async fn start_transport(
+    config: &ServerConfig,
+) -> Result<(TcpTransport, Inbound, HashMap<NodeId, String>), String> {
     let mut transport_config = TransportConfig::new(config.id, config.cluster_id, config.peer_addr);
     let mut known = HashMap::new();
     for m in config.members.iter().filter(|m| m.id != config.id) {
@@ -301,9 +368,14 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     let (transport, inbound) = TcpTransport::start(transport_config)
         .await
         .map_err(|e| format!("cannot listen for peers on {}: {e}", config.peer_addr))?;
+    Ok((transport, inbound, known))
+}
 
-    let store = Arc::new(RwLock::new(Store::default()));
-    let (revisions_tx, revisions) = watch::channel(store.read().revision());
+/// The messages peers send this member.
+type Inbound = futures::channel::mpsc::Receiver<raft_proto::Message>;
+
+/// raft-core's and the driver's settings from the flags.
+fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
     let mut raft = Config::new(config.id);
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = 1;
@@ -319,87 +391,75 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
             .collect(),
         ..DriverConfig::default()
     };
-    let (node, handle) = Node::new(
-        raft,
-        driver,
-        log,
-        KvStateMachine {
-            store: Arc::clone(&store),
-            peers: PeerSync {
-                transport: transport.clone(),
-                me: config.id,
-                known,
-                grace: config.tick * config.election_ticks * REMOVED_PEER_GRACE_ELECTIONS,
-            },
-            revisions: revisions_tx,
-        },
-        snapshots,
-        transport.clone(),
-    )
-    .await
-    .map_err(|e| format!("cannot start raft: {e}"))?;
+    (raft, driver)
+}
 
-    let shared = Arc::new(Shared::new(
-        handle,
-        Arc::clone(&store),
-        config.clone(),
-        revisions,
-    ));
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = Vec::new();
-
-    let mut interval = tokio::time::interval(config.tick);
+/// Runs the raft node with a tick every `tick`; a storage failure stops the process
+/// (fail-stop: such a member must not go on answering clients).
+async fn drive<L, M, T, P>(node: Node<L, M, T, P>, inbound: Inbound, tick: Duration)
+where
+    L: raft_core::driver::LogStore + Clone,
+    M: StateMachine,
+    T: raft_core::driver::Transport,
+    P: raft_core::driver::SnapshotStore,
+{
+    let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ticks = IntervalStream::new(interval).map(|_| ()).fuse();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = node.run(inbound, ticks).await {
-            tracing::error!("raft node stopped: {e}");
-            if matches!(e, NodeError::Storage(_)) {
-                // Fail-stop: a storage failure must not leave a member answering clients.
-                std::process::exit(2);
-            }
+    if let Err(e) = node.run(inbound, ticks).await {
+        tracing::error!("raft node stopped: {e}");
+        if matches!(e, NodeError::Storage(_)) {
+            std::process::exit(2);
         }
-    }));
-
-    tasks.push(tokio::spawn(publish_loop(
-        Arc::clone(&shared),
-        stopped.clone(),
-    )));
-    tasks.push(tokio::spawn(crate::server::compaction::compaction_loop(
-        Arc::clone(&shared),
-        stopped.clone(),
-    )));
-    tasks.push(tokio::spawn(crate::server::lease::expiry_loop(
-        Arc::clone(&shared),
-        stopped.clone(),
-    )));
-    tasks.push(tokio::spawn(promote_loop(
-        Arc::clone(&shared),
-        stopped.clone(),
-    )));
-    let (removed_tx, removed) = watch::channel(false);
-    tasks.push(tokio::spawn(watch_removed(
-        Arc::clone(&shared),
-        removed_tx,
-        stopped.clone(),
-    )));
-
-    if let Some(addr) = config.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
-        let node = shared.node.clone();
-        tasks.push(tokio::spawn(crate::metrics::serve(
-            listener,
-            move || node.status(),
-            stopped.clone(),
-        )));
-        tracing::info!(addr = %addr, "serving metrics at /metrics");
     }
+}
 
-    let listener = tokio::net::TcpListener::bind(config.client_addr)
+/// Starts the background loops (publishing this member's addresses, automatic compaction,
+/// lease expiry, promotion of learners, watching for this member's removal); returns what
+/// says that this member was removed.
+fn spawn_loops(shared: &Arc<Shared>, tasks: &mut Tasks) -> watch::Receiver<bool> {
+    let stopped = tasks.stopped.clone();
+    tasks.spawn(publish_loop(Arc::clone(shared), stopped.clone()));
+    tasks.spawn(crate::server::compaction::compaction_loop(
+        Arc::clone(shared),
+        stopped.clone(),
+    ));
+    tasks.spawn(crate::server::lease::expiry_loop(
+        Arc::clone(shared),
+        stopped.clone(),
+    ));
+    tasks.spawn(promote_loop(Arc::clone(shared), stopped.clone()));
+    let (removed_tx, removed) = watch::channel(false);
+    tasks.spawn(watch_removed(Arc::clone(shared), removed_tx, stopped));
+    removed
+}
+
+/// Serves Prometheus metrics, `/health` and `/version` on `addr`.
+async fn serve_metrics(
+    shared: &Arc<Shared>,
+    addr: std::net::SocketAddr,
+    tasks: &mut Tasks,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for clients on {}: {e}", config.client_addr))?;
+        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let node = shared.node.clone();
+    let stopped = tasks.stopped.clone();
+    tasks.spawn(crate::metrics::serve(
+        listener,
+        move || node.status(),
+        stopped,
+    ));
+    tracing::info!(addr = %addr, "serving metrics at /metrics");
+    Ok(())
+}
+
+/// Serves the gRPC services on the client URL until stopped.
+async fn serve_clients(shared: &Arc<Shared>, tasks: &mut Tasks) -> Result<(), String> {
+    let addr = shared.config.client_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for clients on {addr}: {e}"))?;
     // Client sockets get TCP_NODELAY: without it a small response can wait ~40 ms for
     // Nagle's algorithm (tonic does not set it on an incoming stream we hand it). Each goes
     // through `AuthorityFix`, which makes requests whose `:authority` is a URL acceptable to
@@ -413,37 +473,31 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     // gRPC's health service: SERVING while a leader is known (`server::health`).
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, is_healthy(&shared.node.status())).await;
-    tasks.push(tokio::spawn(report_health(
+    let stopped = tasks.stopped.clone();
+    tasks.spawn(report_health(
         shared.node.clone(),
         health_reporter,
-        config.tick,
+        shared.config.tick,
         stopped.clone(),
-    )));
+    ));
+    let s = || Arc::clone(shared);
     // Unknown paths answer Unimplemented naming the path (`server::paths`).
     let router = tonic::transport::Server::builder()
         .layer(NameUnservedLayer)
         .add_service(health_service)
         .add_service(auth_server::AuthServer::new(AuthService))
-        .add_service(kv_server::KvServer::new(KvService(Arc::clone(&shared))))
-        .add_service(watch_server::WatchServer::new(WatchService(Arc::clone(
-            &shared,
-        ))))
-        .add_service(lease_server::LeaseServer::new(LeaseService(Arc::clone(
-            &shared,
-        ))))
+        .add_service(kv_server::KvServer::new(KvService(s())))
+        .add_service(watch_server::WatchServer::new(WatchService(s())))
+        .add_service(lease_server::LeaseServer::new(LeaseService(s())))
         .add_service(maintenance_server::MaintenanceServer::new(
-            MaintenanceService(Arc::clone(&shared)),
+            MaintenanceService(s()),
         ))
-        .add_service(cluster_server::ClusterServer::new(ClusterService(
-            Arc::clone(&shared),
-        )))
-        .add_service(internal_server::InternalServer::new(InternalService(
-            Arc::clone(&shared),
-        )));
-    let mut stopped_server = stopped;
-    tasks.push(tokio::spawn(async move {
+        .add_service(cluster_server::ClusterServer::new(ClusterService(s())))
+        .add_service(internal_server::InternalServer::new(InternalService(s())));
+    let mut stopped = stopped;
+    tasks.spawn(async move {
         let shutdown = async move {
-            let _ = stopped_server.wait_for(|s| *s).await;
+            let _ = stopped.wait_for(|s| *s).await;
         };
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -451,21 +505,8 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
         {
             tracing::error!("client server stopped: {e}");
         }
-    }));
-    tracing::info!(
-        name = %config.flags.name,
-        id = config.id.0,
-        peer = %config.peer_addr,
-        client = %config.client_addr,
-        "ready to serve client requests"
-    );
-    Ok(Running {
-        shared,
-        stop,
-        removed,
-        tasks,
-        transport,
-    })
+    });
+    Ok(())
 }
 
 /// As the leader, promotes the learners added as voters, every [`PROMOTE_INTERVAL`] (see
