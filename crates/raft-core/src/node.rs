@@ -239,6 +239,7 @@ impl<S: Storage> RawNode<S> {
             || self.raft.log.has_unhanded()
             || !self.raft.msgs.is_empty()
             || !self.raft.msgs_after_persist.is_empty()
+            || self.raft.commit_notices_wanted()
             || self.raft.log.has_next_committed()
             || !self.raft.read_states.is_empty()
             || self.raft.snapshot_install.is_some()
@@ -249,6 +250,7 @@ impl<S: Storage> RawNode<S> {
 
     /// Takes what the application must persist, send and apply. See [`Ready`].
     pub fn ready(&mut self) -> Ready {
+        self.raft.flush_commit_notices();
         let soft = self.soft_state();
         let hard = self.raft.hard_state();
         let mut ready = Ready {

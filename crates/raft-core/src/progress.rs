@@ -121,6 +121,11 @@ pub struct Progress {
     pub recent_active: bool,
     /// The snapshot transfer, in the snapshot state.
     pub snapshot: Option<SnapshotTransfer>,
+    /// The highest commit index the follower learns from what was sent to it (each append
+    /// tells the smaller of the leader's commit index and the append's last index): the
+    /// leader sends a commit notice only when the follower would otherwise wait for a
+    /// heartbeat to learn more.
+    pub commit_sent: LogIndex,
 }
 
 impl Progress {
@@ -133,6 +138,7 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: false,
             snapshot: None,
+            commit_sent: LogIndex(0),
         }
     }
 
@@ -159,6 +165,8 @@ impl Progress {
         self.next_index = self.match_index.next();
         self.probe_sent = false;
         self.inflight.clear();
+        // The follower may have restarted and forgotten what it was told.
+        self.commit_sent = LogIndex(0);
     }
 
     pub(crate) fn become_replicate(&mut self) {

@@ -93,6 +93,9 @@ pub(crate) struct Raft<S> {
     rng: Rng,
     pub(crate) msgs: Vec<Message>,
     pub(crate) msgs_after_persist: Vec<Message>,
+    /// The commit index moved, or a follower acknowledged committed entries, since the last
+    /// Ready: [`Raft::flush_commit_notices`] tells the followers that need it.
+    commit_notices_due: bool,
     /// Reads the leader is confirming, oldest first. Bounded by `read_requests_max`.
     reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its term (until then its
@@ -160,6 +163,7 @@ impl<S: Storage> Raft<S> {
             cfg,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
+            commit_notices_due: false,
             reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
             read_context: 0,
@@ -776,6 +780,9 @@ impl<S: Storage> Raft<S> {
             }
             self.send_appends_while_open(from);
             if moved {
+                // Entries it acknowledged may be committed already (through the others):
+                // tell it with this Ready rather than at the next heartbeat.
+                self.commit_notices_due = true;
                 self.maybe_send_timeout_now(from);
             }
             return;
@@ -873,6 +880,7 @@ impl<S: Storage> Raft<S> {
         let more = !entries.is_empty() && sent_last < last;
         let pr = self.progress.get_mut(&to).expect("checked above");
         pr.sent(sent_last, inflight_max);
+        pr.commit_sent = pr.commit_sent.max(self.log.committed.min(sent_last));
         let body = MessageBody::Append(AppendRequest {
             prev_log_index,
             prev_log_term,
@@ -1153,62 +1161,85 @@ impl<S: Storage> Raft<S> {
                 self.handle_read(from, request_id);
             }
             self.config_committed();
-            if self.role == Role::Leader {
-                self.broadcast_commit();
-            }
+            self.commit_notices_due = true;
         }
     }
 
-    /// Tells the followers a new commit index at once (as etcd's `bcastAppend` after a
-    /// commit does) instead of with the next append or heartbeat, so that they apply it, and
-    /// answer the clients waiting on them, a one-way delay later rather than a heartbeat
-    /// later. The message is an empty append at the follower's match index, which it holds,
-    /// so it is never refused (an append at the next index could overtake entries still in
-    /// flight and be refused); the follower commits up to the smaller of the commit index and
-    /// its match index. A follower with an append already in the outbox gets the new commit
-    /// index in it instead; followers being probed or sent a snapshot, or whose window is full
-    /// (a slow follower gets no more messages than `inflight_msgs_max`), hear it later.
-    fn broadcast_commit(&mut self) {
+    /// Tells the followers a new commit index with the next Ready (as etcd's `bcastAppend`
+    /// after a commit does) instead of with a later append or heartbeat, so that they apply
+    /// it, and answer the clients waiting on them, a one-way delay later rather than a
+    /// heartbeat later. Called when the Ready is taken, so every commit advance since the
+    /// last one costs at most one message per follower: appends of this term still in the
+    /// outbox carry the new commit index (the leader's log holds their entries, so it is
+    /// correct there); other followers that would learn something get a commit notice
+    /// ([`Raft::send_commit_notice`]).
+    pub(crate) fn flush_commit_notices(&mut self) {
+        if !std::mem::take(&mut self.commit_notices_due) || self.role != Role::Leader {
+            return;
+        }
         let committed = self.log.committed;
-        // Appends of this term still waiting in the outbox carry the new commit index instead
-        // (the leader's log holds their entries, so its commit index is correct there).
-        let mut covered = Vec::new();
         let term = self.term;
         for m in self.msgs.iter_mut().filter(|m| m.term == term) {
             if let MessageBody::Append(a) = &mut m.body {
                 a.leader_commit = committed;
-                covered.push(m.to);
+                let last = a.entries.last().map_or(a.prev_log_index, |e| e.index);
+                if let Some(pr) = self.progress.get_mut(&m.to) {
+                    pr.commit_sent = pr.commit_sent.max(committed.min(last));
+                }
             }
         }
-        let inflight_max = self.cfg.inflight_msgs_max;
-        let peers: Vec<(NodeId, LogIndex)> = self
-            .progress
-            .iter()
-            .filter(|(id, pr)| {
-                **id != self.id
-                    && !covered.contains(id)
-                    && pr.state == ProgressState::Replicate
-                    && !pr.is_paused(inflight_max)
-            })
-            .map(|(id, pr)| (*id, pr.match_index))
-            .collect();
-        for (to, prev_log_index) in peers {
-            let Some(prev_log_term) = self.log.term(prev_log_index) else {
-                continue; // compacted: the next append carries the commit index
-            };
-            let body = MessageBody::Append(AppendRequest {
-                prev_log_index,
-                prev_log_term,
-                entries: Vec::new(),
-                leader_commit: committed,
-            });
-            self.msgs.push(Message {
-                from: self.id,
-                to,
-                term: self.term,
-                body,
-            });
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.send_commit_notice(to);
         }
+    }
+
+    /// Whether [`Raft::flush_commit_notices`] has something to do (for `has_ready`).
+    pub(crate) fn commit_notices_wanted(&self) -> bool {
+        self.commit_notices_due
+            && self.role == Role::Leader
+            && self.progress.iter().any(|(id, pr)| {
+                *id != self.id && self.log.committed.min(pr.match_index) > pr.commit_sent
+            })
+    }
+
+    /// Sends `to` an empty append at its match index carrying the commit index, if that
+    /// tells it more than what was sent to it already. The follower holds its match index,
+    /// so the append is never refused (one at the next index could overtake entries still in
+    /// flight and be refused), and it commits up to the smaller of the commit index and its
+    /// match index. Followers being probed or sent a snapshot, or whose window is full (a
+    /// slow follower gets no more messages than `inflight_msgs_max`), hear it later.
+    fn send_commit_notice(&mut self, to: NodeId) {
+        let committed = self.log.committed;
+        let inflight_max = self.cfg.inflight_msgs_max;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let learns = committed.min(pr.match_index);
+        if to == self.id
+            || pr.state != ProgressState::Replicate
+            || pr.is_paused(inflight_max)
+            || learns <= pr.commit_sent
+        {
+            return;
+        }
+        let prev_log_index = pr.match_index;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            return; // compacted: the next append carries the commit index
+        };
+        pr.commit_sent = learns;
+        let body = MessageBody::Append(AppendRequest {
+            prev_log_index,
+            prev_log_term,
+            entries: Vec::new(),
+            leader_commit: committed,
+        });
+        self.msgs.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
     }
 
     // ----- configuration changes (§6, chapter 4 of the dissertation) -------------------

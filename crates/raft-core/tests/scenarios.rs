@@ -1059,3 +1059,27 @@ fn scenario_15_a_single_node_acknowledges_only_after_fsync() {
     assert!(applied.len() > 50, "only {} entries applied", applied.len());
     assert!(!lost.is_empty(), "some writes were lost to crashes");
 }
+
+// Followers learn a new commit index from the leader at once, not at the next heartbeat: a
+// follower answers the clients waiting on it (raft-kv answers a forwarded write only once
+// the follower that received it has applied it) a round trip after commit. Here no tick
+// passes, so no heartbeat carries the commit index.
+#[test]
+fn followers_learn_the_commit_index_without_a_heartbeat() {
+    let mut h = quiet_harness(3, config(true, false));
+    elect(&mut h, 1);
+    for round in 0..5 {
+        h.propose(1, Bytes::from(format!("x{round}")))
+            .expect("the leader accepts");
+        h.stabilize(&[]);
+        let commit = h.raw(1).commit_index();
+        for id in [2, 3] {
+            assert_eq!(
+                h.raw(id).commit_index(),
+                commit,
+                "round {round}: n{id} knows the commit index without a heartbeat"
+            );
+            assert_eq!(h.applied(id).len() as u64, commit.0, "n{id} applied it");
+        }
+    }
+}
