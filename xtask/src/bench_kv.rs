@@ -55,9 +55,10 @@
 //!
 //! `--puts-scale 0.01` shrinks every row's operations (clients and watchers stay) for a CI
 //! smoke run; `--timeout` bounds the whole run (rows not started in time are skipped, a row
-//! running at the bound is cut short) and `--row-secs` each row. A row with errors or wrong
-//! answers, cut short or skipped makes the command fail; a row the system answers with gRPC
-//! `Unimplemented` is reported `unserved` and does not.
+//! running at the bound is cut short) and `--row-secs` each row. A raft-kv row with errors or
+//! wrong answers, cut short or skipped makes the command fail (etcd's are reported, not
+//! failed: the anchor's own refusals are not this project's bug); a row the system answers
+//! with gRPC `Unimplemented` is reported `unserved` and does not.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -225,9 +226,9 @@ const ETCD_REFERENCE: [(usize, &str, &str, &str); 2] = [
     (1000, "10,300 - 13,200", "87", "134 - 184"),
 ];
 
-/// Client port of member 1 of the raft-kv cluster (others: +10000 each).
+/// Client port of member 1 of the raft-kv cluster (others: +100 each, `cluster::layout`).
 const RAFT_KV_BASE_PORT: u16 = 13379;
-/// Client port of member 1 of the etcd cluster (others: +10000 each).
+/// Client port of member 1 of the etcd cluster (others: +100 each).
 const ETCD_BASE_PORT: u16 = 14379;
 /// Members per cluster.
 const MEMBERS: u16 = 3;
@@ -313,12 +314,17 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
     }
     print_reference();
     println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
-    let ok = runs.iter().all(SystemRun::ok);
+    // raft-kv's problems fail the command; the anchor's are reported (etcd refuses
+    // requests with "too many requests" under the heaviest rows) but fail nothing.
+    let ok = runs.first().is_some_and(SystemRun::ok);
     if !ok {
         println!(
-            "FAILED: a row had errors or wrong answers, was cut short or skipped, or a cluster \
-             failed"
+            "FAILED: a raft-kv row had errors or wrong answers, was cut short or skipped, or \
+             its cluster failed"
         );
+    }
+    if runs.get(1).is_some_and(|etcd| !etcd.ok()) {
+        println!("note: an etcd row had errors or was cut short (see its table); not a failure");
     }
     Ok(ok)
 }
@@ -829,10 +835,10 @@ fn print_header(
     println!(
         "members:      3 per cluster on 127.0.0.1, --heartbeat-interval 100 \
          --election-timeout 1000; raft-kv client ports {RAFT_KV_BASE_PORT}/{}/{}, etcd {ETCD_BASE_PORT}/{}/{}",
-        u32::from(RAFT_KV_BASE_PORT) + 10_000,
-        u32::from(RAFT_KV_BASE_PORT) + 20_000,
-        u32::from(ETCD_BASE_PORT) + 10_000,
-        u32::from(ETCD_BASE_PORT) + 20_000,
+        u32::from(RAFT_KV_BASE_PORT) + crate::cluster::MEMBER_PORT_STEP,
+        u32::from(RAFT_KV_BASE_PORT) + 2 * crate::cluster::MEMBER_PORT_STEP,
+        u32::from(ETCD_BASE_PORT) + crate::cluster::MEMBER_PORT_STEP,
+        u32::from(ETCD_BASE_PORT) + 2 * crate::cluster::MEMBER_PORT_STEP,
     );
     print_workloads(args, rows);
     Ok(())
