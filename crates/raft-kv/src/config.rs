@@ -427,7 +427,11 @@ pub fn parse_retention(mode: CompactionMode, text: &str) -> Result<Retention, St
     let bad = || format!("invalid --auto-compaction-retention {text:?}");
     if mode == CompactionMode::Revision {
         let n: i64 = text.parse().map_err(|_| bad())?;
-        return Ok(if n <= 0 { Retention::Off } else { Retention::Revisions(n) });
+        return Ok(if n <= 0 {
+            Retention::Off
+        } else {
+            Retention::Revisions(n)
+        });
     }
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),

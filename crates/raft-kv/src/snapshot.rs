@@ -190,7 +190,10 @@ enum RecordRef<'a> {
     Removed(u64),
     Promotion(u64),
     Compacted(i64),
-    Lease { id: i64, ttl: i64 },
+    Lease {
+        id: i64,
+        ttl: i64,
+    },
     Alarm(Alarm),
     History(Rev, &'a HistoryRecord),
 }
@@ -402,14 +405,21 @@ impl Decoder {
                 }
                 self.keys.push(kv);
             }
-            Record::Compacted(_) | Record::Lease { .. } | Record::Alarm(_) | Record::History(..)
+            Record::Compacted(_)
+            | Record::Lease { .. }
+            | Record::Alarm(_)
+            | Record::History(..)
                 if !v3 =>
             {
-                return Err(format!("a version 3 record in a version {} snapshot", self.version));
+                return Err(format!(
+                    "a version 3 record in a version {} snapshot",
+                    self.version
+                ));
             }
             Record::Compacted(revision) => parts.kv.restore_compacted(revision),
             Record::Lease { id, ttl } => {
-                ascending(parts.leases.keys().next_back(), &id).map_err(|e| format!("lease {e}"))?;
+                ascending(parts.leases.keys().next_back(), &id)
+                    .map_err(|e| format!("lease {e}"))?;
                 parts.leases.insert(id, ttl);
             }
             Record::Alarm(alarm) => {
@@ -893,7 +903,10 @@ mod tests {
             ..KeyValue::default()
         };
         let (a, b) = (kv(b"a"), kv(b"b"));
-        let (ha, hb) = (HistoryRecord::Put(a.clone()), HistoryRecord::Tombstone(b"b".to_vec()));
+        let (ha, hb) = (
+            HistoryRecord::Put(a.clone()),
+            HistoryRecord::Tombstone(b"b".to_vec()),
+        );
         let at = |main| Rev { main, sub: 0 };
         let valid = assemble(&[
             rec(RecordRef::Revision(5)),
@@ -921,7 +934,11 @@ mod tests {
         // Version 2 keys become history at their mod revisions, compacted at the revision.
         let v2 = assemble_version(
             2,
-            &[rec(RecordRef::Revision(5)), rec(RecordRef::Key(&a)), rec(RecordRef::Key(&b))],
+            &[
+                rec(RecordRef::Revision(5)),
+                rec(RecordRef::Key(&a)),
+                rec(RecordRef::Key(&b)),
+            ],
         );
         let old = decode(&v2).expect("a version 2 snapshot");
         assert_eq!((old.compacted(), old.key_values().count()), (5, 2));

@@ -55,7 +55,12 @@ async fn wait_compacted_below(cluster: &Cluster, i: usize, revision: i64, limit:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_auto_compaction_keeps_the_retention_window() {
     bounded(Duration::from_secs(40), async {
-        let flags = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"];
+        let flags = [
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "2s",
+        ];
         let options = Options {
             flags: flags.iter().map(|s| s.to_string()).collect(),
             ..Options::default()

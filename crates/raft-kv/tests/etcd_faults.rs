@@ -1108,9 +1108,7 @@ async fn the_history_survives_restarts_and_snapshot_installs() {
         for i in ALL {
             cluster.wait_caught_up(i).await;
         }
-        let check = |cluster: &Cluster,
-                     i: usize,
-                     h: &[ReadAt]| {
+        let check = |cluster: &Cluster, i: usize, h: &[ReadAt]| {
             let name = cluster.members[i].name.clone();
             for (r, got) in h.iter().enumerate() {
                 let revision = r as i64 + 1;

@@ -529,4 +529,3 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 }
-

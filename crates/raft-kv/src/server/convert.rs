@@ -25,9 +25,7 @@ pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 pub fn kv_status(e: &KvError) -> Status {
     let code = match e {
         KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
-        KvError::KeyNotFound | KvError::DuplicateKey | KvError::TooManyOps => {
-            Code::InvalidArgument
-        }
+        KvError::KeyNotFound | KvError::DuplicateKey | KvError::TooManyOps => Code::InvalidArgument,
         KvError::LeaseNotFound => Code::NotFound,
         KvError::LeaseExists => Code::FailedPrecondition,
         KvError::NoSpace => Code::ResourceExhausted,

@@ -4,13 +4,13 @@
 //! that answered a write sees it (etcd's read-your-writes).
 
 use super::convert::{
-    delete_from_proto, delete_to_proto, kv_status, put_from_proto, put_to_proto,
-    range_from_proto, range_to_proto, txn_from_proto, txn_to_proto,
+    delete_from_proto, delete_to_proto, kv_status, put_from_proto, put_to_proto, range_from_proto,
+    range_to_proto, txn_from_proto, txn_to_proto,
 };
 #[allow(clippy::wildcard_imports)]
 use super::*;
-use prost::Message;
 use crate::store::KvError;
+use prost::Message;
 
 /// `etcdserverpb.KV`.
 pub struct KvService(pub Arc<Shared>);
@@ -18,11 +18,14 @@ pub struct KvService(pub Arc<Shared>);
 /// Whether every read of a transaction is serializable (then it needs no read barrier).
 fn serializable(t: &pb::TxnRequest) -> bool {
     use pb::request_op::Request;
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(r)) => r.serializable,
-        Some(Request::RequestTxn(inner)) => serializable(inner),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.serializable,
+            Some(Request::RequestTxn(inner)) => serializable(inner),
+            _ => true,
+        })
 }
 
 impl KvService {

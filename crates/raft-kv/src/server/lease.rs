@@ -57,7 +57,9 @@ impl Lessor {
     fn renew(&self, term: u64, id: i64, ttl: i64) {
         let mut state = self.state.lock();
         state.for_term(term);
-        state.deadlines.insert(id, Instant::now() + ttl_duration(ttl));
+        state
+            .deadlines
+            .insert(id, Instant::now() + ttl_duration(ttl));
     }
 
     /// The time left before `id` expires, for the leader of `term` (a full TTL for a lease
@@ -151,7 +153,9 @@ pub async fn expiry_loop(shared: Arc<Shared>, mut stopped: tokio::sync::watch::R
         for id in shared.lessor.expired(status.term.0, &leases) {
             match shared.execute(Command::LeaseRevoke { id }).await {
                 Ok(_) => tracing::info!(lease = %format!("{id:x}"), "lease expired: revoked"),
-                Err(e) => tracing::debug!(lease = %format!("{id:x}"), "revoking an expired lease: {e}"),
+                Err(e) => {
+                    tracing::debug!(lease = %format!("{id:x}"), "revoking an expired lease: {e}")
+                }
             }
         }
     }
@@ -274,8 +278,11 @@ impl pb::lease_server::Lease for LeaseService {
         if !status.is_leader {
             let deadline = self.0.deadline();
             let mut client = LeaseClient::new(self.0.leader_channel(forwarded, deadline).await?);
-            let answer =
-                at_leader(deadline, client.lease_time_to_live(onward(r, true, deadline))).await?;
+            let answer = at_leader(
+                deadline,
+                client.lease_time_to_live(onward(r, true, deadline)),
+            )
+            .await?;
             return Ok(Response::new(answer));
         }
         let store = self.0.store.read();

@@ -1,6 +1,5 @@
 //! etcd's `Maintenance` service.
 
-
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use crate::store::{Alarm, AlarmAction, AlarmType};
@@ -100,7 +99,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: status.commit_index.0,
             raft_term: status.term.0,
             raft_applied_index: status.applied_index.0,
-            errors: self.0.store.read().alarms().iter().map(alarm_error).collect(),
+            errors: self
+                .0
+                .store
+                .read()
+                .alarms()
+                .iter()
+                .map(alarm_error)
+                .collect(),
             db_size_in_use: size,
             is_learner: status.membership.learners.contains(&self.0.config.id),
         }))
@@ -266,4 +272,3 @@ mod tests {
         assert_eq!(one[0].as_ref().unwrap().remaining_bytes, 0);
     }
 }
-

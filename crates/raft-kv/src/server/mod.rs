@@ -22,9 +22,9 @@ pub mod compaction;
 pub mod convert;
 pub mod health;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod paths;
-pub mod lease;
 mod progress;
 pub mod watch;
 
@@ -33,8 +33,8 @@ pub(crate) use progress::unexpected;
 pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use kv::KvService;
-pub use maintenance::MaintenanceService;
 pub use lease::LeaseService;
+pub use maintenance::MaintenanceService;
 pub use watch::WatchService;
 
 use std::collections::HashMap;
@@ -452,7 +452,6 @@ fn node_error_status(e: NodeError) -> Status {
     }
 }
 
-
 /// `raftkv.Internal`: the leader's side of forwarding.
 pub struct InternalService(pub Arc<Shared>);
 
@@ -481,4 +480,3 @@ impl raftkv::internal_server::Internal for InternalService {
         }))
     }
 }
-

@@ -29,9 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use members::{ID_REMOVED, MEMBER_NOT_FOUND, PEER_URL_EXISTS};
 use mvcc::KeySpace;
-use txn::{
-    DeleteReq, DeleteResp, OpResp, PutReq, PutResp, RangeReq, RangeResp, TxnReq, TxnResp,
-};
+use txn::{DeleteReq, DeleteResp, OpResp, PutReq, PutResp, RangeReq, RangeResp, TxnReq, TxnResp};
 
 /// A key's value and its revisions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,6 +501,6 @@ impl Store {
 mod exec;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod tests;

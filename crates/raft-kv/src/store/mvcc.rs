@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use super::{range_bounds, KeyValue, KvError};
 
 /// A position in the history: the request's main revision and the change's place in it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Rev {
     /// The store's revision after the request.
     pub main: i64,
@@ -127,7 +129,10 @@ impl KeySpace {
 
     /// Adds a record read back from a snapshot (records must come in revision order).
     pub(crate) fn restore_record(&mut self, rev: Rev, record: Record) {
-        self.index.entry(record.key().to_vec()).or_default().push(rev);
+        self.index
+            .entry(record.key().to_vec())
+            .or_default()
+            .push(rev);
         self.bytes += record.cost();
         self.history.insert(rev, record);
     }
@@ -194,7 +199,9 @@ impl KeySpace {
 
     fn insert(&mut self, rev: Rev, record: Record) {
         debug_assert!(
-            self.history.last_key_value().is_none_or(|(last, _)| *last < rev),
+            self.history
+                .last_key_value()
+                .is_none_or(|(last, _)| *last < rev),
             "revisions only grow"
         );
         self.bytes += record.cost();
@@ -215,9 +222,7 @@ impl KeySpace {
         for (key, revs) in &mut self.index {
             let n = revs.partition_point(|r| r.main <= revision);
             let keep_from = match n.checked_sub(1) {
-                Some(last) if matches!(self.history.get(&revs[last]), Some(Record::Put(_))) => {
-                    last
-                }
+                Some(last) if matches!(self.history.get(&revs[last]), Some(Record::Put(_))) => last,
                 _ => n,
             };
             for rev in revs.drain(..keep_from) {
@@ -267,7 +272,12 @@ impl KeySpace {
     /// value), and of the compaction point: members that applied the same log give the same.
     pub fn hash(&self, at: i64) -> u32 {
         let mut crc = crc32c::crc32c(&self.compacted.to_le_bytes());
-        for (rev, record) in self.history.range(..Rev { main: at + 1, sub: 0 }) {
+        for (rev, record) in self.history.range(
+            ..Rev {
+                main: at + 1,
+                sub: 0,
+            },
+        ) {
             crc = crc32c::crc32c_append(crc, &rev.main.to_le_bytes());
             crc = crc32c::crc32c_append(crc, &rev.sub.to_le_bytes());
             crc = crc32c::crc32c_append(crc, record.key());

@@ -53,7 +53,12 @@ fn revisions_follow_etcd() {
         panic!("second put")
     };
     assert_eq!(
-        (prev.value.as_slice(), prev.version, prev.create_revision, prev.mod_revision),
+        (
+            prev.value.as_slice(),
+            prev.version,
+            prev.create_revision,
+            prev.mod_revision
+        ),
         (&b"1"[..], 1, 2, 2)
     );
     put(&mut s, "b", "x");
@@ -153,7 +158,11 @@ fn a_transaction_is_one_revision_and_runs_one_branch() {
     let mut s = Store::default();
     put(&mut s, "a", "1"); // 2
     let t = TxnReq {
-        compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Value("1".into()))],
+        compare: vec![cmp(
+            "a",
+            CompareResult::Equal,
+            CompareTarget::Value("1".into()),
+        )],
         success: vec![
             Op::Put(put_req("a", "2")),
             Op::Put(put_req("b", "2")),
@@ -260,7 +269,10 @@ fn validation_refuses_duplicate_keys_and_too_many_ops() {
         ],
         ..TxnReq::default()
     };
-    assert_eq!(overlap.validate(txn::TXN_OPS_MAX), Err(KvError::DuplicateKey));
+    assert_eq!(
+        overlap.validate(txn::TXN_OPS_MAX),
+        Err(KvError::DuplicateKey)
+    );
     let many = TxnReq {
         success: (0..=txn::TXN_OPS_MAX)
             .map(|i| Op::Put(put_req(&i.to_string(), "")))
@@ -273,7 +285,11 @@ fn validation_refuses_duplicate_keys_and_too_many_ops() {
         failure: vec![Op::Put(put_req("a", "2"))],
         ..TxnReq::default()
     };
-    assert_eq!(branches.validate(txn::TXN_OPS_MAX), Ok(()), "each branch on its own");
+    assert_eq!(
+        branches.validate(txn::TXN_OPS_MAX),
+        Ok(()),
+        "each branch on its own"
+    );
 }
 
 #[test]
@@ -298,7 +314,7 @@ fn leases_attach_keys_and_revoke_deletes_them_in_one_revision() {
         }));
     }
     put(&mut s, "c", "no lease"); // 4
-    // Moving b off the lease detaches it.
+                                  // Moving b off the lease detaches it.
     put(&mut s, "b", "detached"); // 5
     assert_eq!(s.leases()[&7].keys.len(), 1);
     assert_eq!(

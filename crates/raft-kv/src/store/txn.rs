@@ -362,12 +362,15 @@ impl RangeReq {
     /// Whether `kv` passes the revision filters.
     pub fn admits(&self, kv: &KeyValue) -> bool {
         let within = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
-        within(kv.mod_revision, self.min_mod_revision, self.max_mod_revision)
-            && within(
-                kv.create_revision,
-                self.min_create_revision,
-                self.max_create_revision,
-            )
+        within(
+            kv.mod_revision,
+            self.min_mod_revision,
+            self.max_mod_revision,
+        ) && within(
+            kv.create_revision,
+            self.min_create_revision,
+            self.max_create_revision,
+        )
     }
 
     /// The answer from the keys of the range (in key order), after filtering, sorting and
