@@ -89,25 +89,23 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.0.node.status();
-        let revision = self.0.store.read().revision();
-        let size = dir_bytes(&self.0.data_dir);
+        let (revision, in_use, errors) = {
+            let store = self.0.store.read();
+            let errors = store.alarms().iter().map(alarm_error).collect();
+            (store.revision(), store.size_bytes() as i64, errors)
+        };
         Ok(Response::new(pb::StatusResponse {
             header: self.0.header(revision),
             version: VERSION.to_string(),
-            db_size: size,
+            // On disk: the log segments, snapshots and state files.
+            db_size: dir_bytes(&self.0.data_dir),
             leader: status.leader.map_or(0, |l| l.0),
             raft_index: status.commit_index.0,
             raft_term: status.term.0,
             raft_applied_index: status.applied_index.0,
-            errors: self
-                .0
-                .store
-                .read()
-                .alarms()
-                .iter()
-                .map(alarm_error)
-                .collect(),
-            db_size_in_use: size,
+            errors,
+            // What `--quota-backend-bytes` is checked against: the MVCC history's size.
+            db_size_in_use: in_use,
             is_learner: status.membership.learners.contains(&self.0.config.id),
         }))
     }
