@@ -14,29 +14,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_code, bounded, free_port, run_bounded, Cluster, BIN};
-use raft_kv::proto::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, StatusRequest,
-};
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::{Code, Status};
-
-/// A unary call to any method path, carrying an empty message (what the body holds does not
-/// matter to a server that does not know the method).
-async fn call(port: u16, path: &'static str) -> Result<RangeResponse, Status> {
-    let mut grpc = tonic::client::Grpc::new(common::channel(port));
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
-    let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
-    grpc.unary(
-        tonic::Request::new(RangeRequest::default()),
-        PathAndQuery::from_static(path),
-        codec,
-    )
-    .await
-    .map(tonic::Response::into_inner)
-}
+use common::{assert_code, bounded, call, free_port, run_bounded, Cluster, BIN};
+use raft_kv::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, StatusRequest};
+use tonic::Code;
 
 /// Test 6a: methods and services raft-kv does not serve answer Unimplemented.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

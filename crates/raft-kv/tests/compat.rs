@@ -16,10 +16,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bounded, etcdctl, etcdctl_installed, etcdctl_ok, Cluster, Options};
-use raft_kv::proto::etcdserverpb::{MemberListRequest, RangeRequest, RangeResponse};
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::{Code, Status};
+use common::{bounded, call, etcdctl, etcdctl_installed, etcdctl_ok, table, Cluster, Options};
+use raft_kv::proto::etcdserverpb::MemberListRequest;
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -50,18 +49,6 @@ async fn wait_published(cluster: &Cluster) {
         assert!(Instant::now() < deadline, "members unpublished: {list:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The cells of `-w table` output: the header row, then one row per data line.
-fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut rows = text.lines().filter(|l| l.starts_with('|')).map(|l| {
-        l.trim_matches('|')
-            .split('|')
-            .map(|c| c.trim().to_string())
-            .collect::<Vec<_>>()
-    });
-    let header = rows.next().expect("a header row");
-    (header, rows.collect())
 }
 
 /// The ENDPOINT and IS LEADER columns of `etcdctl endpoint status -w table`, sorted.
@@ -139,22 +126,6 @@ async fn etcdctl_works_with_url_endpoints() {
         assert_eq!(cluster.wait_leader(&[0, 1, 2]).await, target);
     })
     .await;
-}
-
-/// A unary call to any method path, carrying an empty message.
-async fn call(port: u16, path: &'static str) -> Result<RangeResponse, Status> {
-    let mut grpc = tonic::client::Grpc::new(common::channel(port));
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
-    let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
-    grpc.unary(
-        tonic::Request::new(RangeRequest::default()),
-        PathAndQuery::from_static(path),
-        codec,
-    )
-    .await
-    .map(tonic::Response::into_inner)
 }
 
 /// Unknown services and methods, and every method of `Auth`, answer `Unimplemented` with a

@@ -13,21 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, etcdctl_installed, etcdctl_ok, etcdctl_with_input, Cluster};
+use common::{bounded, etcdctl_installed, etcdctl_ok, etcdctl_with_input, table, Cluster};
 use raft_kv::proto::etcdserverpb::{MemberListRequest, SnapshotRequest};
 use raft_kv::snapshot::{etcd_envelope, read_etcd_snapshot};
-
-/// The cells of `-w table` output: the header row, then one row per data line.
-fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut rows = text.lines().filter(|l| l.starts_with('|')).map(|l| {
-        l.trim_matches('|')
-            .split('|')
-            .map(|c| c.trim().to_string())
-            .collect::<Vec<_>>()
-    });
-    let header = rows.next().expect("a header row");
-    (header, rows.collect())
-}
 
 /// Test 5: etcdctl's everyday commands against a three-member cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

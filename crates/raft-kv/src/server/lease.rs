@@ -328,3 +328,33 @@ impl pb::lease_server::Lease for LeaseService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_gives_a_lease_it_first_sees_a_full_ttl_and_forgets_on_a_new_term() {
+        let lessor = Lessor::default();
+        // Seen for the first time: a full TTL, so not expired (a TTL of 0 is due at once).
+        assert_eq!(lessor.expired(1, &[(7, 100), (8, 0)]), [8]);
+        assert!(lessor.remaining(1, 7, 100) > Duration::from_secs(99));
+        // A lease gone from the store is forgotten; one renewed gets its TTL again.
+        assert!(lessor.expired(1, &[(7, 100)]).is_empty());
+        lessor.renew(1, 7, 0);
+        assert_eq!(lessor.expired(1, &[(7, 100)]), [7]);
+        // A new term (a new leadership) starts every lease over with a full TTL.
+        assert!(lessor.expired(2, &[(7, 100)]).is_empty());
+        lessor.clear();
+        assert!(lessor.expired(3, &[(7, 100)]).is_empty());
+    }
+
+    #[test]
+    fn server_chosen_ids_are_positive_and_distinct() {
+        let lessor = Lessor::default();
+        let ids: std::collections::BTreeSet<i64> =
+            (0..1000).map(|_| lessor.next_id(0xabcd)).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|&id| id > 0));
+    }
+}

@@ -386,3 +386,36 @@ fn fragments(events: Vec<mvccpb::Event>) -> Vec<Vec<mvccpb::Event>> {
     }
     pieces
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(value_bytes: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            kv: Some(mvccpb::KeyValue {
+                key: b"k".to_vec(),
+                value: vec![0; value_bytes],
+                ..mvccpb::KeyValue::default()
+            }),
+            ..mvccpb::Event::default()
+        }
+    }
+
+    #[test]
+    fn fragments_stay_within_the_request_bound_and_keep_every_event_in_order() {
+        let big = REQUEST_BYTES_MAX / 3;
+        let events: Vec<mvccpb::Event> = (0..7).map(|i| event(big + i)).collect();
+        let pieces = fragments(events.clone());
+        assert!(pieces.len() > 1, "split");
+        for piece in &pieces {
+            let bytes: usize = piece.iter().map(Message::encoded_len).sum();
+            assert!(piece.len() == 1 || bytes <= REQUEST_BYTES_MAX, "{bytes}");
+        }
+        assert_eq!(pieces.concat(), events);
+        // An event larger than the bound travels alone; small ones stay together.
+        let huge = fragments(vec![event(2 * REQUEST_BYTES_MAX), event(1), event(1)]);
+        assert_eq!(huge.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(fragments(vec![event(1), event(1)]).len(), 1);
+    }
+}

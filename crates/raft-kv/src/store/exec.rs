@@ -222,7 +222,7 @@ impl<'a> Writer<'a> {
 pub(super) struct ReadOnly<'a>(pub(super) &'a Store);
 
 impl ReadOnly<'_> {
-    pub(super) fn txn(&mut self, t: &TxnReq) -> Result<TxnResp, KvError> {
+    pub(super) fn txn(&self, t: &TxnReq) -> Result<TxnResp, KvError> {
         let d = decide(self.0, t);
         check(self.0, branch(t, &d), &d)?;
         self.run(t, &d)

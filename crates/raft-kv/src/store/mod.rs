@@ -411,8 +411,7 @@ impl Store {
     /// current state, without going through the log.
     pub fn read_txn(&self, t: &TxnReq) -> Result<TxnResp, KvError> {
         debug_assert!(!t.writes());
-        let mut copy = exec::ReadOnly(self);
-        copy.txn(t)
+        exec::ReadOnly(self).txn(t)
     }
 
     /// Bytes the history accounts for (the space quota's measure).

@@ -1113,3 +1113,32 @@ impl Drop for Background {
         self.kill();
     }
 }
+
+/// The cells of etcdctl's `-w table` output: the header row, then one row per data line.
+pub fn table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut rows = text.lines().filter(|l| l.starts_with('|')).map(|l| {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect::<Vec<_>>()
+    });
+    let header = rows.next().expect("a header row");
+    (header, rows.collect())
+}
+
+/// A unary call to any method path on member port `port`, carrying an empty message (what
+/// the body holds does not matter to a server that does not know the method).
+pub async fn call(port: u16, path: &'static str) -> Result<RangeResponse, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel(port));
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
+    grpc.unary(
+        tonic::Request::new(RangeRequest::default()),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
