@@ -10,6 +10,7 @@ mod bench_snapshot;
 mod cluster;
 mod machine;
 mod sim;
+mod sim_driver;
 
 use clap::{Parser, Subcommand};
 

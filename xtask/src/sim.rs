@@ -32,6 +32,34 @@ pub struct SimArgs {
     /// directory, reopened and recovered at every simulated crash).
     #[arg(long, value_enum, default_value_t = Store::Mem)]
     store: Store,
+    /// Run the real async driver (`driver::Node`) under the deterministic executor, with
+    /// clients whose histories are checked for linearizability, instead of the RawNode
+    /// simulator.
+    #[arg(long)]
+    driver: bool,
+}
+
+impl SimArgs {
+    pub fn seeds(&self) -> (u64, u64) {
+        (self.start, self.seeds)
+    }
+
+    pub fn one_seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    pub fn fault_ticks(&self) -> Option<u64> {
+        self.fault_ticks
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +79,9 @@ fn run_one(cfg: SimConfig, store: Store) -> Result<SimReport, SimFailure> {
 }
 
 pub fn run(args: SimArgs) -> bool {
+    if args.driver {
+        return crate::sim_driver::run(&args);
+    }
     let configure = |seed: u64| {
         let mut cfg = SimConfig::new(seed);
         cfg.verbose = args.verbose;

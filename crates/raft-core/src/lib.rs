@@ -40,6 +40,7 @@ mod error;
 mod log;
 mod membership;
 mod node;
+mod outbox;
 mod progress;
 pub mod quorum;
 mod raft;

@@ -6,6 +6,7 @@ use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, Snapsh
 use crate::config::Config;
 use crate::error::Result;
 use crate::membership::{MembershipChange, MembershipResult};
+use crate::outbox::Outbox;
 use crate::progress::Progress;
 use crate::raft::{Raft, ReadState, Role};
 use crate::snapshot::{SnapshotChunk, SnapshotSend};
@@ -237,46 +238,45 @@ impl<S: Storage> RawNode<S> {
         self.soft_state() != self.prev_soft
             || self.raft.hard_state() != self.prev_hard
             || self.raft.log.has_unhanded()
-            || !self.raft.msgs.is_empty()
-            || !self.raft.msgs_after_persist.is_empty()
             || self.raft.commit_notices_wanted()
             || self.raft.log.has_next_committed()
-            || !self.raft.read_states.is_empty()
-            || self.raft.snapshot_install.is_some()
-            || !self.raft.snapshot_chunks.is_empty()
-            || !self.raft.snapshot_sends.is_empty()
-            || !self.raft.membership_results.is_empty()
+            || !self.raft.outbox.is_empty()
     }
 
     /// Takes what the application must persist, send and apply. See [`Ready`].
     pub fn ready(&mut self) -> Ready {
+        // Commit notices become messages of the outbox first.
         self.raft.flush_commit_notices();
         let soft = self.soft_state();
         let hard = self.raft.hard_state();
-        let mut ready = Ready {
+        let soft_state = (soft != self.prev_soft).then_some(soft);
+        let hard_state = (hard != self.prev_hard).then_some(hard);
+        (self.prev_soft, self.prev_hard) = (soft, hard);
+        let Outbox {
+            messages,
+            persisted_messages,
+            read_states,
+            snapshot,
+            snapshot_chunks,
+            snapshot_sends,
+            membership_results,
+        } = std::mem::take(&mut self.raft.outbox);
+        Ready {
+            soft_state,
+            hard_state,
             entries: self.raft.log.take_unhanded(),
-            messages: std::mem::take(&mut self.raft.msgs),
-            persisted_messages: std::mem::take(&mut self.raft.msgs_after_persist),
+            messages,
+            persisted_messages,
             committed_entries: self
                 .raft
                 .log
                 .take_committed(self.raft.cfg.apply_entries_max),
-            read_states: std::mem::take(&mut self.raft.read_states),
-            snapshot: self.raft.snapshot_install.take(),
-            snapshot_chunks: std::mem::take(&mut self.raft.snapshot_chunks),
-            snapshot_sends: std::mem::take(&mut self.raft.snapshot_sends),
-            membership_results: std::mem::take(&mut self.raft.membership_results),
-            ..Ready::default()
-        };
-        if soft != self.prev_soft {
-            ready.soft_state = Some(soft);
-            self.prev_soft = soft;
+            read_states,
+            snapshot,
+            snapshot_chunks,
+            snapshot_sends,
+            membership_results,
         }
-        if hard != self.prev_hard {
-            ready.hard_state = Some(hard);
-            self.prev_hard = hard;
-        }
-        ready
     }
 
     /// The entries and hard state of a Ready are durable.

@@ -1,8 +1,10 @@
 //! The role logic: follower, pre-candidate, candidate and leader (§5 of the paper).
 //!
 //! Term handling happens once, in [`Raft::step`]; then a per-role function handles the message.
-//! Outgoing messages are queued in two lists: `msgs` may be sent at once, `msgs_after_persist`
-//! only after the entries and hard state produced by the same step are durable.
+//! Every output for the application is queued in one [`Outbox`], which the next
+//! [`Ready`](crate::Ready) takes whole: outgoing messages in two lists (`messages` may be sent
+//! at once, `persisted_messages` only after the entries and hard state produced by the same
+//! step are durable), finished reads and configuration changes, and snapshot work.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -18,6 +20,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::membership::{self, ConfigLog, MembershipChange, MembershipError, MembershipResult};
+use crate::outbox::Outbox;
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
 use crate::rng::Rng;
@@ -70,8 +73,6 @@ pub(crate) struct Raft<S> {
     configs: ConfigLog,
     /// The leader's configuration change in progress.
     pending_change: Option<PendingChange>,
-    /// Finished configuration changes for the application.
-    pub(crate) membership_results: Vec<MembershipResult>,
     /// The leader's leadership transfer in progress.
     transfer: Option<Transfer>,
     /// Election timeouts this node spent outside the configuration it knows.
@@ -91,8 +92,8 @@ pub(crate) struct Raft<S> {
     randomized_election_ticks: u32,
     pub(crate) cfg: Config,
     rng: Rng,
-    pub(crate) msgs: Vec<Message>,
-    pub(crate) msgs_after_persist: Vec<Message>,
+    /// Everything queued for the next Ready.
+    pub(crate) outbox: Outbox,
     /// The commit index moved, or a follower acknowledged committed entries, since the last
     /// Ready: [`Raft::flush_commit_notices`] tells the followers that need it.
     commit_notices_due: bool,
@@ -108,18 +109,10 @@ pub(crate) struct Raft<S> {
     /// Reads this node forwarded to the leader of the current term, awaiting an answer. A
     /// duplicated or stale answer matches nothing here and is dropped.
     reads_forwarded: std::collections::BTreeSet<u64>,
-    /// Finished reads for the application.
-    pub(crate) read_states: Vec<ReadState>,
     /// The newest snapshot in the application's store: what a leader sends.
     pub(crate) snapshot: Option<SnapshotMeta>,
     /// The snapshot this follower is receiving.
     receiving: Option<Receiving>,
-    /// Received chunks for the application to write.
-    pub(crate) snapshot_chunks: Vec<SnapshotChunk>,
-    /// Chunks for the application to read and send.
-    pub(crate) snapshot_sends: Vec<SnapshotSend>,
-    /// A received snapshot to install (restore the state machine, reset the log store).
-    pub(crate) snapshot_install: Option<SnapshotMeta>,
 }
 
 impl<S: Storage> Raft<S> {
@@ -149,7 +142,6 @@ impl<S: Storage> Raft<S> {
             membership: configs.current().clone(),
             configs,
             pending_change: None,
-            membership_results: Vec::new(),
             transfer: None,
             removed_timeouts: 0,
             removed: false,
@@ -161,20 +153,15 @@ impl<S: Storage> Raft<S> {
             randomized_election_ticks: cfg.election_ticks,
             rng: Rng::new(cfg.seed),
             cfg,
-            msgs: Vec::new(),
-            msgs_after_persist: Vec::new(),
+            outbox: Outbox::default(),
             commit_notices_due: false,
             reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
             read_context: 0,
             read_acked: BTreeMap::new(),
             reads_forwarded: std::collections::BTreeSet::new(),
-            read_states: Vec::new(),
             snapshot: None,
             receiving: None,
-            snapshot_chunks: Vec::new(),
-            snapshot_sends: Vec::new(),
-            snapshot_install: None,
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -217,7 +204,7 @@ impl<S: Storage> Raft<S> {
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         self.fail_reads();
         if let Some(change) = self.pending_change.take() {
-            self.membership_results.push(MembershipResult {
+            self.outbox.membership_results.push(MembershipResult {
                 request_id: change.request_id,
                 result: Err(MembershipError::LeadershipLost),
             });
@@ -395,7 +382,7 @@ impl<S: Storage> Raft<S> {
                 MessageBodyKind::PreVote => MessageBody::PreVote(req.clone()),
                 MessageBodyKind::Vote => MessageBody::Vote(req.clone()),
             };
-            self.msgs.push(Message {
+            self.outbox.messages.push(Message {
                 from: self.id,
                 to,
                 term,
@@ -575,7 +562,7 @@ impl<S: Storage> Raft<S> {
         } else {
             (MessageBody::VoteResponse(response), self.term)
         };
-        self.msgs_after_persist.push(Message {
+        self.outbox.persisted_messages.push(Message {
             from: self.id,
             to: from,
             term: reply_term,
@@ -774,7 +761,7 @@ impl<S: Storage> Raft<S> {
             }
             if moved {
                 self.maybe_commit();
-                if self.role != Role::Leader {
+                if self.role != Role::Leader || self.forget_if_removed(from) {
                     return;
                 }
             }
@@ -887,7 +874,7 @@ impl<S: Storage> Raft<S> {
             entries,
             leader_commit: self.log.committed,
         });
-        self.msgs.push(Message {
+        self.outbox.messages.push(Message {
             from: self.id,
             to,
             term: self.term,
@@ -931,7 +918,7 @@ impl<S: Storage> Raft<S> {
             first,
         };
         if t.probe_needed {
-            self.snapshot_sends.push(send(0, 0, false));
+            self.outbox.snapshot_sends.push(send(0, 0, false));
             t.probe_needed = false;
             t.probing = true;
             return;
@@ -948,7 +935,7 @@ impl<S: Storage> Raft<S> {
             t.sent += len;
             t.inflight.push_back(t.sent);
         }
-        self.snapshot_sends.extend(sends);
+        self.outbox.snapshot_sends.extend(sends);
     }
 
     fn handle_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
@@ -1043,7 +1030,7 @@ impl<S: Storage> Raft<S> {
         }
         r.next = end;
         r.complete = req.done;
-        self.snapshot_chunks.push(SnapshotChunk {
+        self.outbox.snapshot_chunks.push(SnapshotChunk {
             meta: meta.clone(),
             offset: req.offset,
             data: req.data,
@@ -1070,7 +1057,7 @@ impl<S: Storage> Raft<S> {
             if let Some(leader) = leader {
                 // Start the transfer over.
                 let body = snapshot::response(meta, 0, true);
-                self.msgs.push(Message {
+                self.outbox.messages.push(Message {
                     from: self.id,
                     to: leader,
                     term: self.term,
@@ -1086,7 +1073,7 @@ impl<S: Storage> Raft<S> {
                 self.configs.reset(meta.membership.clone());
                 self.config_changed();
             }
-            self.snapshot_install = Some(meta.clone());
+            self.outbox.snapshot = Some(meta.clone());
         }
         if let Some(leader) = leader {
             self.send_later(leader, snapshot::installed(meta));
@@ -1139,7 +1126,7 @@ impl<S: Storage> Raft<S> {
                 }),
             })
             .collect();
-        self.msgs.extend(msgs);
+        self.outbox.messages.extend(msgs);
     }
 
     /// Advances the commit index to what a quorum has durably, if that entry is of the current
@@ -1179,7 +1166,7 @@ impl<S: Storage> Raft<S> {
         }
         let committed = self.log.committed;
         let term = self.term;
-        for m in self.msgs.iter_mut().filter(|m| m.term == term) {
+        for m in self.outbox.messages.iter_mut().filter(|m| m.term == term) {
             if let MessageBody::Append(a) = &mut m.body {
                 a.leader_commit = committed;
                 let last = a.entries.last().map_or(a.prev_log_index, |e| e.index);
@@ -1234,7 +1221,7 @@ impl<S: Storage> Raft<S> {
             entries: Vec::new(),
             leader_commit: committed,
         });
-        self.msgs.push(Message {
+        self.outbox.messages.push(Message {
             from: self.id,
             to,
             term: self.term,
@@ -1280,6 +1267,17 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Drops `id` if the committed configuration removed it and it now holds that
+    /// configuration (see [`Raft::sync_progress`]): its acknowledgement may arrive after the
+    /// commit, which is the other time the leader checks. Returns whether it was dropped.
+    fn forget_if_removed(&mut self, id: NodeId) -> bool {
+        if is_member(&self.membership, id) {
+            return false;
+        }
+        self.sync_progress();
+        !self.progress.contains_key(&id)
+    }
+
     /// The commit index moved on the leader: finish or continue configuration work.
     fn config_committed(&mut self) {
         let committed = self.log.committed;
@@ -1299,7 +1297,7 @@ impl<S: Storage> Raft<S> {
                     match then {
                         Then::Done => {
                             self.pending_change = None;
-                            self.membership_results.push(MembershipResult {
+                            self.outbox.membership_results.push(MembershipResult {
                                 request_id,
                                 result: Ok(self.membership.clone()),
                             });
@@ -1342,7 +1340,7 @@ impl<S: Storage> Raft<S> {
             if matched == last {
                 // The most up-to-date voter campaigns at once instead of waiting for its
                 // election timeout (§3.10 of the dissertation).
-                self.msgs.push(Message {
+                self.outbox.messages.push(Message {
                     from: self.id,
                     to: id,
                     term: self.term,
@@ -1447,7 +1445,7 @@ impl<S: Storage> Raft<S> {
                 // No longer a learner (cannot happen while this change is the one in
                 // progress, but the caller must hear an outcome either way).
                 self.pending_change = None;
-                self.membership_results.push(MembershipResult {
+                self.outbox.membership_results.push(MembershipResult {
                     request_id,
                     result: Err(MembershipError::NotALearner { id }),
                 });
@@ -1470,7 +1468,7 @@ impl<S: Storage> Raft<S> {
             if c.rounds > self.cfg.catch_up_rounds_max {
                 let rounds = c.rounds - 1;
                 self.pending_change = None;
-                self.membership_results.push(MembershipResult {
+                self.outbox.membership_results.push(MembershipResult {
                     request_id,
                     result: Err(MembershipError::CatchUpFailed { id, rounds }),
                 });
@@ -1524,7 +1522,7 @@ impl<S: Storage> Raft<S> {
             .get(&to)
             .is_some_and(|p| p.match_index == last);
         if caught_up {
-            self.msgs.push(Message {
+            self.outbox.messages.push(Message {
                 from: self.id,
                 to,
                 term: self.term,
@@ -1543,7 +1541,7 @@ impl<S: Storage> Raft<S> {
         match (self.role, self.leader) {
             (Role::Leader, _) => self.handle_read(self.id, request_id),
             (_, Some(_)) if self.reads_forwarded.len() >= self.cfg.read_requests_max => {
-                self.read_states.push(ReadState {
+                self.outbox.read_states.push(ReadState {
                     request_id,
                     index: None,
                 });
@@ -1551,14 +1549,14 @@ impl<S: Storage> Raft<S> {
             (_, Some(leader)) => {
                 self.reads_forwarded.insert(request_id);
                 let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
-                self.msgs.push(Message {
+                self.outbox.messages.push(Message {
                     from: self.id,
                     to: leader,
                     term: self.term,
                     body,
                 });
             }
-            (_, None) => self.read_states.push(ReadState {
+            (_, None) => self.outbox.read_states.push(ReadState {
                 request_id,
                 index: None,
             }),
@@ -1609,13 +1607,15 @@ impl<S: Storage> Raft<S> {
 
     fn answer_read(&mut self, from: NodeId, request_id: u64, index: Option<LogIndex>) {
         if from == self.id {
-            self.read_states.push(ReadState { request_id, index });
+            self.outbox
+                .read_states
+                .push(ReadState { request_id, index });
         } else {
             let body = MessageBody::ReadIndexResponse(ReadIndexResponse {
                 request_id,
                 read_index: index,
             });
-            self.msgs.push(Message {
+            self.outbox.messages.push(Message {
                 from: self.id,
                 to: from,
                 term: self.term,
@@ -1637,7 +1637,7 @@ impl<S: Storage> Raft<S> {
         }
         self.read_acked.clear();
         for request_id in std::mem::take(&mut self.reads_forwarded) {
-            self.read_states.push(ReadState {
+            self.outbox.read_states.push(ReadState {
                 request_id,
                 index: None,
             });
@@ -1647,7 +1647,7 @@ impl<S: Storage> Raft<S> {
     /// The leader answered a read this node forwarded.
     fn read_answered(&mut self, r: ReadIndexResponse) {
         if self.reads_forwarded.remove(&r.request_id) {
-            self.read_states.push(ReadState {
+            self.outbox.read_states.push(ReadState {
                 request_id: r.request_id,
                 index: r.read_index,
             });
@@ -1655,7 +1655,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn send_later(&mut self, to: NodeId, body: MessageBody) {
-        self.msgs_after_persist.push(Message {
+        self.outbox.persisted_messages.push(Message {
             from: self.id,
             to,
             term: self.term,

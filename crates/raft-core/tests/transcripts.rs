@@ -3,11 +3,23 @@
 //! Each file in `tests/testdata/` is a script: a command line, a `----` line, then the expected
 //! output up to the next blank line. Lines starting with `#` are comments; each file starts
 //! with the scenario of `test-scenarios.md` it covers. The commands drive a
-//! [`support::Harness`] (see `Harness::run_command` for the list: `add-nodes`, `campaign`,
-//! `tick`, `run`, `propose`, `ready`, `persist`, `process-ready`, `deliver-msgs`,
-//! `drop-msgs`, `dup-msgs`, `hold-msgs`, `stabilize`, `partition`, `block`, `heal`, `crash`,
-//! `restart`, `status`, `log`, `progress`, `applied`, ...), which checks Raft's safety
-//! properties after every step.
+//! [`support::Harness`] (see `Harness::run_command` for their arguments), which checks Raft's
+//! safety properties after every step:
+//!
+//! - the cluster and its clock: `add-nodes`, `campaign`, `tick`, `tick-heartbeat`,
+//!   `tick-election`, `run`;
+//! - the application: `propose`, `ready`, `persist`, `process-ready`, `stabilize`, and
+//!   `snapshot` (snapshot the state machine, compact the log behind it);
+//! - the network and failures: `deliver-msgs`, `drop-msgs`, `dup-msgs`, `hold-msgs`,
+//!   `release-msgs`, `msgs`, `partition`, `block`, `heal`, `crash`, `restart`;
+//! - configuration changes: `add-node` (a new, empty server), `add-learner`, `add-voter`,
+//!   `promote`, `remove`, `replace` (through the joint configuration when two voters change);
+//! - reads and leadership: `read-index`, `transfer`;
+//! - what a node holds: `status`, `log`, `progress`, `applied`, `membership`.
+//!
+//! A Ready is printed with every field that is set: soft and hard state, entries, messages,
+//! snapshot sends, the snapshot to install, snapshot chunks, persisted messages, committed
+//! entries, read states and membership results.
 //!
 //! The runner compares each command's output with the expected one and fails on the first
 //! difference of each file. With `REWRITE=1` in the environment it rewrites the files with
@@ -198,6 +210,11 @@ transcripts!(
     unsynced_writes_lost,
     crash_restart,
     crash_partitioned_leader,
+    snapshot_transfer,
+    membership_learner_promote,
+    membership_joint_leader_removal,
+    read_index,
+    leadership_transfer,
 );
 
 #[test]
@@ -211,4 +228,39 @@ fn the_runner_reports_a_wrong_expected_output() {
     let (_, _, mismatch) = run("bad", &bad);
     let m = mismatch.expect("a wrong expected line is reported");
     assert!(m.contains("bad:9: `status`"), "{m}");
+}
+
+/// The harness's checks are live: two nodes that committed different entries at one index
+/// are a State Machine Safety violation, reported at the first check.
+#[test]
+fn the_harness_reports_a_safety_violation() {
+    use raft_core::{MemStorage, StorageMut};
+    use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+
+    let membership = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    let committed_at_2 = |term: u64| {
+        let mut store = MemStorage::new(membership.clone());
+        let log = [
+            Entry::normal(Term(1), LogIndex(1), "a"),
+            Entry::normal(Term(term), LogIndex(2), "b"),
+        ];
+        store.append(&log).expect("append");
+        let hard_state = HardState {
+            term: Term(term),
+            vote: None,
+            commit: LogIndex(2),
+        };
+        store.set_hard_state(hard_state).expect("hard state");
+        store
+    };
+    let stores = vec![
+        committed_at_2(1),
+        committed_at_2(2),
+        MemStorage::new(membership.clone()),
+    ];
+    let mut h = Harness::from_stores(Harness::config(), stores);
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.check()))
+        .expect_err("the diverging commits are reported");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("State Machine Safety"), "{message}");
 }

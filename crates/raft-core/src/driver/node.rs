@@ -111,6 +111,8 @@ pub struct NodeStatus {
     pub leader: Option<NodeId>,
     /// Whether this node is the leader.
     pub is_leader: bool,
+    /// Its role.
+    pub role: Role,
     /// The commit index.
     pub commit_index: LogIndex,
     /// The last index applied to the state machine.
@@ -126,6 +128,13 @@ pub struct NodeStatus {
     /// This node learned that it was removed from the cluster (see
     /// [`Config::removed_election_timeouts`](crate::Config::removed_election_timeouts)).
     pub removed: bool,
+}
+
+/// A node starts as a follower.
+impl Default for Role {
+    fn default() -> Role {
+        Role::Follower
+    }
 }
 
 /// What the driver did with snapshots (counters since start).
@@ -829,6 +838,7 @@ where
         status.term = raw.term();
         status.leader = raw.leader();
         status.is_leader = raw.role() == Role::Leader;
+        status.role = raw.role();
         status.commit_index = raw.commit_index();
         status.applied_index = self.applied;
         status.last_index = raw.last_index();

@@ -15,9 +15,10 @@ use raft_proto::{
     SnapshotMeta, Term,
 };
 
+use super::checker::{digest_step, parse_snapshot, snapshot_data, Checker, NodeView};
 use crate::{
-    quorum, Config, MemStorage, MembershipChange, PersistAck, RawNode, Ready, Rng, Role,
-    SnapshotChunk, Storage, StorageMut,
+    Config, MemStorage, MembershipChange, PersistAck, RawNode, Ready, Rng, Role, SnapshotChunk,
+    Storage, StorageMut,
 };
 
 /// Where the simulator keeps each node's durable state. A crash drops every handle the node
@@ -371,268 +372,6 @@ impl<S> SimNode<S> {
     }
 }
 
-/// A configuration as a set key.
-fn config_key(m: &Membership) -> Vec<u8> {
-    format!("{m:?}").into_bytes()
-}
-
-/// The simulated state machine's digest after applying `entry` on top of `digest` (FNV-1a).
-fn digest_step(digest: u64, entry: &Entry) -> u64 {
-    let mut h = digest ^ 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(&entry.index.0.to_be_bytes());
-    eat(&entry.term.0.to_be_bytes());
-    match &entry.payload {
-        EntryPayload::Normal(data) => eat(data),
-        EntryPayload::Noop => eat(b"noop"),
-        EntryPayload::Membership(m) => eat(format!("{m:?}").as_bytes()),
-    }
-    h
-}
-
-/// The simulated state machine's snapshot: applied index and digest, padded so that
-/// snapshots span several chunks.
-fn snapshot_data(index: LogIndex, digest: u64) -> Bytes {
-    let mut data = Vec::new();
-    data.extend_from_slice(&index.0.to_be_bytes());
-    data.extend_from_slice(&digest.to_be_bytes());
-    let pad = 8 + (index.0 * 7 + digest % 13) % 48;
-    data.extend((0..pad).map(|i| (digest >> (i % 8 * 8)) as u8 ^ i as u8));
-    Bytes::from(data)
-}
-
-/// The applied index and digest a snapshot holds.
-fn parse_snapshot(data: &[u8]) -> Option<(LogIndex, u64)> {
-    let index = u64::from_be_bytes(data.get(0..8)?.try_into().ok()?);
-    let digest = u64::from_be_bytes(data.get(8..16)?.try_into().ok()?);
-    Some((LogIndex(index), digest))
-}
-
-/// The global safety checker. Every method returns the violated property on failure.
-#[derive(Default)]
-pub struct Checker {
-    /// Election Safety: the leader of each term.
-    leaders: HashMap<Term, NodeId>,
-    /// Log Matching: every (index, term) ever written, with the term before it and the payload.
-    written: HashMap<(LogIndex, Term), (Term, EntryPayload)>,
-    /// The committed log: the term of each committed index (index 1 at position 0).
-    committed: Vec<Term>,
-    /// For each committed index, a term at or after the one in which it was committed: the
-    /// term of the node that first reported it, lowered to keep the list non-decreasing
-    /// (an index is committed no later than any index after it).
-    commit_terms: Vec<Term>,
-    /// The state machine digest after applying each committed index, as far as computed.
-    digests: Vec<u64>,
-    /// The configuration of the latest configuration entry in the committed log (the
-    /// initial one before any).
-    committed_config: Membership,
-}
-
-impl Checker {
-    fn committed_index(&self) -> LogIndex {
-        LogIndex(self.committed.len() as u64)
-    }
-
-    fn committed_term(&self, index: LogIndex) -> Option<Term> {
-        index
-            .0
-            .checked_sub(1)
-            .and_then(|i| self.committed.get(i as usize).copied())
-    }
-
-    /// Log Matching: the same index and term always mean the same entry after the same prefix.
-    fn entry_written(
-        &mut self,
-        node: NodeId,
-        entry: &Entry,
-        prev_term: Term,
-    ) -> Result<(), String> {
-        match self.written.get(&(entry.index, entry.term)) {
-            Some((p, payload)) => {
-                if *p != prev_term || *payload != entry.payload {
-                    return Err(format!(
-                        "Log Matching: {node} wrote {}@{} after term {prev_term} with {:?}, \
-                         but it was written before after term {p} with {payload:?}",
-                        entry.index, entry.term, entry.payload
-                    ));
-                }
-            }
-            None => {
-                self.written.insert(
-                    (entry.index, entry.term),
-                    (prev_term, entry.payload.clone()),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Election Safety: at most one leader per term.
-    fn leader_seen(&mut self, node: NodeId, term: Term) -> Result<(), String> {
-        let first = *self.leaders.entry(term).or_insert(node);
-        if first != node {
-            return Err(format!(
-                "Election Safety: {first} and {node} both led term {term}"
-            ));
-        }
-        Ok(())
-    }
-
-    /// Records a node's commit index and checks it agrees with everything committed before.
-    fn commit_seen(
-        &mut self,
-        node: NodeId,
-        node_term: Term,
-        commit: LogIndex,
-        term_at: impl Fn(LogIndex) -> Option<Term>,
-    ) -> Result<(), String> {
-        let known = self.committed_index();
-        if commit > known {
-            let mut k = self.commit_terms.len();
-            while k > 0 && self.commit_terms[k - 1] > node_term {
-                self.commit_terms[k - 1] = node_term;
-                k -= 1;
-            }
-        }
-        for i in known.0 + 1..=commit.0 {
-            let t = term_at(LogIndex(i))
-                .ok_or_else(|| format!("{node} committed {i} but has no entry there"))?;
-            self.committed.push(t);
-            self.commit_terms.push(node_term);
-            if let Some((_, EntryPayload::Membership(m))) = self.written.get(&(LogIndex(i), t)) {
-                self.committed_config = m.clone();
-            }
-        }
-        let check = commit.min(known);
-        if check > LogIndex(0) {
-            let expected = self
-                .committed_term(check)
-                .expect("within the committed log");
-            if term_at(check) != Some(expected) {
-                return Err(format!(
-                    "State Machine Safety: {node} committed {check} with term {:?}, \
-                     but term {expected} was committed there",
-                    term_at(check)
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Leader Completeness (§5.4): an entry committed in term T is in the log of every
-    /// leader of a term after T. A stale leader of an older term may lack entries that a newer
-    /// leader committed, even entries of older terms, so the check uses the term in which each
-    /// entry was committed (an upper bound of it), not the entry's own term.
-    fn leader_complete(
-        &self,
-        node: NodeId,
-        term: Term,
-        first_index: LogIndex,
-        term_at: impl Fn(LogIndex) -> Option<Term>,
-    ) -> Result<(), String> {
-        let upto = self.commit_terms.partition_point(|&t| t <= term);
-        if upto == 0 {
-            return Ok(());
-        }
-        let index = LogIndex(upto as u64);
-        let expected = self.committed[upto - 1];
-        if index < first_index {
-            // Compacted into a snapshot, whose state was checked when it was taken.
-            return Ok(());
-        }
-        if term_at(index) != Some(expected) {
-            return Err(format!(
-                "Leader Completeness: {node}, leader of {term}, has {:?} at committed index {index} (committed term {expected})",
-                term_at(index)
-            ));
-        }
-        Ok(())
-    }
-
-    /// The digest of a state machine that applied the committed log up to `index`.
-    fn digest_at(&mut self, index: LogIndex) -> Result<u64, String> {
-        while (self.digests.len() as u64) < index.0 {
-            let i = LogIndex(self.digests.len() as u64 + 1);
-            let term = self
-                .committed_term(i)
-                .ok_or_else(|| format!("a snapshot covers {i}, which is not committed"))?;
-            let (_, payload) = self
-                .written
-                .get(&(i, term))
-                .ok_or_else(|| format!("committed entry {i}@{term} was never written"))?;
-            let entry = Entry {
-                term,
-                index: i,
-                payload: payload.clone(),
-            };
-            let prev = self.digests.last().copied().unwrap_or(0);
-            self.digests.push(digest_step(prev, &entry));
-        }
-        Ok(match index.0 {
-            0 => 0,
-            i => self.digests[i as usize - 1],
-        })
-    }
-
-    /// State Machine Safety for snapshots: a snapshot taken or restored at `index` holds the
-    /// state of exactly the committed log up to `index`.
-    fn snapshot_seen(
-        &mut self,
-        node: NodeId,
-        what: &str,
-        meta: &SnapshotMeta,
-        data: &[u8],
-    ) -> Result<(LogIndex, u64), String> {
-        let (index, digest) = parse_snapshot(data)
-            .ok_or_else(|| format!("{node} {what} an unreadable snapshot {meta:?}"))?;
-        if index != meta.last_index || self.committed_term(index) != Some(meta.last_term) {
-            return Err(format!(
-                "State Machine Safety: {node} {what} a snapshot of {index} labelled {}@{}, but the committed term there is {:?}",
-                meta.last_index,
-                meta.last_term,
-                self.committed_term(meta.last_index)
-            ));
-        }
-        if digest != self.digest_at(index)? {
-            return Err(format!(
-                "State Machine Safety: {node} {what} a snapshot at {index} whose state differs from the committed log's"
-            ));
-        }
-        Ok((index, digest))
-    }
-
-    /// State Machine Safety: nodes apply the same entries in the same order, exactly once.
-    fn applied(&self, node: NodeId, previous: LogIndex, entry: &Entry) -> Result<(), String> {
-        if entry.index != previous.next() {
-            return Err(format!(
-                "State Machine Safety: {node} applied {} right after {previous}",
-                entry.index
-            ));
-        }
-        match self.committed_term(entry.index) {
-            Some(t) if t == entry.term => {}
-            other => {
-                return Err(format!(
-                    "State Machine Safety: {node} applied {}@{} but the committed term there is {other:?}",
-                    entry.index, entry.term
-                ))
-            }
-        }
-        match self.written.get(&(entry.index, entry.term)) {
-            Some((_, payload)) if *payload == entry.payload => Ok(()),
-            _ => Err(format!(
-                "State Machine Safety: {node} applied {}@{} with a payload never written there",
-                entry.index, entry.term
-            )),
-        }
-    }
-}
-
 /// A simulated cluster.
 pub struct Cluster<F: StoreFactory = MemFactory> {
     factory: F,
@@ -655,8 +394,6 @@ pub struct Cluster<F: StoreFactory = MemFactory> {
     /// The id the next added node gets.
     next_node: u64,
     next_change: u64,
-    /// Every configuration a log entry ever defined, and the initial one.
-    configs_written: BTreeSet<Vec<u8>>,
     report: SimReport,
 }
 
@@ -676,10 +413,7 @@ impl<F: StoreFactory> Cluster<F> {
             .iter()
             .map(|&id| factory.open(id, &membership))
             .collect();
-        let checker = Checker {
-            committed_config: membership.clone(),
-            ..Checker::default()
-        };
+        let checker = Checker::new(&membership);
         let mut cluster = Cluster {
             factory,
             membership,
@@ -696,16 +430,12 @@ impl<F: StoreFactory> Cluster<F> {
             next_read: 0,
             next_node: cfg.nodes as u64 + 1,
             next_change: 0,
-            configs_written: BTreeSet::new(),
             report: SimReport {
                 seed: cfg.seed,
                 ..SimReport::default()
             },
             cfg,
         };
-        cluster
-            .configs_written
-            .insert(config_key(&cluster.membership));
         for (&id, durable) in ids.iter().zip(stores) {
             let node = SimNode::new(durable, cluster.membership.clone());
             cluster.nodes.insert(id, node);
@@ -1019,9 +749,6 @@ impl<F: StoreFactory> Cluster<F> {
                     })?
                 };
                 self.checker.entry_written(id, e, prev_term)?;
-                if let EntryPayload::Membership(m) = &e.payload {
-                    self.configs_written.insert(config_key(m));
-                }
             }
             // A configuration takes effect when its entry is appended.
             if let Some(config_at) = ready
@@ -1316,55 +1043,22 @@ impl<F: StoreFactory> Cluster<F> {
 
     /// Checks every global invariant.
     pub fn check(&mut self) -> Result<(), String> {
-        let ids = self.ids();
-        for id in ids {
-            let node = &self.nodes[&id];
+        for (&id, node) in &self.nodes {
             let Some(raw) = node.raw.as_ref() else {
                 continue;
             };
-            if raw.role() == Role::Leader {
-                self.checker.leader_seen(id, raw.term())?;
-            }
-            self.checker
-                .commit_seen(id, raw.term(), raw.commit_index(), |i| raw.term_at(i))?;
-            if raw.role() == Role::Leader {
-                self.checker
-                    .leader_complete(id, raw.term(), raw.first_index(), |i| raw.term_at(i))?;
-            }
-            // A node outside its configuration, or a learner, never campaigns.
-            if matches!(raw.role(), Role::PreCandidate | Role::Candidate)
-                && !raw.membership().is_voter(id)
-            {
-                return Err(format!(
-                    "{id} campaigns but is not a voter of its configuration {:?}",
-                    raw.membership()
-                ));
-            }
-            // The configuration in force is the one the entry of its own log it names
-            // defines; when that entry is compacted or the configuration comes from the
-            // store or a snapshot, one that some entry defines, or the initial one.
-            let membership = raw.membership();
-            let at = raw.membership_index();
-            if at == LogIndex(0) || at < raw.first_index() {
-                let known = membership.is_empty()
-                    || *membership == node.initial
-                    || self.configs_written.contains(&config_key(membership));
-                if !known {
-                    return Err(format!(
-                        "{id} uses a configuration no entry defines: {membership:?}"
-                    ));
-                }
-            } else {
-                let defined = raw
-                    .term_at(at)
-                    .and_then(|t| self.checker.written.get(&(at, t)))
-                    .map(|(_, payload)| payload);
-                if defined != Some(&EntryPayload::Membership(membership.clone())) {
-                    return Err(format!(
-                        "{id} uses {membership:?} from index {at}, where its log holds {defined:?}"
-                    ));
-                }
-            }
+            let term_at = |i| raw.term_at(i);
+            self.checker.check_node(&NodeView {
+                id,
+                role: raw.role(),
+                term: raw.term(),
+                commit: raw.commit_index(),
+                first_index: raw.first_index(),
+                membership: raw.membership(),
+                membership_index: raw.membership_index(),
+                initial: &node.initial,
+                term_at: &term_at,
+            })?;
         }
         for node in self.nodes.values_mut() {
             let removed = node.raw.as_ref().is_some_and(|r| r.is_removed());
@@ -1373,34 +1067,13 @@ impl<F: StoreFactory> Cluster<F> {
                 self.report.removed_reported += 1;
             }
         }
-        self.check_durability()
-    }
-
-    /// No committed entry is lost to crashes: the last committed one is durable on enough nodes
-    /// that every quorum of the committed configuration includes one of them.
-    fn check_durability(&self) -> Result<(), String> {
-        let index = self.checker.committed_index();
-        let Some(term) = self.checker.committed_term(index) else {
-            return Ok(());
-        };
-        let holds = |id: NodeId| {
+        let holds = |id: NodeId, index: LogIndex, term: Term| {
             self.nodes.get(&id).is_some_and(|n| {
                 n.durable.term(index).ok() == Some(term)
                     || n.snapshot.as_ref().is_some_and(|s| s.0.last_index >= index)
             })
         };
-        // The nodes that lack it cannot elect a leader of the committed configuration on their
-        // own: every quorum includes a holder. (Not "a majority holds it": a leader may commit
-        // with a majority of a configuration one voter away, which for an even-sized
-        // committed configuration can be exactly half of it.)
-        let config = &self.checker.committed_config;
-        if quorum::is_quorum(config, |id| !holds(id)) {
-            let holders: Vec<NodeId> = self.ids().into_iter().filter(|&id| holds(id)).collect();
-            return Err(format!(
-                "durability: committed entry {index}@{term} is durable only on {holders:?}; the others are a quorum of {config:?}"
-            ));
-        }
-        Ok(())
+        self.checker.check_durability(&self.ids(), holds)
     }
 
     fn inject_faults(&mut self) -> Result<(), String> {
@@ -1587,7 +1260,7 @@ impl<F: StoreFactory> Cluster<F> {
     pub fn run(mut self) -> Result<SimReport, SimFailure> {
         match self.run_phases() {
             Ok(()) => {
-                self.report.leaders = self.checker.leaders.len();
+                self.report.leaders = self.checker.leader_terms();
                 self.report.committed = self.checker.committed_index().0;
                 Ok(self.report)
             }
@@ -1690,7 +1363,7 @@ pub fn run_seed_with<F: StoreFactory>(cfg: SimConfig, factory: F) -> Result<SimR
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.run_phases()));
     let reason = match outcome {
         Ok(Ok(())) => {
-            cluster.report.leaders = cluster.checker.leaders.len();
+            cluster.report.leaders = cluster.checker.leader_terms();
             cluster.report.committed = cluster.checker.committed_index().0;
             return Ok(cluster.report);
         }

@@ -7,11 +7,18 @@
 //! dropped, duplicated or reordered. Every node's durable state is a [`MemStorage`] that only
 //! [`Harness::persist`] writes, so a crash loses exactly what was not persisted.
 //!
-//! After every step the harness checks Raft's safety properties across the cluster and
-//! panics on a violation: at most one leader per term, the same index and term always hold
-//! the same entry after the same prefix, a committed index never changes its entry, every
-//! leader holds every committed entry of its term or before, a committed entry is durable on
-//! a majority, and every state machine applies the committed entries in order, exactly once.
+//! After every step the harness checks Raft's safety properties across the cluster with the
+//! simulator's [`Checker`] and panics on a violation: at most one leader per term, the same
+//! index and term always hold the same entry after the same prefix, a committed index never
+//! changes its entry, every leader holds every committed entry of the terms before its own, a
+//! committed entry is durable on enough nodes that every quorum holds it, every state machine
+//! applies the committed entries in order, exactly once, snapshots hold the state of the
+//! committed log, each node's configuration is one its log defines, and a read index is at
+//! least what was committed when the read was asked.
+//!
+//! State machines are digests of what they applied
+//! ([`digest_step`](raft_core::testing::checker::digest_step)), so that their snapshots
+//! ([`snapshot_data`]) can be checked against the committed log.
 
 #![allow(dead_code)]
 
@@ -19,16 +26,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
+use raft_core::testing::checker::{digest_step, snapshot_data, Checker, NodeView};
 use raft_core::{
-    Config, Error, MemStorage, PersistAck, ProgressState, RawNode, Ready, Role, Storage, StorageMut,
+    Config, Error, MemStorage, MembershipChange, MembershipResult, PersistAck, ProgressState,
+    RawNode, ReadState, Ready, Role, SnapshotChunk, SnapshotSend, SoftState, Storage, StorageMut,
 };
 use raft_proto::{
     ConflictHint, Entry, EntryPayload, HardState, LogIndex, Membership, Message, MessageBody,
-    NodeId, Term,
+    NodeId, SnapshotMeta, Term,
 };
 
 /// A Ready that was handed out and whose messages were sent, but that is not durable yet.
 pub struct PendingWrite {
+    /// A received snapshot to install first.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Received snapshot chunks to write.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
     /// Entries to append.
     pub entries: Vec<Entry>,
     /// Hard state to persist.
@@ -48,16 +61,84 @@ pub struct Node {
     pub durable: MemStorage,
     /// Readies handed out and not yet durable, oldest first. A crash loses them.
     pub pending: VecDeque<PendingWrite>,
-    /// The state machine: every entry applied, in order. It is durable (the application
-    /// persists its applied index with its state), so a restart does not apply anything twice.
+    /// The state machine: every entry applied after `restored`, in order. It is durable (the
+    /// application persists its applied index with its state), so a restart does not apply
+    /// anything twice.
     pub applied: Vec<Entry>,
+    /// The snapshot the state machine was last restored from, if any: `applied` continues
+    /// after it.
+    pub restored: Option<(LogIndex, Term)>,
+    /// The digest of the state machine ([`digest_step`]).
+    digest: u64,
+    /// The configuration in force at the applied index (what a snapshot records).
+    applied_membership: Membership,
+    /// The newest durable snapshot and its data.
+    pub snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// A snapshot being received (lost in a crash).
+    partial: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The configuration the node's store was created with.
+    pub initial: Membership,
     /// How many times the node was restarted.
     pub incarnation: u64,
 }
 
 impl Node {
-    fn applied_index(&self) -> LogIndex {
-        LogIndex(self.applied.len() as u64)
+    /// A node that is down, with an empty state machine, whose store was created with
+    /// `initial`.
+    fn new(durable: MemStorage) -> Node {
+        let initial = durable.initial_state().expect("readable").membership;
+        Node {
+            raw: None,
+            durable,
+            pending: VecDeque::new(),
+            applied: Vec::new(),
+            restored: None,
+            digest: 0,
+            applied_membership: initial.clone(),
+            snapshot: None,
+            partial: None,
+            initial,
+            incarnation: 0,
+        }
+    }
+
+    /// The last index the state machine applied.
+    pub fn applied_index(&self) -> LogIndex {
+        match (self.applied.last(), self.restored) {
+            (Some(e), _) => e.index,
+            (None, Some((index, _))) => index,
+            (None, None) => LogIndex(0),
+        }
+    }
+
+    fn applied_term(&self) -> Term {
+        match (self.applied.last(), self.restored) {
+            (Some(e), _) => e.term,
+            (None, Some((_, term))) => term,
+            (None, None) => Term(0),
+        }
+    }
+
+    /// Restores the state machine from snapshot `meta` (holding `index` and `digest`) and
+    /// makes the log continue after it.
+    fn restore(&mut self, meta: &SnapshotMeta, index: LogIndex, digest: u64) {
+        self.applied.clear();
+        self.restored = Some((index, meta.last_term));
+        self.digest = digest;
+        self.applied_membership = meta.membership.clone();
+        self.durable
+            .install_snapshot(meta.last_index, meta.last_term, &meta.membership)
+            .expect("install the snapshot in the log");
+    }
+
+    /// Whether the node holds the committed entry `index`@`term` durably, in its log or
+    /// covered by its snapshot.
+    fn holds(&self, index: LogIndex, term: Term) -> bool {
+        self.durable.term(index).ok() == Some(term)
+            || self
+                .snapshot
+                .as_ref()
+                .is_some_and(|(m, _)| m.last_index >= index)
     }
 }
 
@@ -104,111 +185,6 @@ impl Filter {
     }
 }
 
-/// The global safety checker; every method panics naming the violated property.
-#[derive(Default)]
-struct Checker {
-    /// Election Safety: the leader of each term.
-    leaders: HashMap<Term, NodeId>,
-    /// Log Matching: every (index, term) ever handed out, with the term before it and the
-    /// payload.
-    written: HashMap<(LogIndex, Term), (Term, EntryPayload)>,
-    /// The committed log: the term of each committed index (index 1 at position 0).
-    committed: Vec<Term>,
-}
-
-impl Checker {
-    fn committed_term(&self, index: LogIndex) -> Option<Term> {
-        index
-            .0
-            .checked_sub(1)
-            .and_then(|i| self.committed.get(i as usize).copied())
-    }
-
-    fn entry_written(&mut self, node: NodeId, entry: &Entry, prev_term: Term) {
-        let known = self
-            .written
-            .entry((entry.index, entry.term))
-            .or_insert_with(|| (prev_term, entry.payload.clone()));
-        assert!(
-            known.0 == prev_term && known.1 == entry.payload,
-            "Log Matching: {node} wrote {}@{} after term {prev_term} with {:?}, but it was \
-             written before after term {} with {:?}",
-            entry.index,
-            entry.term,
-            entry.payload,
-            known.0,
-            known.1
-        );
-    }
-
-    fn leader_seen(&mut self, node: NodeId, term: Term) {
-        let first = *self.leaders.entry(term).or_insert(node);
-        assert_eq!(
-            first, node,
-            "Election Safety: {first} and {node} both led term {term}"
-        );
-    }
-
-    fn commit_seen(&mut self, node: NodeId, raw: &RawNode<MemStorage>) {
-        let commit = raw.commit_index();
-        let known = LogIndex(self.committed.len() as u64);
-        for i in known.0 + 1..=commit.0 {
-            let t = raw
-                .term_at(LogIndex(i))
-                .unwrap_or_else(|| panic!("{node} committed {i} but has no entry there"));
-            self.committed.push(t);
-        }
-        let check = commit.min(known);
-        if check > LogIndex(0) {
-            let expected = self
-                .committed_term(check)
-                .expect("within the committed log");
-            assert_eq!(
-                raw.term_at(check),
-                Some(expected),
-                "State Machine Safety: {node} has {check} committed with another term"
-            );
-        }
-    }
-
-    fn leader_complete(&self, node: NodeId, raw: &RawNode<MemStorage>) {
-        let upto = self.committed.partition_point(|&t| t <= raw.term());
-        if upto == 0 {
-            return;
-        }
-        let index = LogIndex(upto as u64);
-        assert_eq!(
-            raw.term_at(index),
-            Some(self.committed[upto - 1]),
-            "Leader Completeness: {node}, leader of {}, lacks committed entry {index}",
-            raw.term()
-        );
-    }
-
-    fn applied(&self, node: NodeId, previous: LogIndex, entry: &Entry) {
-        assert_eq!(
-            entry.index,
-            previous.next(),
-            "State Machine Safety: {node} applied {} right after {previous} (in order, once)",
-            entry.index
-        );
-        assert_eq!(
-            self.committed_term(entry.index),
-            Some(entry.term),
-            "State Machine Safety: {node} applied {}@{} but that is not the committed entry",
-            entry.index,
-            entry.term
-        );
-        let written = self.written.get(&(entry.index, entry.term));
-        assert!(
-            written.is_some_and(|(_, p)| *p == entry.payload),
-            "State Machine Safety: {node} applied {}@{} with a payload never written there",
-            entry.index,
-            entry.term
-        );
-    }
-}
-
 /// A cluster of nodes driven step by step. See the module documentation.
 pub struct Harness {
     /// The configuration every node starts from (`id` and `seed` are set per node).
@@ -229,6 +205,10 @@ pub struct Harness {
     pub quiet: bool,
     out: String,
     checker: Checker,
+    /// Read-index requests asked and not answered: who asked, and the index committed then.
+    reads: HashMap<u64, (NodeId, LogIndex)>,
+    /// The request id of the next configuration change.
+    next_change: u64,
 }
 
 impl Harness {
@@ -244,6 +224,10 @@ impl Harness {
     /// A cluster whose node `i + 1` starts from `stores[i]` (a log and hard state built by
     /// the test; the stores name the membership).
     pub fn from_stores(template: Config, stores: Vec<MemStorage>) -> Harness {
+        let initial = stores
+            .first()
+            .map(|s| s.initial_state().expect("readable").membership)
+            .unwrap_or_default();
         let mut h = Harness {
             template,
             nodes: BTreeMap::new(),
@@ -254,31 +238,38 @@ impl Harness {
             record: false,
             quiet: false,
             out: String::new(),
-            checker: Checker::default(),
+            checker: Checker::new(&initial),
+            reads: HashMap::new(),
+            next_change: 1,
         };
         for (i, durable) in stores.into_iter().enumerate() {
             let id = NodeId(i as u64 + 1);
-            h.nodes.insert(
-                id,
-                Node {
-                    raw: None,
-                    durable,
-                    pending: VecDeque::new(),
-                    applied: Vec::new(),
-                    incarnation: 0,
-                },
-            );
+            h.nodes.insert(id, Node::new(durable));
             h.start(id);
         }
         // Entries the stores start with count as written.
         for (&id, node) in &h.nodes {
             let mut prev_term = Term(0);
             for e in node.durable.all_entries() {
-                h.checker.entry_written(id, &e, prev_term);
+                h.checker
+                    .entry_written(id, &e, prev_term)
+                    .unwrap_or_else(|v| panic!("{v}"));
                 prev_term = e.term;
             }
         }
         h
+    }
+
+    /// Starts a new server with an empty store that knows no configuration (as a server
+    /// started to join a running cluster); it is no member until a change adds it. Returns
+    /// its id.
+    pub fn add_node(&mut self) -> u64 {
+        let id = self.nodes.keys().last().map_or(1, |n| n.0 + 1);
+        let durable = MemStorage::new(Membership::default());
+        self.nodes.insert(NodeId(id), Node::new(durable));
+        self.start(NodeId(id));
+        self.check();
+        id
     }
 
     /// The default configuration of the tests: pre-vote and check-quorum on, an election
@@ -289,11 +280,27 @@ impl Harness {
 
     fn start(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
+        node.partial = None;
+        if let Some((meta, data)) = node.snapshot.clone() {
+            if meta.last_index > node.applied_index() {
+                // A received snapshot was kept but not installed before the crash: the state
+                // machine starts from it, and the log continues after it.
+                let (index, digest) = self
+                    .checker
+                    .snapshot_seen(id, "restored", &meta, &data)
+                    .unwrap_or_else(|v| panic!("{v}"));
+                node.restore(&meta, index, digest);
+            }
+        }
         let mut cfg = self.template.clone();
         cfg.id = id;
         cfg.seed = id.0 + 1000 * node.incarnation;
         cfg.applied = node.applied_index();
-        node.raw = Some(RawNode::new(cfg, node.durable.clone()).expect("valid config"));
+        let mut raw = RawNode::new(cfg, node.durable.clone()).expect("valid config");
+        if let Some((meta, _)) = &node.snapshot {
+            raw.on_snapshot_stored(meta.clone());
+        }
+        node.raw = Some(raw);
     }
 
     fn say(&mut self, line: impl FnOnce() -> String) {
@@ -335,7 +342,8 @@ impl Harness {
             .unwrap_or_else(|| panic!("{id} is down"))
     }
 
-    /// The node's state machine.
+    /// The entries the node's state machine applied (after the snapshot it was last restored
+    /// from, if any).
     pub fn applied(&self, id: u64) -> &[Entry] {
         &self.nodes[&NodeId(id)].applied
     }
@@ -357,12 +365,12 @@ impl Harness {
 
     /// The highest index committed anywhere so far.
     pub fn committed_index(&self) -> LogIndex {
-        LogIndex(self.checker.committed.len() as u64)
+        self.checker.committed_index()
     }
 
     /// How many terms had a leader.
     pub fn leader_terms(&self) -> usize {
-        self.checker.leaders.len()
+        self.checker.leader_terms()
     }
 
     // ----- inputs ---------------------------------------------------------------------------
@@ -384,6 +392,75 @@ impl Harness {
         let r = self.raw_mut(NodeId(id)).propose(data.into());
         self.check();
         r
+    }
+
+    /// Proposes a configuration change on node `id`; returns its request id if accepted.
+    pub fn propose_membership(&mut self, id: u64, change: MembershipChange) -> Result<u64, Error> {
+        let request_id = self.next_change;
+        let r = self
+            .raw_mut(NodeId(id))
+            .propose_membership(request_id, change);
+        if r.is_ok() {
+            self.next_change += 1;
+        }
+        self.check();
+        r.map(|()| request_id)
+    }
+
+    /// Asks node `id` for a read index under `request_id`.
+    pub fn read_index(&mut self, id: u64, request_id: u64) {
+        let committed = self.committed_index();
+        self.reads.insert(request_id, (NodeId(id), committed));
+        self.raw_mut(NodeId(id)).read_index(request_id);
+        self.check();
+    }
+
+    /// Asks leader `id` to hand leadership to `to`.
+    pub fn transfer_leadership(&mut self, id: u64, to: u64) -> Result<(), Error> {
+        let r = self.raw_mut(NodeId(id)).transfer_leadership(NodeId(to));
+        self.check();
+        r
+    }
+
+    /// Node `id` snapshots its state machine at its applied index and compacts its durable
+    /// log behind the snapshot, keeping up to `trailing` entries. Returns the snapshot taken,
+    /// or `None` when its newest snapshot already covers the applied index.
+    pub fn take_snapshot(&mut self, id: u64, trailing: u64) -> Option<SnapshotMeta> {
+        let nid = NodeId(id);
+        let node = &self.nodes[&nid];
+        let index = node.applied_index();
+        if index == LogIndex(0)
+            || node
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.0.last_index >= index)
+        {
+            return None;
+        }
+        let data = snapshot_data(index, node.digest);
+        let meta = SnapshotMeta {
+            last_index: index,
+            last_term: node.applied_term(),
+            membership: node.applied_membership.clone(),
+            size_bytes: data.len() as u64,
+            checksum: crc32c::crc32c(&data),
+        };
+        self.checker
+            .snapshot_seen(nid, "took", &meta, &data)
+            .unwrap_or_else(|v| panic!("{v}"));
+        let node = self.nodes.get_mut(&nid).expect("known node");
+        node.snapshot = Some((meta.clone(), data));
+        node.raw
+            .as_mut()
+            .expect("up")
+            .on_snapshot_stored(meta.clone());
+        let durable_last = node.durable.last_index().expect("readable");
+        let up_to = LogIndex(index.0.saturating_sub(trailing)).min(durable_last);
+        if up_to >= node.durable.first_index().expect("readable") {
+            node.durable.compact(up_to).expect("compact");
+        }
+        self.check();
+        Some(meta)
     }
 
     /// Hands a message to its recipient directly (if it is up), bypassing the network.
@@ -418,6 +495,52 @@ impl Harness {
             return false;
         }
         let ready: Ready = raw.ready();
+        self.check_ready(id, &ready);
+        if !self.quiet {
+            let text = format_ready(id, header, &ready);
+            self.out.push_str(&text);
+        }
+        let ack = ready.persist_ack();
+        let Ready {
+            soft_state: _,
+            hard_state,
+            entries,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states: _,
+            snapshot,
+            snapshot_chunks,
+            snapshot_sends,
+            membership_results: _,
+        } = ready;
+        let chunks = self.read_snapshot_chunks(id, snapshot_sends);
+        self.nodes
+            .get_mut(&id)
+            .expect("known")
+            .pending
+            .push_back(PendingWrite {
+                snapshot,
+                snapshot_chunks,
+                entries,
+                hard_state,
+                persisted_messages,
+                committed_entries,
+                ack,
+            });
+        for m in messages.into_iter().chain(chunks) {
+            self.send(m);
+        }
+        self.check();
+        true
+    }
+
+    /// The checks on a Ready as it is handed out: nothing that promises durability leaves
+    /// before the Ready is durable, its entries are registered with the checker (Log
+    /// Matching), and its read states answer reads asked of this node with an index at least
+    /// what was committed when they were asked.
+    fn check_ready(&mut self, id: NodeId, ready: &Ready) {
+        let raw = self.nodes[&id].raw.as_ref().expect("up");
         // The Ready contract: a vote or an append acknowledgement promises that something is
         // durable, so it may only leave once the Ready is persisted (§5.2, Figure 2).
         for m in &ready.messages {
@@ -437,42 +560,50 @@ impl Harness {
                 raw.term_at(e.index.prev())
                     .unwrap_or_else(|| panic!("{id} handed out {} without its prefix", e.index))
             };
-            self.checker.entry_written(id, e, prev_term);
+            self.checker
+                .entry_written(id, e, prev_term)
+                .unwrap_or_else(|v| panic!("{v}"));
         }
-        if !self.quiet {
-            let text = format_ready(id, header, &ready);
-            self.out.push_str(&text);
+        for rs in &ready.read_states {
+            let (asked, committed) = self
+                .reads
+                .remove(&rs.request_id)
+                .unwrap_or_else(|| panic!("{id} answered read {} nobody asked", rs.request_id));
+            assert_eq!(
+                asked, id,
+                "read {} asked of {asked} answered by {id}",
+                rs.request_id
+            );
+            assert!(
+                rs.index.is_none_or(|i| i >= committed),
+                "linearizable read: {id} answered read {} with {:?}, but {committed} was \
+                 committed when it was asked",
+                rs.request_id,
+                rs.index
+            );
         }
-        let ack = ready.persist_ack();
-        let Ready {
-            entries,
-            hard_state,
-            messages,
-            persisted_messages,
-            committed_entries,
-            ..
-        } = ready;
-        self.nodes
-            .get_mut(&id)
-            .expect("known")
-            .pending
-            .push_back(PendingWrite {
-                entries,
-                hard_state,
-                persisted_messages,
-                committed_entries,
-                ack,
-            });
-        for m in messages {
-            self.send(m);
-        }
-        self.check();
-        true
     }
 
-    /// Makes node `id`'s oldest pending Ready durable: appends its entries and hard state to
-    /// storage, acknowledges it, applies its committed entries and sends its persisted
-    /// messages. Returns whether there was one.
+    /// The messages carrying the snapshot chunks a Ready asks to send, read from the node's
+    /// newest snapshot (a chunk of a snapshot it no longer holds is skipped).
+    fn read_snapshot_chunks(&self, id: NodeId, sends: Vec<SnapshotSend>) -> Vec<Message> {
+        let node = &self.nodes[&id];
+        sends
+            .into_iter()
+            .filter_map(|send| {
+                let (meta, data) = node.snapshot.as_ref().filter(|s| s.0 == send.meta)?;
+                debug_assert_eq!(data.len() as u64, meta.size_bytes);
+                let at = send.offset as usize;
+                let chunk = data.slice(at..at + send.len);
+                Some(send.into_message(chunk))
+            })
+            .collect()
+    }
+
+    /// Makes node `id`'s oldest pending Ready durable: installs its snapshot, writes its
+    /// snapshot chunks, appends its entries and hard state to storage, acknowledges it,
+    /// applies its committed entries and sends its persisted messages. Returns whether there
+    /// was one.
     pub fn persist(&mut self, id: u64) -> bool {
         self.persist_one(NodeId(id), true)
     }
@@ -482,22 +613,22 @@ impl Harness {
         let Some(w) = node.pending.pop_front() else {
             return false;
         };
+        let mut notes = Vec::new();
+        if let Some(meta) = &w.snapshot {
+            self.install_snapshot(id, meta);
+            notes.push(format!("installed snapshot {}", format_meta(meta)));
+        }
+        for chunk in &w.snapshot_chunks {
+            notes.extend(self.write_chunk(id, chunk));
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
         node.durable.append(&w.entries).expect("append");
         if let Some(hs) = w.hard_state {
             node.durable.set_hard_state(hs).expect("hard state");
         }
         let raw = node.raw.as_mut().expect("a node with pending writes is up");
         raw.on_persisted(w.ack);
-        let mut previous = node.applied_index();
-        for e in &w.committed_entries {
-            self.checker.applied(id, previous, e);
-            previous = e.index;
-        }
-        let node = self.nodes.get_mut(&id).expect("known node");
-        node.applied.extend(w.committed_entries.iter().cloned());
-        if let Some(last) = w.committed_entries.last() {
-            node.raw.as_mut().expect("up").on_applied(last.index);
-        }
+        self.apply(id, &w.committed_entries);
         if print && !self.quiet {
             let mut s = format!("> {} persisted", id.0);
             match w.ack.last_entry {
@@ -508,6 +639,9 @@ impl Harness {
                 write!(s, ", {}", format_hard_state(&hs)).unwrap();
             }
             self.say(|| s);
+            for note in notes {
+                self.say(|| format!("  {note}"));
+            }
             self.say_list("sends", w.persisted_messages.iter().map(format_message));
             self.say_list("applies", w.committed_entries.iter().map(format_entry));
         }
@@ -516,6 +650,82 @@ impl Harness {
         }
         self.check();
         true
+    }
+
+    /// Applies committed entries to node `id`'s state machine, skipping those that the
+    /// snapshot it was restored from covers (handed out before the snapshot was installed).
+    fn apply(&mut self, id: NodeId, entries: &[Entry]) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        for e in entries {
+            if node.restored.is_some_and(|(index, _)| e.index <= index) {
+                continue;
+            }
+            let previous = node.applied_index();
+            self.checker
+                .applied(id, previous, e)
+                .unwrap_or_else(|v| panic!("{v}"));
+            node.digest = digest_step(node.digest, e);
+            if let EntryPayload::Membership(m) = &e.payload {
+                node.applied_membership = m.clone();
+            }
+            node.applied.push(e.clone());
+        }
+        if let Some(last) = entries.last() {
+            node.raw.as_mut().expect("up").on_applied(last.index);
+        }
+    }
+
+    /// Restores node `id`'s state machine from its newest snapshot, which must be `meta`.
+    fn install_snapshot(&mut self, id: NodeId, meta: &SnapshotMeta) {
+        let node = &self.nodes[&id];
+        let (stored, data) = node
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| panic!("{id} was told to install {meta:?} but holds no snapshot"));
+        assert_eq!(
+            stored, *meta,
+            "{id} was told to install a snapshot that is not its newest"
+        );
+        let (index, digest) = self
+            .checker
+            .snapshot_seen(id, "restored", meta, &data)
+            .unwrap_or_else(|v| panic!("{v}"));
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.restore(meta, index, digest);
+    }
+
+    /// Writes a received chunk into node `id`'s partial copy; after the last one, verifies
+    /// the copy, keeps it if valid and reports it. Returns what it did, to print.
+    fn write_chunk(&mut self, id: NodeId, chunk: &SnapshotChunk) -> Option<String> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.partial.as_ref().is_none_or(|p| p.0 != chunk.meta) {
+            node.partial = Some((chunk.meta.clone(), Vec::new()));
+        }
+        let (_, data) = node.partial.as_mut().expect("set above");
+        let at = chunk.offset as usize;
+        data.resize(at, 0);
+        data.extend_from_slice(&chunk.data);
+        if !chunk.last {
+            return None;
+        }
+        let (meta, data) = node.partial.take().expect("set above");
+        let valid = data.len() as u64 == meta.size_bytes && crc32c::crc32c(&data) == meta.checksum;
+        let newer = node
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| s.0.last_index < meta.last_index);
+        if valid && newer {
+            node.snapshot = Some((meta.clone(), Bytes::from(data)));
+        }
+        node.raw
+            .as_mut()
+            .expect("up")
+            .on_snapshot_received(&meta, valid);
+        let verdict = if valid { "valid" } else { "corrupt" };
+        Some(format!(
+            "received snapshot {}: {verdict}",
+            format_meta(&meta)
+        ))
     }
 
     /// Takes node `id`'s Ready, makes it and every earlier pending Ready durable, applies and
@@ -697,6 +907,7 @@ impl Harness {
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.raw.take().is_some(), "{id} is already down");
         let lost: Vec<PendingWrite> = node.pending.drain(..).collect();
+        node.partial = None;
         if !self.quiet {
             let mut s = format!("> {} crashed", id.0);
             let entries: Vec<String> = lost
@@ -738,28 +949,29 @@ impl Harness {
             let Some(raw) = node.raw.as_ref() else {
                 continue;
             };
-            if raw.role() == Role::Leader {
-                self.checker.leader_seen(id, raw.term());
-            }
-            self.checker.commit_seen(id, raw);
-            if raw.role() == Role::Leader {
-                self.checker.leader_complete(id, raw);
-            }
+            let term_at = |i| raw.term_at(i);
+            let view = NodeView {
+                id,
+                role: raw.role(),
+                term: raw.term(),
+                commit: raw.commit_index(),
+                first_index: raw.first_index(),
+                membership: raw.membership(),
+                membership_index: raw.membership_index(),
+                initial: &node.initial,
+                term_at: &term_at,
+            };
+            check_node(&mut self.checker, &view).unwrap_or_else(|v| panic!("{v}"));
         }
-        // No committed entry may be lost to crashes: a majority holds it durably.
-        let index = self.committed_index();
-        if let Some(term) = self.checker.committed_term(index) {
-            let holders = self
-                .nodes
-                .values()
-                .filter(|n| n.durable.term(index).ok() == Some(term))
-                .count();
-            assert!(
-                holders > self.nodes.len() / 2,
-                "durability: committed entry {index}@{term} is durable on {holders} of {} nodes",
-                self.nodes.len()
-            );
-        }
+        // No committed entry may be lost to crashes: every quorum holds it durably.
+        let nodes = &self.nodes;
+        let holds = |id: NodeId, index: LogIndex, term: Term| {
+            nodes.get(&id).is_some_and(|n| n.holds(index, term))
+        };
+        let ids = self.ids();
+        self.checker
+            .check_durability(&ids, holds)
+            .unwrap_or_else(|v| panic!("{v}"));
     }
 
     // ----- printing -------------------------------------------------------------------------
@@ -809,26 +1021,43 @@ impl Harness {
 
     fn print_log(&mut self, id: NodeId) {
         let node = &self.nodes[&id];
-        let durable = node.durable.all_entries();
+        let durable: BTreeMap<LogIndex, Entry> = node
+            .durable
+            .all_entries()
+            .into_iter()
+            .map(|e| (e.index, e))
+            .collect();
         let mut lines: Vec<String> = Vec::new();
-        match node.raw.as_ref() {
-            None => lines.extend(durable.iter().map(format_entry)),
-            Some(raw) => {
-                let last = raw.last_index().0;
-                for i in 1..=last {
-                    let t = raw.term_at(LogIndex(i)).expect("in the log");
-                    match durable.get(i as usize - 1) {
-                        Some(e) if e.term == t => lines.push(format_entry(e)),
-                        _ => lines.push(format!("i{i}@{t} (not yet durable)")),
-                    }
-                }
-                for e in durable.iter().skip(last as usize) {
-                    lines.push(format!(
-                        "{} (durable, truncated in memory)",
-                        format_entry(e)
-                    ));
-                }
+        let durable_first = node.durable.first_index().expect("readable");
+        let (first, last) = match node.raw.as_ref() {
+            None => (durable_first, node.durable.last_index().expect("readable")),
+            Some(raw) => (raw.first_index(), raw.last_index()),
+        };
+        if first > LogIndex(1) {
+            let base = first.prev();
+            let term = match node.raw.as_ref() {
+                None => node.durable.term(base).ok(),
+                Some(raw) => raw.term_at(base),
+            };
+            let term = term.map_or("?".into(), |t| t.to_string());
+            lines.push(format!("(compacted up to {base}@{term})"));
+        }
+        for i in first.0..=last.0 {
+            let i = LogIndex(i);
+            let t = match node.raw.as_ref() {
+                None => durable[&i].term,
+                Some(raw) => raw.term_at(i).expect("in the log"),
+            };
+            match durable.get(&i) {
+                Some(e) if e.term == t => lines.push(format_entry(e)),
+                _ => lines.push(format!("{i}@{t} (not yet durable)")),
             }
+        }
+        for e in durable.range(last.next()..).map(|(_, e)| e) {
+            lines.push(format!(
+                "{} (durable, truncated in memory)",
+                format_entry(e)
+            ));
         }
         self.say(|| format!("> {} log", id.0));
         if lines.is_empty() {
@@ -856,6 +1085,20 @@ impl Harness {
                         pr.inflight.iter().map(|i| i.0.to_string()).collect();
                     write!(s, " inflight=[{}]", inflight.join(" ")).unwrap();
                 }
+                if let Some(t) = &pr.snapshot {
+                    let inflight: Vec<String> = t.inflight.iter().map(u64::to_string).collect();
+                    write!(
+                        s,
+                        " snapshot={}@{} acked={} sent={} inflight=[{}]{}",
+                        t.meta.last_index,
+                        t.meta.last_term,
+                        t.acked,
+                        t.sent,
+                        inflight.join(" "),
+                        if t.probing { " probing" } else { "" }
+                    )
+                    .unwrap();
+                }
                 lines.push(s);
             }
         }
@@ -876,265 +1119,57 @@ impl Harness {
     /// every node when none is given.
     ///
     /// - `add-nodes N [pre-vote=B] [check-quorum=B] [election-ticks=N] [heartbeat-ticks=N]
-    ///   [inflight-max=N] [max-entries=N] [msg-bytes-max=N]`: voters 1..=N (once, first).
+    ///   [inflight-max=N] [max-entries=N] [msg-bytes-max=N] [snapshot-chunk-bytes=N]
+    ///   [snapshot-window=N] [catch-up-rounds=N]`: voters 1..=N (once, first).
     /// - `campaign ID`; `propose ID DATA [count=K] [size=BYTES]` (K proposals `DATA1..DATAK`).
     /// - `tick IDS [count=N]`, `tick-heartbeat IDS`: tick the nodes together; print role or
     ///   term changes. `tick-election IDS`: tick them together until one changes role or term.
     /// - `run count=N`: N times, tick every node that is up and stabilize, quietly; print
     ///   role and term changes.
-    /// - `ready ID`: take the Ready, send its `messages`, keep the rest pending.
-    ///   `persist ID [all]`: complete the oldest pending write (or all): store, acknowledge,
-    ///   apply, send the persisted messages. `process-ready IDS`: both, synchronously.
+    /// - `ready ID`: take the Ready, send its `messages` and snapshot chunks, keep the rest
+    ///   pending. `persist ID [all]`: complete the oldest pending write (or all): install,
+    ///   write chunks, store, acknowledge, apply, send the persisted messages.
+    ///   `process-ready IDS`: both, synchronously.
     /// - `deliver-msgs`, `drop-msgs`, `dup-msgs`, `hold-msgs` with `[from=ID] [to=ID]
     ///   [type=KIND] [count=N]` (and `order=reverse` to deliver newest first): act on the
     ///   queued messages selected. `release-msgs` requeues the held ones; `msgs` lists the
     ///   queue. `stabilize [IDS]`: process Readies and deliver until nothing changes.
     /// - `partition IDS` (cut them off from the rest, both ways), `block FROM TO`, `heal`.
-    /// - `crash IDS` (lose the Raft state and every pending write), `restart IDS`.
-    /// - `status [IDS]`, `log [IDS]`, `progress ID`, `applied [IDS]`.
+    /// - `crash IDS` (lose the Raft state, every pending write and any partly received
+    ///   snapshot), `restart IDS`.
+    /// - `snapshot ID [trailing=N]`: snapshot the state machine at its applied index and
+    ///   compact the durable log behind it, keeping up to N entries (0 by default).
+    /// - `add-node`: start a new, empty server that is no member yet. `add-learner ID NEW`,
+    ///   `add-voter ID NEW`, `promote ID LEARNER`, `remove ID MEMBER`, `replace ID
+    ///   voters=A,B,.. [learners=C,..]`: propose a configuration change on node ID (request
+    ///   ids count from 1).
+    /// - `read-index ID REQ`: ask node ID for a read index under request id REQ.
+    ///   `transfer ID TO`: ask leader ID to hand leadership to TO.
+    /// - `status [IDS]`, `log [IDS]`, `progress ID`, `applied [IDS]`, `membership [IDS]`.
     pub fn run_command(h: &mut Option<Harness>, line: &str) -> Result<String, String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (&cmd, rest) = words.split_first().ok_or("empty command")?;
-        let mut ids: Vec<u64> = Vec::new();
-        let mut args: Vec<&str> = Vec::new();
-        let mut opts: BTreeMap<&str, &str> = BTreeMap::new();
-        for w in rest {
-            if let Some((k, v)) = w.split_once('=') {
-                opts.insert(k, v);
-            } else if let Ok(n) = w.parse::<u64>() {
-                ids.push(n);
-            } else {
-                args.push(w);
-            }
-        }
-        if cmd == "propose" {
-            // `propose ID DATA`: the data may look like a number.
-            ids.truncate(1);
-            args = rest
-                .iter()
-                .skip(1)
-                .filter(|w| !w.contains('='))
-                .copied()
-                .collect();
-        }
-        if cmd == "add-nodes" {
+        let c = Command::parse(line)?;
+        if c.name == "add-nodes" {
             if h.is_some() {
                 return Err("add-nodes may run once per transcript".into());
             }
-            let n = *ids.first().ok_or("add-nodes needs a count")?;
-            let cfg = parse_config(&opts)?;
+            let n = *c.ids.first().ok_or("add-nodes needs a count")?;
+            let cfg = parse_config(&c.opts)?;
             *h = Some(Harness::new(n, cfg));
             return Ok("ok".into());
         }
         let h = h.as_mut().ok_or("add-nodes first")?;
-        let num = |k: &str| -> Result<Option<u64>, String> {
-            opts.get(k)
-                .map(|v| v.parse::<u64>().map_err(|e| format!("{k}={v}: {e}")))
-                .transpose()
-        };
-        let all = h.ids().into_iter().map(|i| i.0).collect::<Vec<_>>();
-        let targets = if ids.is_empty() { all } else { ids.clone() };
-        let one = || -> Result<u64, String> {
-            match ids.as_slice() {
-                [id] => Ok(*id),
-                _ => Err(format!("{cmd} needs exactly one node id")),
-            }
-        };
-        for &id in &ids {
+        for &id in &c.ids {
             if !h.nodes.contains_key(&NodeId(id)) {
                 return Err(format!("no node {id}"));
             }
         }
-        match cmd {
-            "campaign" => h.campaign(one()?),
-            "tick" | "tick-heartbeat" => {
-                let count = match cmd {
-                    "tick-heartbeat" => u64::from(h.template.heartbeat_ticks),
-                    _ => num("count")?.unwrap_or(1),
-                };
-                let before: Vec<_> = targets.iter().map(|&i| state_of(h, i)).collect();
-                for _ in 0..count {
-                    for &id in &targets {
-                        if h.is_up(id) {
-                            h.tick(id);
-                        }
-                    }
-                }
-                h.say_changes(&targets, before, "> ");
-            }
-            "tick-election" => {
-                // Tick the nodes together until one of them changes role or term.
-                let before: Vec<_> = targets.iter().map(|&i| state_of(h, i)).collect();
-                let rounds_max = 2 * h.template.election_ticks + 1;
-                let mut rounds = 0;
-                while rounds < rounds_max {
-                    rounds += 1;
-                    for &id in &targets {
-                        if h.is_up(id) {
-                            h.tick(id);
-                        }
-                    }
-                    let now: Vec<_> = targets.iter().map(|&i| state_of(h, i)).collect();
-                    if now != before {
-                        break;
-                    }
-                }
-                h.say(|| format!("> ticked {rounds} times"));
-                h.say_changes(&targets, before, "> ");
-            }
-            "run" => {
-                // Every tick: every node that is up ticks, then the cluster stabilizes,
-                // quietly. Only role and term changes are printed.
-                let count = num("count")?.ok_or("run needs count=N")?;
-                let all = h.ids().into_iter().map(|i| i.0).collect::<Vec<_>>();
-                for t in 1..=count {
-                    let before: Vec<_> = all.iter().map(|&i| state_of(h, i)).collect();
-                    for &id in &all {
-                        if h.is_up(id) {
-                            h.tick(id);
-                        }
-                    }
-                    let quiet = std::mem::replace(&mut h.quiet, true);
-                    h.stabilize(&[]);
-                    h.quiet = quiet;
-                    h.say_changes(&all, before, &format!("tick {t}: "));
-                }
-            }
-            "propose" => {
-                let id = *ids.first().ok_or("propose needs a node id")?;
-                let data = args.first().ok_or("propose needs data")?.to_string();
-                let count = num("count")?;
-                let proposals: Vec<String> = match count {
-                    None => vec![data],
-                    Some(c) => (1..=c).map(|i| format!("{data}{i}")).collect(),
-                };
-                let size = num("size")?;
-                for p in proposals {
-                    let bytes: Bytes = match size {
-                        Some(s) => {
-                            let mut v = p.clone().into_bytes();
-                            v.resize(s as usize, b'.');
-                            v.into()
-                        }
-                        None => p.clone().into(),
-                    };
-                    match h.propose(id, bytes) {
-                        Ok(i) => h.say(|| format!("> {id} proposed {p:?} at {i}")),
-                        Err(e) => h.say(|| format!("> {id} refused {p:?}: {e}")),
-                    }
-                }
-            }
-            "ready" => {
-                let id = one()?;
-                if !h.ready(id) {
-                    h.say(|| format!("> {id} has no Ready"));
-                }
-            }
-            "persist" => {
-                let id = one()?;
-                let mut any = false;
-                while h.persist(id) {
-                    any = true;
-                    if !args.contains(&"all") {
-                        break;
-                    }
-                }
-                if !any {
-                    h.say(|| format!("> {id} has nothing to persist"));
-                }
-            }
-            "process-ready" => {
-                for id in targets {
-                    h.process_ready(id);
-                }
-            }
-            "stabilize" => h.stabilize(&ids),
-            "release-msgs" => {
-                let held = std::mem::take(&mut h.held);
-                if held.is_empty() {
-                    h.say(|| "no messages".to_string());
-                }
-                for m in held {
-                    h.say(|| format!("released {}", format_message(&m)));
-                    h.queue.push_back(m);
-                }
-            }
-            "deliver-msgs" | "drop-msgs" | "dup-msgs" | "hold-msgs" => {
-                let filter = Filter {
-                    from: num("from")?.map(NodeId),
-                    to: num("to")?.map(NodeId),
-                    kind: opts.get("type").map(|s| s.to_string()),
-                    count: num("count")?.map(|c| c as usize),
-                };
-                let reverse = match opts.get("order").copied() {
-                    None | Some("sent") => false,
-                    Some("reverse") => true,
-                    Some(o) => return Err(format!("unknown order={o}")),
-                };
-                let n = match cmd {
-                    "deliver-msgs" => h.deliver_ordered(&filter, reverse),
-                    "drop-msgs" => h.drop_messages(&filter),
-                    "hold-msgs" => {
-                        let taken = h.take_queued(&filter);
-                        for m in &taken {
-                            h.say(|| format!("held {}", format_message(m)));
-                        }
-                        let n = taken.len();
-                        h.held.extend(taken);
-                        n
-                    }
-                    _ => h.duplicate_messages(&filter),
-                };
-                if n == 0 {
-                    h.say(|| "no messages".to_string());
-                }
-            }
-            "msgs" => {
-                let lines: Vec<String> = h.queue.iter().map(format_message).collect();
-                if lines.is_empty() {
-                    h.say(|| "no messages".to_string());
-                }
-                for l in compact(lines) {
-                    h.say(|| l);
-                }
-            }
-            "partition" => {
-                h.partition(&ids);
-            }
-            "block" => match ids.as_slice() {
-                [from, to] => h.block(*from, *to),
-                _ => return Err("block needs FROM TO".into()),
-            },
-            "heal" => h.heal(),
-            "crash" => {
-                for id in ids {
-                    h.crash(id);
-                }
-            }
-            "restart" => {
-                for id in ids {
-                    h.restart(id);
-                }
-            }
-            "status" => {
-                for id in targets {
-                    let line = format!("{id}: {}", h.status_line(NodeId(id)));
-                    h.say(|| line);
-                }
-            }
-            "log" => {
-                for id in targets {
-                    h.print_log(NodeId(id));
-                }
-            }
-            "progress" => h.print_progress(NodeId(one()?)),
-            "applied" => {
-                for id in targets {
-                    let entries: Vec<String> = h.applied(id).iter().map(format_entry).collect();
-                    h.say(|| format!("{id}: [{}]", entries.join(", ")));
-                }
-            }
-            _ => return Err(format!("unknown command {cmd:?}")),
+        let known = h.run_clock_command(&c)?
+            || h.run_io_command(&c)?
+            || h.run_network_command(&c)?
+            || h.run_cluster_command(&c)?
+            || h.run_query_command(&c)?;
+        if !known {
+            return Err(format!("unknown command {:?}", c.name));
         }
         let out = h.take_output();
         Ok(if out.is_empty() {
@@ -1142,6 +1177,402 @@ impl Harness {
         } else {
             out.trim_end().to_string()
         })
+    }
+
+    /// `campaign`, `tick`, `tick-heartbeat`, `tick-election`, `run`; false for others.
+    fn run_clock_command(&mut self, c: &Command<'_>) -> Result<bool, String> {
+        let targets = c.targets(self);
+        match c.name {
+            "campaign" => self.campaign(c.one()?),
+            "tick" | "tick-heartbeat" => {
+                let count = match c.name {
+                    "tick-heartbeat" => u64::from(self.template.heartbeat_ticks),
+                    _ => c.num("count")?.unwrap_or(1),
+                };
+                let before: Vec<_> = targets.iter().map(|&i| state_of(self, i)).collect();
+                for _ in 0..count {
+                    for &id in &targets {
+                        if self.is_up(id) {
+                            self.tick(id);
+                        }
+                    }
+                }
+                self.say_changes(&targets, before, "> ");
+            }
+            "tick-election" => self.tick_election(&targets),
+            "run" => {
+                let count = c.num("count")?.ok_or("run needs count=N")?;
+                self.run_quietly(count);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Ticks `targets` together until one of them changes role or term.
+    fn tick_election(&mut self, targets: &[u64]) {
+        let before: Vec<_> = targets.iter().map(|&i| state_of(self, i)).collect();
+        let rounds_max = 2 * self.template.election_ticks + 1;
+        let mut rounds = 0;
+        while rounds < rounds_max {
+            rounds += 1;
+            for &id in targets {
+                if self.is_up(id) {
+                    self.tick(id);
+                }
+            }
+            let now: Vec<_> = targets.iter().map(|&i| state_of(self, i)).collect();
+            if now != before {
+                break;
+            }
+        }
+        self.say(|| format!("> ticked {rounds} times"));
+        self.say_changes(targets, before, "> ");
+    }
+
+    /// Every tick: every node that is up ticks, then the cluster stabilizes, quietly. Only
+    /// role and term changes are printed.
+    fn run_quietly(&mut self, count: u64) {
+        let all = self.ids().into_iter().map(|i| i.0).collect::<Vec<_>>();
+        for t in 1..=count {
+            let before: Vec<_> = all.iter().map(|&i| state_of(self, i)).collect();
+            for &id in &all {
+                if self.is_up(id) {
+                    self.tick(id);
+                }
+            }
+            let quiet = std::mem::replace(&mut self.quiet, true);
+            self.stabilize(&[]);
+            self.quiet = quiet;
+            self.say_changes(&all, before, &format!("tick {t}: "));
+        }
+    }
+
+    /// `propose`, `ready`, `persist`, `process-ready`, `stabilize`, `snapshot`; false for
+    /// others.
+    fn run_io_command(&mut self, c: &Command<'_>) -> Result<bool, String> {
+        match c.name {
+            "propose" => self.propose_command(c)?,
+            "ready" => {
+                let id = c.one()?;
+                if !self.ready(id) {
+                    self.say(|| format!("> {id} has no Ready"));
+                }
+            }
+            "persist" => {
+                let id = c.one()?;
+                let mut any = false;
+                while self.persist(id) {
+                    any = true;
+                    if !c.args.contains(&"all") {
+                        break;
+                    }
+                }
+                if !any {
+                    self.say(|| format!("> {id} has nothing to persist"));
+                }
+            }
+            "process-ready" => {
+                for id in c.targets(self) {
+                    self.process_ready(id);
+                }
+            }
+            "stabilize" => self.stabilize(&c.ids),
+            "snapshot" => {
+                let id = c.one()?;
+                let trailing = c.num("trailing")?.unwrap_or(0);
+                let line = match self.take_snapshot(id, trailing) {
+                    None => format!("> {id} has nothing new to snapshot"),
+                    Some(meta) => {
+                        let first = self.durable(id).first_index().expect("readable");
+                        format!(
+                            "> {id} took snapshot {}; its log starts at {first}",
+                            format_meta(&meta)
+                        )
+                    }
+                };
+                self.say(|| line);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn propose_command(&mut self, c: &Command<'_>) -> Result<(), String> {
+        let id = *c.ids.first().ok_or("propose needs a node id")?;
+        let data = c.args.first().ok_or("propose needs data")?.to_string();
+        let proposals: Vec<String> = match c.num("count")? {
+            None => vec![data],
+            Some(k) => (1..=k).map(|i| format!("{data}{i}")).collect(),
+        };
+        let size = c.num("size")?;
+        for p in proposals {
+            let bytes: Bytes = match size {
+                Some(s) => {
+                    let mut v = p.clone().into_bytes();
+                    v.resize(s as usize, b'.');
+                    v.into()
+                }
+                None => p.clone().into(),
+            };
+            match self.propose(id, bytes) {
+                Ok(i) => self.say(|| format!("> {id} proposed {p:?} at {i}")),
+                Err(e) => self.say(|| format!("> {id} refused {p:?}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The message and failure commands; false for others.
+    fn run_network_command(&mut self, c: &Command<'_>) -> Result<bool, String> {
+        match c.name {
+            "release-msgs" => {
+                let held = std::mem::take(&mut self.held);
+                if held.is_empty() {
+                    self.say(|| "no messages".to_string());
+                }
+                for m in held {
+                    self.say(|| format!("released {}", format_message(&m)));
+                    self.queue.push_back(m);
+                }
+            }
+            "deliver-msgs" | "drop-msgs" | "dup-msgs" | "hold-msgs" => self.message_command(c)?,
+            "msgs" => {
+                let lines: Vec<String> = self.queue.iter().map(format_message).collect();
+                if lines.is_empty() {
+                    self.say(|| "no messages".to_string());
+                }
+                for l in compact(lines) {
+                    self.say(|| l);
+                }
+            }
+            "partition" => self.partition(&c.ids),
+            "block" => match c.ids.as_slice() {
+                [from, to] => self.block(*from, *to),
+                _ => return Err("block needs FROM TO".into()),
+            },
+            "heal" => self.heal(),
+            "crash" => {
+                for &id in &c.ids {
+                    self.crash(id);
+                }
+            }
+            "restart" => {
+                for &id in &c.ids {
+                    self.restart(id);
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `deliver-msgs`, `drop-msgs`, `dup-msgs`, `hold-msgs`.
+    fn message_command(&mut self, c: &Command<'_>) -> Result<(), String> {
+        let filter = Filter {
+            from: c.num("from")?.map(NodeId),
+            to: c.num("to")?.map(NodeId),
+            kind: c.opts.get("type").map(|s| s.to_string()),
+            count: c.num("count")?.map(|n| n as usize),
+        };
+        let reverse = match c.opts.get("order").copied() {
+            None | Some("sent") => false,
+            Some("reverse") => true,
+            Some(o) => return Err(format!("unknown order={o}")),
+        };
+        let n = match c.name {
+            "deliver-msgs" => self.deliver_ordered(&filter, reverse),
+            "drop-msgs" => self.drop_messages(&filter),
+            "hold-msgs" => {
+                let taken = self.take_queued(&filter);
+                for m in &taken {
+                    self.say(|| format!("held {}", format_message(m)));
+                }
+                let n = taken.len();
+                self.held.extend(taken);
+                n
+            }
+            _ => self.duplicate_messages(&filter),
+        };
+        if n == 0 {
+            self.say(|| "no messages".to_string());
+        }
+        Ok(())
+    }
+
+    /// Membership changes, reads and leadership transfers; false for other commands.
+    fn run_cluster_command(&mut self, c: &Command<'_>) -> Result<bool, String> {
+        let change = match c.name {
+            "add-node" => {
+                let id = self.add_node();
+                let line = format!("> {id} started, empty: {}", self.status_line(NodeId(id)));
+                self.say(|| line);
+                return Ok(true);
+            }
+            "read-index" => {
+                let id = c.one()?;
+                let req = c.args.first().and_then(|r| r.parse().ok());
+                self.read_index(id, req.ok_or("read-index needs ID REQ")?);
+                return Ok(true);
+            }
+            "transfer" => {
+                let (id, to) = c.two()?;
+                if let Err(e) = self.transfer_leadership(id, to) {
+                    self.say(|| format!("> {id} refused the transfer to {to}: {e}"));
+                }
+                return Ok(true);
+            }
+            "add-learner" => MembershipChange::AddLearner(NodeId(c.two()?.1)),
+            "add-voter" => MembershipChange::AddVoter(NodeId(c.two()?.1)),
+            "promote" => MembershipChange::Promote(NodeId(c.two()?.1)),
+            "remove" => MembershipChange::Remove(NodeId(c.two()?.1)),
+            "replace" => MembershipChange::Replace {
+                voters: c.id_set("voters")?,
+                learners: c.id_set("learners")?,
+            },
+            _ => return Ok(false),
+        };
+        let id = *c.ids.first().ok_or("a change needs the leader's id")?;
+        let what = format_change(&change);
+        match self.propose_membership(id, change) {
+            Ok(req) => self.say(|| format!("> {id} started change {req}: {what}")),
+            Err(e) => self.say(|| format!("> {id} refused {what}: {e}")),
+        }
+        Ok(true)
+    }
+
+    /// `status`, `log`, `progress`, `applied`, `membership`; false for others.
+    fn run_query_command(&mut self, c: &Command<'_>) -> Result<bool, String> {
+        let targets = c.targets(self);
+        match c.name {
+            "status" => {
+                for id in targets {
+                    let line = format!("{id}: {}", self.status_line(NodeId(id)));
+                    self.say(|| line);
+                }
+            }
+            "log" => {
+                for id in targets {
+                    self.print_log(NodeId(id));
+                }
+            }
+            "progress" => self.print_progress(NodeId(c.one()?)),
+            "applied" => {
+                for id in targets {
+                    let node = &self.nodes[&NodeId(id)];
+                    let restored = node.restored.map(|(i, t)| format!("snapshot {i}@{t}"));
+                    let entries: Vec<String> = restored
+                        .into_iter()
+                        .chain(node.applied.iter().map(format_entry))
+                        .collect();
+                    self.say(|| format!("{id}: [{}]", entries.join(", ")));
+                }
+            }
+            "membership" => {
+                for id in targets {
+                    let line = self.membership_line(NodeId(id));
+                    self.say(|| format!("{id}: {line}"));
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The configuration node `id` uses, and where it comes from.
+    fn membership_line(&self, id: NodeId) -> String {
+        let Some(raw) = self.nodes[&id].raw.as_ref() else {
+            return "down".into();
+        };
+        let mut s = format_membership(raw.membership());
+        match raw.membership_index() {
+            LogIndex(0) => s.push_str(" (initial or snapshot)"),
+            i => write!(s, " (entry {i})").unwrap(),
+        }
+        if let Some(to) = raw.transfer_target() {
+            write!(s, ", transferring to {}", to.0).unwrap();
+        }
+        if raw.is_removed() {
+            s.push_str(", removed");
+        }
+        s
+    }
+}
+
+/// One parsed transcript command: `NAME [IDS] [WORDS] [KEY=VALUE ...]`.
+struct Command<'a> {
+    name: &'a str,
+    /// The numbers: node ids (for `propose` and `read-index`, only the first).
+    ids: Vec<u64>,
+    /// The other words.
+    args: Vec<&'a str>,
+    opts: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> Command<'a> {
+    fn parse(line: &'a str) -> Result<Command<'a>, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (&name, rest) = words.split_first().ok_or("empty command")?;
+        // `propose ID DATA`, `read-index ID REQ`: what follows the id may look like a number.
+        let one_id = matches!(name, "propose" | "read-index");
+        let mut c = Command {
+            name,
+            ids: Vec::new(),
+            args: Vec::new(),
+            opts: BTreeMap::new(),
+        };
+        for &w in rest {
+            if let Some((k, v)) = w.split_once('=') {
+                c.opts.insert(k, v);
+            } else if let (Ok(n), false) = (w.parse::<u64>(), one_id && !c.ids.is_empty()) {
+                c.ids.push(n);
+            } else {
+                c.args.push(w);
+            }
+        }
+        Ok(c)
+    }
+
+    /// The number of option `k`, if given.
+    fn num(&self, k: &str) -> Result<Option<u64>, String> {
+        self.opts
+            .get(k)
+            .map(|v| v.parse::<u64>().map_err(|e| format!("{k}={v}: {e}")))
+            .transpose()
+    }
+
+    /// The node ids of option `k`, a comma-separated list (empty if not given).
+    fn id_set(&self, k: &str) -> Result<BTreeSet<NodeId>, String> {
+        let Some(list) = self.opts.get(k) else {
+            return Ok(BTreeSet::new());
+        };
+        list.split(',')
+            .map(|v| v.parse::<u64>().map(NodeId))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{k}={list}: {e}"))
+    }
+
+    fn one(&self) -> Result<u64, String> {
+        match self.ids.as_slice() {
+            [id] => Ok(*id),
+            _ => Err(format!("{} needs exactly one node id", self.name)),
+        }
+    }
+
+    fn two(&self) -> Result<(u64, u64), String> {
+        match self.ids.as_slice() {
+            [a, b] => Ok((*a, *b)),
+            _ => Err(format!("{} needs two node ids", self.name)),
+        }
+    }
+
+    /// The node ids given, or every node.
+    fn targets(&self, h: &Harness) -> Vec<u64> {
+        if self.ids.is_empty() {
+            h.ids().into_iter().map(|i| i.0).collect()
+        } else {
+            self.ids.clone()
+        }
     }
 }
 
@@ -1156,11 +1587,62 @@ impl Harness {
     }
 }
 
+/// [`Checker::check_node`] for a node whose Ready may not be taken yet.
+///
+/// The harness checks after every input, before the test takes the node's Ready, while the
+/// simulator takes every Ready before it checks. A configuration entry that a leader appends
+/// itself (a change it starts, leaving a joint configuration, a promotion) is in force at
+/// once, but the checker learns its payload only when the Ready hands it out. Until then this
+/// runs every check of `check_node` but the configuration's; the first check after the Ready
+/// runs that one too.
+fn check_node(checker: &mut Checker, node: &NodeView<'_>) -> Result<(), String> {
+    let at = node.membership_index;
+    let unregistered = at > LogIndex(0)
+        && at >= node.first_index
+        && (node.term_at)(at).is_some_and(|t| checker.payload(at, t).is_none());
+    if !unregistered {
+        return checker.check_node(node);
+    }
+    let id = node.id;
+    if node.role == Role::Leader {
+        checker.leader_seen(id, node.term)?;
+    }
+    checker.commit_seen(id, node.term, node.commit, node.term_at)?;
+    if node.role == Role::Leader {
+        checker.leader_complete(id, node.term, node.first_index, node.term_at)?;
+    }
+    if matches!(node.role, Role::PreCandidate | Role::Candidate) && !node.membership.is_voter(id) {
+        return Err(format!(
+            "{id} campaigns but is not a voter of its configuration {:?}",
+            node.membership
+        ));
+    }
+    Ok(())
+}
+
 fn state_of(h: &Harness, id: u64) -> Option<(Role, Term)> {
     h.nodes[&NodeId(id)]
         .raw
         .as_ref()
         .map(|r| (r.role(), r.term()))
+}
+
+/// `add learner 4`, `replace with voters=(1 2 4)`.
+fn format_change(change: &MembershipChange) -> String {
+    match change {
+        MembershipChange::AddLearner(id) => format!("add learner {}", id.0),
+        MembershipChange::AddVoter(id) => format!("add voter {}", id.0),
+        MembershipChange::Promote(id) => format!("promote {}", id.0),
+        MembershipChange::Remove(id) => format!("remove {}", id.0),
+        MembershipChange::Replace { voters, learners } => {
+            let m = Membership {
+                voters: voters.clone(),
+                learners: learners.clone(),
+                ..Membership::default()
+            };
+            format!("replace with {}", format_membership(&m))
+        }
+    }
 }
 
 fn parse_config(opts: &BTreeMap<&str, &str>) -> Result<Config, String> {
@@ -1176,6 +1658,9 @@ fn parse_config(opts: &BTreeMap<&str, &str>) -> Result<Config, String> {
             "inflight-max" => cfg.inflight_msgs_max = int()? as usize,
             "max-entries" => cfg.append_entries_max = int()? as usize,
             "msg-bytes-max" => cfg.msg_bytes_max = int()? as usize,
+            "snapshot-chunk-bytes" => cfg.snapshot_chunk_bytes_max = int()? as usize,
+            "snapshot-window" => cfg.snapshot_chunks_inflight_max = int()? as usize,
+            "catch-up-rounds" => cfg.catch_up_rounds_max = int()? as u32,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -1218,7 +1703,7 @@ pub fn format_entry(e: &Entry) -> String {
                 format!("{text:?}")
             }
         }
-        EntryPayload::Membership(m) => format!("membership {m:?}"),
+        EntryPayload::Membership(m) => format!("membership {}", format_membership(m)),
     };
     format!("{} {payload}", format_entry_id(e))
 }
@@ -1235,6 +1720,42 @@ fn format_entries(entries: &[Entry]) -> String {
             entries.len()
         ),
     }
+}
+
+/// `voters=(1 2 3) learners=(4)`, with `outgoing=(...)` while joint; `(none)` when empty.
+pub fn format_membership(m: &Membership) -> String {
+    if *m == Membership::default() {
+        return "(none)".into();
+    }
+    let set = |ids: &BTreeSet<NodeId>| {
+        let ids: Vec<String> = ids.iter().map(|i| i.0.to_string()).collect();
+        format!("({})", ids.join(" "))
+    };
+    let mut s = format!("voters={}", set(&m.voters));
+    if !m.learners.is_empty() {
+        write!(s, " learners={}", set(&m.learners)).unwrap();
+    }
+    if m.is_joint() {
+        write!(s, " outgoing={}", set(&m.voters_outgoing)).unwrap();
+    }
+    s
+}
+
+/// `i5@t1 (40 bytes)`: a snapshot's last entry and size.
+pub fn format_meta(meta: &SnapshotMeta) -> String {
+    format!(
+        "{}@{} ({} bytes)",
+        meta.last_index, meta.last_term, meta.size_bytes
+    )
+}
+
+/// `bytes=0..16/40`: a chunk's range of its snapshot.
+fn format_range(offset: u64, len: usize, meta: &SnapshotMeta) -> String {
+    format!(
+        "bytes={offset}..{}/{}",
+        offset + len as u64,
+        meta.size_bytes
+    )
 }
 
 /// `term=2 vote=1 commit=5`.
@@ -1291,23 +1812,119 @@ pub fn format_message(m: &Message) -> String {
             r.index.0,
             format_hint(&r.hint)
         ),
-        MessageBody::Heartbeat(r) => format!("heartbeat commit={}", r.leader_commit.0),
-        MessageBody::HeartbeatResponse(_) => "heartbeat-resp".to_string(),
-        other => format!("{other:?}"),
+        MessageBody::Heartbeat(r) => {
+            format!(
+                "heartbeat commit={}{}",
+                r.leader_commit.0,
+                format_context(r.context)
+            )
+        }
+        MessageBody::HeartbeatResponse(r) => format!("heartbeat-resp{}", format_context(r.context)),
+        MessageBody::InstallSnapshot(r) => format!(
+            "snapshot {}@{} {}{}",
+            r.meta.last_index,
+            r.meta.last_term,
+            format_range(r.offset, r.data.len(), &r.meta),
+            match (r.done, r.data.is_empty()) {
+                (true, _) => " done",
+                (false, true) => " probe",
+                (false, false) => "",
+            }
+        ),
+        MessageBody::InstallSnapshotResponse(r) => format!(
+            "snapshot-resp i{} next={}{}{}",
+            r.last_index.0,
+            r.next_offset,
+            if r.rejected { " rejected" } else { "" },
+            if r.installed { " installed" } else { "" }
+        ),
+        MessageBody::TimeoutNow => "timeout-now".to_string(),
+        MessageBody::ReadIndex(r) => format!("read-index req={}", r.request_id),
+        MessageBody::ReadIndexResponse(r) => format!(
+            "read-index-resp req={} index={}",
+            r.request_id,
+            r.read_index.map_or("none".into(), |i| i.0.to_string())
+        ),
     };
     format!("{}->{} {} {body}", m.from.0, m.to.0, m.term)
 }
 
-fn format_ready(id: NodeId, header: &str, r: &Ready) -> String {
-    let mut s = format!("> {} {header}\n", id.0);
-    if let Some(soft) = &r.soft_state {
-        let leader = soft.leader.map_or("none".into(), |l| l.0.to_string());
-        writeln!(s, "  soft-state: {:?} leader={leader}", soft.role).unwrap();
+/// The read-index context of a heartbeat, when it carries one.
+fn format_context(context: u64) -> String {
+    match context {
+        0 => String::new(),
+        c => format!(" ctx={c}"),
     }
-    if let Some(hs) = &r.hard_state {
+}
+
+/// `req=3 index=5`, or `req=3 index=none` when the read must be retried.
+fn format_read_state(rs: &ReadState) -> String {
+    let index = rs.index.map_or("none".into(), |i| i.0.to_string());
+    format!("req={} index={index}", rs.request_id)
+}
+
+/// `change 1 ok: voters=(1 2 3)` or `change 1 failed: why`.
+fn format_membership_result(r: &MembershipResult) -> String {
+    match &r.result {
+        Ok(m) => format!("change {} ok: {}", r.request_id, format_membership(m)),
+        Err(e) => format!("change {} failed: {e}", r.request_id),
+    }
+}
+
+/// `1->2 i5@t1 bytes=0..16/40`, with `first` on the first chunk with data of a transfer (or
+/// of its resumption) and `probe` on an empty one.
+fn format_snapshot_send(send: &SnapshotSend) -> String {
+    let tag = match (send.len, send.first) {
+        (0, _) => " probe",
+        (_, true) => " first",
+        _ => "",
+    };
+    format!(
+        "{}->{} {}@{} {}{tag}",
+        send.from.0,
+        send.to.0,
+        send.meta.last_index,
+        send.meta.last_term,
+        format_range(send.offset, send.len, &send.meta)
+    )
+}
+
+/// `i5@t1 bytes=16..32/40`, with `last` on the chunk that completes the snapshot.
+fn format_snapshot_chunk(c: &SnapshotChunk) -> String {
+    format!(
+        "{}@{} {}{}",
+        c.meta.last_index,
+        c.meta.last_term,
+        format_range(c.offset, c.data.len(), &c.meta),
+        if c.last { " last" } else { "" }
+    )
+}
+
+/// Every field of a Ready that is set, one section each, in the order of the Ready contract's
+/// steps (the destructuring makes a new field impossible to forget).
+fn format_ready(id: NodeId, header: &str, r: &Ready) -> String {
+    let Ready {
+        soft_state,
+        hard_state,
+        entries,
+        messages,
+        persisted_messages,
+        committed_entries,
+        read_states,
+        snapshot,
+        snapshot_chunks,
+        snapshot_sends,
+        membership_results,
+    } = r;
+    let mut s = format!("> {} {header}\n", id.0);
+    if let Some(SoftState { role, leader }) = soft_state {
+        let leader = leader.map_or("none".into(), |l| l.0.to_string());
+        writeln!(s, "  soft-state: {role:?} leader={leader}").unwrap();
+    }
+    if let Some(hs) = hard_state {
         writeln!(s, "  hard-state: {}", format_hard_state(hs)).unwrap();
     }
-    let mut list = |title: &str, items: Vec<String>| {
+    let list = |s: &mut String, title: &str, items: Vec<String>| {
         if !items.is_empty() {
             writeln!(s, "  {title}:").unwrap();
             for line in compact(items) {
@@ -1315,15 +1932,31 @@ fn format_ready(id: NodeId, header: &str, r: &Ready) -> String {
             }
         }
     };
-    list("entries", r.entries.iter().map(format_entry).collect());
-    list("messages", r.messages.iter().map(format_message).collect());
     list(
-        "persisted-messages",
-        r.persisted_messages.iter().map(format_message).collect(),
+        &mut s,
+        "entries",
+        entries.iter().map(format_entry).collect(),
     );
     list(
-        "committed",
-        r.committed_entries.iter().map(format_entry).collect(),
+        &mut s,
+        "messages",
+        messages.iter().map(format_message).collect(),
     );
+    let sends = snapshot_sends.iter().map(format_snapshot_send).collect();
+    list(&mut s, "snapshot-sends", sends);
+    if let Some(meta) = snapshot {
+        let config = format_membership(&meta.membership);
+        writeln!(s, "  snapshot: install {} {config}", format_meta(meta)).unwrap();
+    }
+    let chunks = snapshot_chunks.iter().map(format_snapshot_chunk).collect();
+    list(&mut s, "snapshot-chunks", chunks);
+    let persisted = persisted_messages.iter().map(format_message).collect();
+    list(&mut s, "persisted-messages", persisted);
+    let committed = committed_entries.iter().map(format_entry).collect();
+    list(&mut s, "committed", committed);
+    let reads = read_states.iter().map(format_read_state).collect();
+    list(&mut s, "read-states", reads);
+    let results = membership_results.iter().map(format_membership_result);
+    list(&mut s, "membership-results", results.collect());
     s
 }

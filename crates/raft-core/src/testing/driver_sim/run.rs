@@ -1,0 +1,725 @@
+//! [`DriverSim`]: the simulated cluster of real drivers, its event loop, faults and checks.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::channel::mpsc;
+use parking_lot::Mutex;
+use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+
+use super::clients::{with_timeout, Admin, AdminStats, Client, Registry, Response, SharedHistory};
+use super::executor::{Clock, Executor, TaskId};
+use super::machine::Workload;
+use super::world::{Disk, Event, SharedDisk, SharedWorld, SimLog, SimTransport, World};
+use super::{
+    checker, snapshot_store, DriverSimConfig, DriverSimFailure, DriverSimReport, CHECK_STEPS_MAX,
+    INBOUND_QUEUE_MAX, TICKS_QUEUED_MAX, UNITS_PER_TICK,
+};
+use crate::driver::{Node, SnapshotSink, SnapshotSource, SnapshotStore, StateMachine};
+use crate::testing::checker::{Checker, NodeView};
+use crate::testing::linearizability::{self, Operation};
+use crate::testing::MemSnapshotStore;
+use crate::{Rng, Storage};
+
+/// What a state machine did, seen by the simulator.
+enum Observation {
+    Applied(NodeId, LogIndex, Bytes),
+    Restored(NodeId),
+}
+
+type Observations = Arc<Mutex<Vec<Observation>>>;
+
+/// Wraps a workload's state machine to report every apply and restore.
+struct Observed<M> {
+    inner: M,
+    id: NodeId,
+    seen: Observations,
+}
+
+#[async_trait]
+impl<M: StateMachine> StateMachine for Observed<M> {
+    type Response = M::Response;
+
+    async fn apply(&mut self, index: LogIndex, command: &Bytes) -> M::Response {
+        let seen = Observation::Applied(self.id, index, command.clone());
+        self.seen.lock().push(seen);
+        self.inner.apply(index, command).await
+    }
+
+    async fn snapshot(&mut self, sink: &mut SnapshotSink<'_>) -> std::io::Result<()> {
+        self.inner.snapshot(sink).await
+    }
+
+    async fn restore(&mut self, source: &mut SnapshotSource<'_>) -> std::io::Result<()> {
+        self.inner.restore(source).await?;
+        self.seen.lock().push(Observation::Restored(self.id));
+        Ok(())
+    }
+}
+
+/// One simulated server.
+struct Server {
+    disk: SharedDisk,
+    snapshots: MemSnapshotStore,
+    /// The driver task while the server is up.
+    task: Option<TaskId>,
+    inbound: Option<mpsc::Sender<Message>>,
+    ticks: Option<mpsc::Sender<()>>,
+    /// The configuration its store was created with.
+    initial: Membership,
+    /// The newest snapshot the checker saw in its store.
+    snapshot_seen: Option<SnapshotMeta>,
+    /// The last index its state machine applied or restored to.
+    applied: LogIndex,
+    /// Snapshots it holds or restored, checked once the checker knows their index committed.
+    unchecked: Vec<(&'static str, SnapshotMeta, Bytes)>,
+}
+
+/// A simulated cluster of [`Node`]s running a workload.
+pub struct DriverSim<W: Workload> {
+    cfg: DriverSimConfig,
+    exec: Executor,
+    clock: Clock,
+    world: SharedWorld,
+    rng: Rng,
+    workload: Rc<RefCell<W>>,
+    servers: BTreeMap<NodeId, Server>,
+    registry: Rc<RefCell<Registry<Response<W>>>>,
+    history: SharedHistory<W>,
+    observed: Observations,
+    /// Errors of driver tasks (a failed start, a storage failure).
+    task_errors: Rc<RefCell<Vec<String>>>,
+    admin: Rc<RefCell<AdminStats>>,
+    checker: Checker,
+    report: DriverSimReport,
+    /// Set once faults stop: the write that must reach every member.
+    liveness: Rc<RefCell<Option<LogIndex>>>,
+}
+
+type Step = Result<(), String>;
+
+impl<W: Workload> DriverSim<W> {
+    /// A cluster of `cfg.nodes` voters and `cfg.spares` empty servers, not started yet.
+    pub fn new(cfg: DriverSimConfig, workload: W) -> DriverSim<W> {
+        let exec = Executor::new(cfg.seed ^ 0x005E_ED0F_E8EC);
+        let clock = exec.clock();
+        let world = World::new(cfg.seed, clock.clone(), cfg.net.clone(), cfg.disk_units_max);
+        let voters = (1..=cfg.nodes as u64).map(NodeId);
+        let membership = Membership::with_voters(voters);
+        let mut sim = DriverSim {
+            exec,
+            clock,
+            world: Arc::new(Mutex::new(world)),
+            rng: Rng::new(cfg.seed ^ 0xC1_1E47),
+            workload: Rc::new(RefCell::new(workload)),
+            servers: BTreeMap::new(),
+            registry: Rc::default(),
+            history: Rc::default(),
+            observed: Arc::default(),
+            task_errors: Rc::default(),
+            admin: Rc::default(),
+            checker: checker(&membership),
+            report: DriverSimReport {
+                seed: cfg.seed,
+                ..DriverSimReport::default()
+            },
+            liveness: Rc::default(),
+            cfg,
+        };
+        let all = (sim.cfg.nodes + sim.cfg.spares) as u64;
+        for id in (1..=all).map(NodeId) {
+            let initial = if membership.is_voter(id) {
+                membership.clone()
+            } else {
+                Membership::default()
+            };
+            sim.servers.insert(
+                id,
+                Server {
+                    disk: Arc::new(Mutex::new(Disk::new(&initial))),
+                    snapshots: snapshot_store(),
+                    task: None,
+                    inbound: None,
+                    ticks: None,
+                    initial,
+                    snapshot_seen: None,
+                    applied: LogIndex(0),
+                    unchecked: Vec::new(),
+                },
+            );
+        }
+        sim
+    }
+
+    fn trace(&mut self, what: impl FnOnce() -> String) {
+        let now = self.clock.now();
+        if self.cfg.verbose {
+            println!(
+                "[{:>5}.{}] {}",
+                now / UNITS_PER_TICK,
+                now % UNITS_PER_TICK,
+                what()
+            );
+        }
+    }
+
+    /// Folds `value` into the run's trace digest.
+    fn fold(&mut self, value: u64) {
+        let d = self.report.trace_digest ^ value;
+        self.report.trace_digest = d.wrapping_mul(0x0100_0000_01b3).rotate_left(7);
+    }
+
+    /// Starts server `id`'s driver from what its disk and snapshot store hold.
+    fn start(&mut self, id: NodeId) {
+        let server = self.servers.get_mut(&id).expect("known server");
+        let incarnation = server.disk.lock().incarnation;
+        let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+        let (tick_tx, tick_rx) = mpsc::channel(TICKS_QUEUED_MAX);
+        server.inbound = Some(in_tx);
+        server.ticks = Some(tick_tx);
+        server.applied = LogIndex(0);
+        let mut config = self.cfg.node.clone();
+        config.id = id;
+        config.seed = self.cfg.seed ^ (id.0 << 32) ^ incarnation.wrapping_mul(0x9E37_79B9);
+        let log = SimLog {
+            id,
+            disk: Arc::clone(&server.disk),
+            world: Arc::clone(&self.world),
+        };
+        let machine = Observed {
+            inner: self.workload.borrow_mut().machine(id),
+            id,
+            seen: Arc::clone(&self.observed),
+        };
+        let transport = SimTransport {
+            world: Arc::clone(&self.world),
+        };
+        let (snapshots, driver) = (server.snapshots.clone(), self.cfg.driver.clone());
+        let (registry, errors) = (Rc::clone(&self.registry), Rc::clone(&self.task_errors));
+        let task = self.exec.spawn(async move {
+            match Node::new(config, driver, log, machine, snapshots, transport).await {
+                Ok((node, handle)) => {
+                    registry
+                        .borrow_mut()
+                        .handles
+                        .insert(id, (handle, incarnation));
+                    if let Err(e) = node.run(in_rx, tick_rx).await {
+                        errors.borrow_mut().push(format!("{id} stopped: {e}"));
+                    }
+                }
+                Err(e) => errors
+                    .borrow_mut()
+                    .push(format!("{id} could not start: {e}")),
+            }
+        });
+        self.servers.get_mut(&id).expect("known").task = Some(task);
+    }
+
+    /// Crashes server `id`: its task stops where it stands, unfinished writes and a partial
+    /// snapshot transfer are lost.
+    fn crash(&mut self, id: NodeId) {
+        let server = self.servers.get_mut(&id).expect("known server");
+        let Some(task) = server.task.take() else {
+            return;
+        };
+        self.exec.cancel(task);
+        if let Some((handle, _)) = self.registry.borrow_mut().handles.remove(&id) {
+            let stats = handle.status().snapshots;
+            self.report.snapshots_taken += stats.taken;
+            self.report.snapshots_installed += stats.installed;
+        }
+        server.inbound = None;
+        server.ticks = None;
+        server.disk.lock().crash();
+        server.snapshots.restart();
+        self.report.crashes += 1;
+        self.trace(|| format!("{id} crashes"));
+    }
+
+    fn is_up(&self, id: NodeId) -> bool {
+        self.servers.get(&id).is_some_and(|s| s.task.is_some())
+    }
+
+    fn handle(&mut self, event: Event) -> Step {
+        match event {
+            Event::Deliver(m) => self.deliver(m),
+            Event::Tick(id) => {
+                self.world.lock().schedule(UNITS_PER_TICK, Event::Tick(id));
+                if let Some(ticks) = self.servers.get_mut(&id).and_then(|s| s.ticks.as_mut()) {
+                    let _ = ticks.try_send(()); // a full queue skips the tick, as a late timer would
+                }
+            }
+            Event::DiskDone(id, incarnation) => {
+                let mut disk = self.servers[&id].disk.lock();
+                if disk.incarnation == incarnation {
+                    disk.complete(self.clock.now());
+                }
+            }
+            Event::Restart(id) => {
+                if !self.is_up(id) {
+                    self.trace(|| format!("{id} restarts"));
+                    self.start(id);
+                }
+            }
+            Event::Heal => {
+                self.world.lock().blocked.clear();
+                self.trace(|| "partitions heal".into());
+            }
+            Event::Faults => {
+                self.world.lock().schedule(UNITS_PER_TICK, Event::Faults);
+                if !self.world.lock().quiet {
+                    self.inject_faults();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, m: Message) {
+        self.fold(m.from.0 << 16 ^ m.to.0 << 8 ^ m.term.0);
+        if self.cfg.verbose {
+            let line = format!("{} -> {} {} {:?}", m.from, m.to, m.term, m.body);
+            self.trace(|| line);
+        }
+        let delivered = self
+            .servers
+            .get_mut(&m.to)
+            .and_then(|s| s.inbound.as_mut())
+            .is_some_and(|tx| tx.try_send(m).is_ok());
+        if !delivered {
+            self.world.lock().lost += 1;
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let ids: Vec<NodeId> = self.servers.keys().copied().collect();
+        let partition =
+            self.world.lock().blocked.is_empty() && self.rng.chance(self.cfg.partition_rate);
+        if partition {
+            self.partition(&ids);
+        }
+        let leader = self.registry.borrow().leader();
+        for id in ids {
+            let mut rate = self.cfg.crash_rate;
+            if Some(id) == leader {
+                rate += self.cfg.leader_crash_rate;
+            }
+            if self.is_up(id) && self.rng.chance(rate) {
+                self.crash(id);
+                let back = (1 + self.rng.below(self.cfg.down_ticks_max)) * UNITS_PER_TICK;
+                self.world.lock().schedule(back, Event::Restart(id));
+            }
+        }
+    }
+
+    /// Starts a partition: the leader isolated, a random split, or a one-way link cut.
+    fn partition(&mut self, ids: &[NodeId]) {
+        self.report.partitions += 1;
+        let kind = self.rng.below(3);
+        let a = ids[self.rng.below(ids.len() as u64) as usize];
+        let b = ids[self.rng.below(ids.len() as u64) as usize];
+        let group: Vec<NodeId> = match kind {
+            0 => vec![self.registry.borrow().leader().unwrap_or(a)],
+            1 => ids
+                .iter()
+                .copied()
+                .filter(|_| self.rng.chance(0.5))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut world = self.world.lock();
+        if kind == 2 {
+            world.blocked.insert((a, b));
+        }
+        for &x in &group {
+            for &y in ids.iter().filter(|y| !group.contains(y)) {
+                world.blocked.insert((x, y));
+                world.blocked.insert((y, x));
+            }
+        }
+        let heal = (5 + self.rng.below(60)) * UNITS_PER_TICK;
+        world.schedule(heal, Event::Heal);
+        drop(world);
+        self.trace(|| format!("partition {kind}: {group:?} / {a}-/->{b}"));
+    }
+}
+
+impl<W: Workload> DriverSim<W> {
+    /// Checks every invariant after a step.
+    fn check(&mut self) -> Step {
+        if let Some(e) = self.task_errors.borrow_mut().pop() {
+            return Err(e);
+        }
+        self.check_logs()?;
+        self.check_nodes()?;
+        self.check_applied()?;
+        self.check_snapshots()?;
+        let servers = &self.servers;
+        let holds = |id: NodeId, index: LogIndex, term: Term| {
+            servers.get(&id).is_some_and(|s| {
+                s.disk.lock().durable().term(index).ok() == Some(term)
+                    || s.snapshots.latest().is_some_and(|m| m.last_index >= index)
+            })
+        };
+        let ids: Vec<NodeId> = servers.keys().copied().collect();
+        self.checker.check_durability(&ids, holds)
+    }
+
+    /// Log Matching over every entry any node handed to its disk.
+    fn check_logs(&mut self) -> Step {
+        for (&id, server) in &self.servers {
+            let appended = std::mem::take(&mut server.disk.lock().appended);
+            for (entry, prev_term) in appended {
+                self.checker.entry_written(id, &entry, prev_term)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Election Safety, commit agreement, Leader Completeness and configurations, from each
+    /// live node's status and log.
+    fn check_nodes(&mut self) -> Step {
+        let registry = self.registry.borrow();
+        for (&id, (handle, _)) in &registry.handles {
+            let status = handle.status();
+            let server = &self.servers[&id];
+            let disk = server.disk.lock();
+            let log = disk.written();
+            let last = log.last_index().unwrap_or(LogIndex(0));
+            let first = log.first_index().unwrap_or(LogIndex(1));
+            let term_at = |i: LogIndex| log.term(i).ok();
+            let view = NodeView {
+                id,
+                role: status.role,
+                term: status.term,
+                commit: status.commit_index.min(last),
+                first_index: first,
+                membership: &status.membership,
+                membership_index: LogIndex(0),
+                initial: &server.initial,
+                term_at: &term_at,
+            };
+            self.checker.check_node(&view).map_err(|e| {
+                format!("{e} (its log holds {first}..={last}, its status is {status:?})")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// State Machine Safety of what state machines applied: committed commands, in order,
+    /// once, none skipped.
+    fn check_applied(&mut self) -> Step {
+        let seen = std::mem::take(&mut *self.observed.lock());
+        for observation in seen {
+            match observation {
+                Observation::Applied(id, index, command) => {
+                    self.checker.applied_command(id, index, &command)?;
+                    let after = self.servers[&id].applied;
+                    self.no_command_skipped(id, after, index)?;
+                    self.servers.get_mut(&id).expect("known").applied = index;
+                }
+                Observation::Restored(id) => {
+                    let server = self.servers.get_mut(&id).expect("known");
+                    let meta = server
+                        .snapshots
+                        .latest()
+                        .ok_or("restored without a snapshot")?;
+                    let data = server.snapshots.latest_data().unwrap_or_default();
+                    server.applied = meta.last_index;
+                    server.unchecked.push(("restored", meta, data));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn no_command_skipped(&self, id: NodeId, after: LogIndex, index: LogIndex) -> Step {
+        if index <= after {
+            return Err(format!(
+                "State Machine Safety: {id} applied {index} after it had applied {after}"
+            ));
+        }
+        for i in after.0 + 1..index.0 {
+            let i = LogIndex(i);
+            let term = self.checker.committed_term(i);
+            let payload = term.and_then(|t| self.checker.payload(i, t));
+            if matches!(payload, Some(EntryPayload::Normal(_)) | None) {
+                return Err(format!(
+                    "State Machine Safety: {id} applied {index} after {after}, skipping {i} ({payload:?})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot a node holds or restored has the state of the committed log at its index
+    /// (checked once that index is known committed).
+    fn check_snapshots(&mut self) -> Step {
+        let ids: Vec<NodeId> = self.servers.keys().copied().collect();
+        for id in ids {
+            let server = self.servers.get_mut(&id).expect("known");
+            let latest = server.snapshots.latest();
+            if latest.is_some() && latest != server.snapshot_seen {
+                let data = server.snapshots.latest_data().unwrap_or_default();
+                server
+                    .unchecked
+                    .push(("holds", latest.clone().expect("checked"), data));
+                server.snapshot_seen = latest;
+            }
+            let committed = self.checker.committed_index();
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut server.unchecked)
+                .into_iter()
+                .partition(|(_, meta, _)| meta.last_index <= committed);
+            server.unchecked = later;
+            for (what, meta, data) in ready {
+                if let Some(digest) = self.workload.borrow().snapshot_digest(&data) {
+                    self.checker.snapshot_digest_seen(id, what, &meta, digest)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<W: Workload> DriverSim<W> {
+    fn spawn_clients(&mut self) {
+        let stop_at = (self.cfg.fault_ticks + self.cfg.liveness_ticks / 2) * UNITS_PER_TICK;
+        let next_op = Rc::new(RefCell::new(0));
+        for c in 0..self.cfg.clients as u64 {
+            let client = Client {
+                id: c + 1,
+                clock: self.clock.clone(),
+                rng: Rng::new(self.cfg.seed ^ (c + 1).wrapping_mul(0xA24B_AED4_963E_E407)),
+                workload: Rc::clone(&self.workload),
+                registry: Rc::clone(&self.registry),
+                history: Rc::clone(&self.history),
+                next_op: Rc::clone(&next_op),
+                stop_at,
+                think_units_max: self.cfg.think_ticks_max * UNITS_PER_TICK,
+                timeout_units: self.cfg.timeout_ticks * UNITS_PER_TICK,
+            };
+            self.exec.spawn(client.run());
+        }
+        if self.cfg.membership {
+            let admin = Admin {
+                clock: self.clock.clone(),
+                rng: Rng::new(self.cfg.seed ^ 0xAD_0131),
+                registry: Rc::clone(&self.registry),
+                spares: (self.cfg.nodes + 1..=self.cfg.nodes + self.cfg.spares)
+                    .map(|i| NodeId(i as u64))
+                    .collect(),
+                voters_min: 3,
+                pause_units_max: self.cfg.admin_pause_ticks_max * UNITS_PER_TICK,
+                timeout_units: self.cfg.timeout_ticks * UNITS_PER_TICK,
+                stop_at: self.cfg.fault_ticks * UNITS_PER_TICK,
+                stats: Rc::clone(&self.admin),
+            };
+            self.exec.spawn(admin.run());
+        }
+    }
+
+    /// Faults stop: partitions heal, every server comes back, and a probe writes until a
+    /// write commits; then every member must apply it.
+    fn go_quiet(&mut self) {
+        {
+            let mut world = self.world.lock();
+            world.quiet = true;
+            world.blocked.clear();
+        }
+        let down: Vec<NodeId> = self
+            .servers
+            .keys()
+            .copied()
+            .filter(|&id| !self.is_up(id))
+            .collect();
+        for id in down {
+            self.start(id);
+        }
+        self.trace(|| "faults stop".into());
+        let (registry, workload, clock) = (
+            Rc::clone(&self.registry),
+            Rc::clone(&self.workload),
+            self.clock.clone(),
+        );
+        let (liveness, mut rng) = (Rc::clone(&self.liveness), Rng::new(self.cfg.seed ^ 0x11FE));
+        let history = Rc::clone(&self.history);
+        let timeout = self.cfg.timeout_ticks * UNITS_PER_TICK;
+        self.exec.spawn(async move {
+            loop {
+                clock.sleep(UNITS_PER_TICK).await;
+                let leader = registry.borrow().leader();
+                let Some(handle) = leader.and_then(|l| registry.borrow().handles.get(&l).cloned())
+                else {
+                    continue;
+                };
+                let (input, _) = workload.borrow_mut().input(&mut rng);
+                let command = workload
+                    .borrow()
+                    .command(u64::MAX - rng.below(1 << 20), &input);
+                let call = clock.now();
+                // A leader that is removed or deposed may never answer: retry elsewhere.
+                let answer = with_timeout(&clock, timeout, handle.0.propose(command)).await;
+                if let Some(Ok(response)) = answer {
+                    let output = workload.borrow().output(&input, response);
+                    history.borrow_mut().push(Some(Operation {
+                        client: 0,
+                        input,
+                        call,
+                        ret: Some(clock.now()),
+                        output: Some(output),
+                    }));
+                    *liveness.borrow_mut() = Some(handle.0.status().commit_index);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Who leads, the probe's index, and each node's term, role, commit and applied index.
+    fn liveness_detail(&self) -> String {
+        let registry = self.registry.borrow();
+        let mut out = format!("probe committed at {:?};", *self.liveness.borrow());
+        for (id, (h, _)) in &registry.handles {
+            let s = h.status();
+            out += &format!(
+                " {id}: {:?} {} commit {} applied {} members {:?};",
+                s.role,
+                s.term,
+                s.commit_index,
+                s.applied_index,
+                s.membership.members()
+            );
+        }
+        out
+    }
+
+    /// Whether every member of the leader's configuration applied the probe's write.
+    fn live(&self) -> bool {
+        let Some(target) = *self.liveness.borrow() else {
+            return false;
+        };
+        let registry = self.registry.borrow();
+        let Some(leader) = registry.leader() else {
+            return false;
+        };
+        let membership = registry.handles[&leader].0.status().membership;
+        membership.members().into_iter().all(|id| {
+            registry
+                .handles
+                .get(&id)
+                .is_some_and(|(h, _)| h.status().applied_index >= target)
+        })
+    }
+}
+
+impl<W: Workload> DriverSim<W> {
+    /// Runs the whole simulation and checks the history.
+    pub fn run(mut self) -> Result<DriverSimReport, DriverSimFailure> {
+        match self.run_inner() {
+            Ok(()) => Ok(self.finish()),
+            Err(reason) => Err(DriverSimFailure {
+                seed: self.cfg.seed,
+                step: self.report.steps,
+                tick: self.clock.now() / UNITS_PER_TICK,
+                reason,
+            }),
+        }
+    }
+
+    fn run_inner(&mut self) -> Step {
+        let ids: Vec<NodeId> = self.servers.keys().copied().collect();
+        for id in ids {
+            self.start(id);
+            let phase = self.rng.below(UNITS_PER_TICK);
+            self.world.lock().schedule(phase, Event::Tick(id));
+        }
+        self.world.lock().schedule(UNITS_PER_TICK, Event::Faults);
+        self.spawn_clients();
+        let faults_end = self.cfg.fault_ticks * UNITS_PER_TICK;
+        let end = faults_end + self.cfg.liveness_ticks * UNITS_PER_TICK;
+        loop {
+            if let Some(task) = self.exec.poll_one() {
+                self.report.steps += 1;
+                self.fold(task);
+                self.check()?;
+                continue;
+            }
+            let quiet = self.world.lock().quiet;
+            if quiet && self.live() {
+                break;
+            }
+            let next_event = self.world.lock().next_event();
+            let next = match (self.exec.next_timer(), next_event) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).ok_or("nothing left to run")?,
+            };
+            if next > end {
+                return Err(format!(
+                    "liveness: {} ticks after faults stopped, no write committed and applied on every member ({})",
+                    self.cfg.liveness_ticks,
+                    self.liveness_detail()
+                ));
+            }
+            if !quiet && next >= faults_end {
+                self.exec.advance_to(faults_end);
+                self.go_quiet();
+                continue;
+            }
+            self.exec.advance_to(next);
+            loop {
+                let event = self.world.lock().pop_due(next);
+                let Some(event) = event else { break };
+                self.report.steps += 1;
+                self.handle(event)?;
+            }
+        }
+        self.check_history()
+    }
+
+    fn check_history(&mut self) -> Step {
+        let history: Vec<_> = self.history.borrow().iter().flatten().cloned().collect();
+        self.report.ops_checked = history.len() as u64;
+        self.report.ops_unknown = history.iter().filter(|o| o.ret.is_none()).count() as u64;
+        let model = self.workload.borrow().model();
+        match linearizability::check(&model, &history, CHECK_STEPS_MAX) {
+            linearizability::Outcome::Linearizable => Ok(()),
+            linearizability::Outcome::Unknown { .. } => {
+                self.report.histories_undecided += 1;
+                Ok(())
+            }
+            linearizability::Outcome::NotLinearizable {
+                partition,
+                explanation,
+            } => Err(format!(
+                "linearizability: the history of key {partition} is not linearizable:\n{explanation}"
+            )),
+        }
+    }
+
+    fn finish(mut self) -> DriverSimReport {
+        let registry = self.registry.borrow();
+        for (handle, _) in registry.handles.values() {
+            let stats = handle.status().snapshots;
+            self.report.snapshots_taken += stats.taken;
+            self.report.snapshots_installed += stats.installed;
+        }
+        drop(registry);
+        self.report.ticks = self.clock.now() / UNITS_PER_TICK;
+        self.report.committed = self.checker.committed_index().0;
+        self.report.leaders = self.checker.leader_terms();
+        self.report.admin = self.admin.borrow().clone();
+        let history_len = self.report.ops_checked;
+        self.fold(history_len);
+        self.report
+    }
+}
+
+/// Runs one seed of the test workload with its fault profile.
+pub fn run_driver_seed(cfg: DriverSimConfig) -> Result<DriverSimReport, DriverSimFailure> {
+    let keys = cfg.keys;
+    DriverSim::new(cfg, super::KvWorkload::new(keys)).run()
+}
