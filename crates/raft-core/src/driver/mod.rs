@@ -12,6 +12,7 @@
 //! `Ready::committed_entries` -> [`StateMachine::apply`] -> the proposal's future resolves
 //! with the state machine's response.
 
+mod applier;
 mod node;
 mod traits;
 

@@ -9,10 +9,11 @@ use futures::future::BoxFuture;
 use futures::stream::{FusedStream, FuturesOrdered};
 use futures::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
-use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+use raft_proto::{Entry, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use crate::membership::{MembershipChange, MembershipError};
 
+use super::applier::{Applier, Done, Work};
 use super::traits::{LogStore, SnapshotStore, StateMachine, Transport};
 use crate::error::{Error, SnapshotError, StorageError};
 use crate::node::{PersistAck, RawNode, Ready};
@@ -30,6 +31,10 @@ pub struct DriverConfig {
     pub persist_inflight_max: usize,
     /// Reads waiting for their read index to be applied.
     pub reads_waiting_max: usize,
+    /// Work items (batches of committed entries, snapshots, restores) queued for the
+    /// applier and not done yet; the driver stops taking new `Ready`s while this many are
+    /// queued.
+    pub apply_queue_max: usize,
     /// Peer addresses, to name the leader's address in [`NodeError::NotLeader`].
     pub addresses: BTreeMap<NodeId, String>,
     /// Take a snapshot whenever the applied index reaches a multiple of this (0: only on
@@ -48,6 +53,7 @@ impl Default for DriverConfig {
             request_queue_max: 4096,
             persist_inflight_max: 64,
             reads_waiting_max: 4096,
+            apply_queue_max: 64,
             addresses: BTreeMap::new(),
             snapshot_entries: 10_000,
             snapshot_trailing_entries: 5_000,
@@ -269,6 +275,16 @@ struct Persisted {
     messages: Vec<Message>,
 }
 
+impl Persisted {
+    /// A write that acknowledges nothing to the core (a compaction, a snapshot install).
+    fn none() -> Persisted {
+        Persisted {
+            ack: PersistAck::default(),
+            messages: Vec::new(),
+        }
+    }
+}
+
 /// A proposal waiting for its entry to be applied.
 struct Waiter<R> {
     term: Term,
@@ -279,12 +295,27 @@ struct Waiter<R> {
 pub type Started<L, M, T, P> = (Node<L, M, T, P>, NodeHandle<<M as StateMachine>::Response>);
 
 /// The driver of one Raft node.
+///
+/// It runs as two tasks: the Ready loop ([`Node::run`], or the first future of
+/// [`Node::into_tasks`]) and the applier that owns the state machine (applies, snapshots,
+/// restores), so that a long snapshot never stops ticks, heartbeats or appends.
 pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotStore> {
     raw: RawNode<L>,
     log: L,
-    state_machine: M,
+    /// Taken when the node starts running.
+    applier: Option<Applier<M, P>>,
+    work: mpsc::UnboundedSender<Work>,
+    work_rx: Option<mpsc::UnboundedReceiver<Work>>,
+    done: mpsc::UnboundedReceiver<Done<M::Response>>,
+    done_tx: Option<mpsc::UnboundedSender<Done<M::Response>>>,
+    /// Work items queued and not reported done.
+    work_inflight: usize,
+    /// The highest index queued for the applier (applied, or restored from a snapshot).
+    queued_to: LogIndex,
+    /// One entry per queued snapshot, in order: the caller waiting for it, if any.
+    snapshot_replies: VecDeque<Option<oneshot::Sender<Result<SnapshotMeta, NodeError>>>>,
     transport: T,
-    snapshots: P,
+    snapshots: Arc<P>,
     config: DriverConfig,
     requests: mpsc::Receiver<Request<M::Response>>,
     status: Arc<Mutex<NodeStatus>>,
@@ -294,11 +325,8 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotS
     /// Reads confirmed at an index this node has not applied yet, in arrival order.
     reads_waiting: VecDeque<(LogIndex, oneshot::Sender<Result<LogIndex, NodeError>>)>,
     next_read_id: u64,
-    /// The last applied index, its term and the configuration in force there: what a
-    /// snapshot taken now covers.
+    /// The last index the applier reported applied.
     applied: LogIndex,
-    applied_term: Term,
-    applied_membership: Membership,
     stats: SnapshotStats,
     next_change_id: u64,
     changes: HashMap<u64, oneshot::Sender<Result<Membership, NodeError>>>,
@@ -351,10 +379,27 @@ where
         }
         let (tx, rx) = mpsc::channel(driver.request_queue_max);
         let status = Arc::new(Mutex::new(NodeStatus::default()));
+        let snapshots = Arc::new(snapshots);
+        let (work, work_rx) = mpsc::unbounded();
+        let (done_tx, done) = mpsc::unbounded();
+        let applier = Applier {
+            state_machine,
+            snapshots: Arc::clone(&snapshots),
+            applied,
+            applied_term,
+            applied_membership,
+        };
         let node = Node {
             raw,
             log,
-            state_machine,
+            applier: Some(applier),
+            work,
+            work_rx: Some(work_rx),
+            done,
+            done_tx: Some(done_tx),
+            work_inflight: 0,
+            queued_to: applied,
+            snapshot_replies: VecDeque::new(),
             transport,
             snapshots,
             config: driver,
@@ -366,8 +411,6 @@ where
             reads_waiting: VecDeque::new(),
             next_read_id: 0,
             applied,
-            applied_term,
-            applied_membership,
             stats,
             next_change_id: 0,
             changes: HashMap::new(),
@@ -384,14 +427,45 @@ where
     }
 
     /// Runs the node until shutdown or a storage failure. `inbound` yields messages from
-    /// peers; `ticks` yields once per tick.
-    pub async fn run<I, K>(mut self, inbound: I, ticks: K) -> Result<(), NodeError>
+    /// peers; `ticks` yields once per tick. The Ready loop and the applier run concurrently
+    /// within this one future; [`into_tasks`](Self::into_tasks) gives them apart.
+    pub async fn run<I, K>(self, inbound: I, ticks: K) -> Result<(), NodeError>
     where
         I: futures::Stream<Item = Message> + FusedStream + Unpin,
         K: futures::Stream<Item = ()> + FusedStream + Unpin,
     {
-        let mut inbound = inbound;
-        let mut ticks = ticks;
+        let (ready_loop, applier) = self.into_tasks(inbound, ticks);
+        futures::future::join(ready_loop, applier).await.0
+    }
+
+    /// The node as two futures to run concurrently, for example as two tasks of a runtime:
+    /// the Ready loop (which resolves when the node stops) and the applier (which owns the
+    /// state machine and ends after the Ready loop). A snapshot being written or restored
+    /// by the applier does not hold up the Ready loop.
+    pub fn into_tasks<I, K>(
+        mut self,
+        inbound: I,
+        ticks: K,
+    ) -> (
+        impl std::future::Future<Output = Result<(), NodeError>>,
+        impl std::future::Future<Output = ()>,
+    )
+    where
+        I: futures::Stream<Item = Message> + FusedStream + Unpin,
+        K: futures::Stream<Item = ()> + FusedStream + Unpin,
+    {
+        let applier = self.applier.take().expect("a node starts once");
+        let work = self.work_rx.take().expect("a node starts once");
+        let done = self.done_tx.take().expect("a node starts once");
+        (self.ready_loop(inbound, ticks), applier.run(work, done))
+    }
+
+    async fn ready_loop<I, K>(mut self, inbound: I, ticks: K) -> Result<(), NodeError>
+    where
+        I: futures::Stream<Item = Message> + FusedStream + Unpin,
+        K: futures::Stream<Item = ()> + FusedStream + Unpin,
+    {
+        let (mut inbound, mut ticks) = (inbound, ticks);
         // Proposals of a lost term stay registered: they resolve when their index is applied,
         // with the response if their entry survived, or LeadershipLost.
         let result = loop {
@@ -403,6 +477,11 @@ where
                     Ok(p) => self.on_persisted(p),
                     Err(e) => break Err(NodeError::Storage(e.to_string())),
                 },
+                done = self.done.select_next_some() => {
+                    if let Err(e) = self.on_done(done) {
+                        break Err(e);
+                    }
+                },
                 msg = inbound.select_next_some() => self.raw.step(msg),
                 () = ticks.select_next_some() => {
                     self.raw.tick();
@@ -411,7 +490,7 @@ where
                     }
                 },
                 req = self.requests.select_next_some() => {
-                    if !self.handle_request(req).await {
+                    if !self.handle_request(req) {
                         break Ok(());
                     }
                 },
@@ -422,7 +501,7 @@ where
         result
     }
 
-    async fn handle_request(&mut self, req: Request<M::Response>) -> bool {
+    fn handle_request(&mut self, req: Request<M::Response>) -> bool {
         match req {
             Request::Propose(command, reply) => match self.raw.propose(command) {
                 Ok(index) => {
@@ -444,10 +523,7 @@ where
                     self.raw.read_index(self.next_read_id);
                 }
             }
-            Request::Snapshot(reply) => {
-                let result = self.take_snapshot().await;
-                let _ = reply.send(result);
-            }
+            Request::Snapshot(reply) => self.queue_snapshot(Some(reply)),
             Request::ChangeMembership(change, reply) => {
                 self.next_change_id += 1;
                 match self.raw.propose_membership(self.next_change_id, change) {
@@ -502,7 +578,10 @@ where
     /// to the log store, committed entries to the state machine, read points to their
     /// waiters. Errors are fatal for the node.
     async fn handle_ready(&mut self) -> Result<(), NodeError> {
-        while self.raw.has_ready() && self.persisting.len() < self.config.persist_inflight_max {
+        while self.raw.has_ready()
+            && self.persisting.len() < self.config.persist_inflight_max
+            && self.work_inflight < self.config.apply_queue_max
+        {
             let mut ready = self.raw.ready();
             if !ready.messages.is_empty() {
                 self.transport.send(std::mem::take(&mut ready.messages));
@@ -533,7 +612,7 @@ where
                 }
             }
             if let Some(meta) = ready.snapshot.take() {
-                self.install_snapshot(meta).await?;
+                self.install_snapshot(meta);
             }
             self.write_snapshot_chunks(&mut ready).await;
             let ack = ready.persist_ack();
@@ -546,36 +625,8 @@ where
                     .map(move |r| r.map(|()| Persisted { ack, messages }))
                     .boxed(),
             );
-            // Committed entries are durable here already: apply them now.
-            if let Some(last) = ready.last_committed_index() {
-                for entry in &ready.committed_entries {
-                    if entry.index <= self.applied {
-                        // Handed out before a snapshot that covers it was installed.
-                        continue;
-                    }
-                    let response = match &entry.payload {
-                        EntryPayload::Normal(command) => {
-                            Some(self.state_machine.apply(entry.index, command).await)
-                        }
-                        EntryPayload::Membership(m) => {
-                            self.applied_membership = m.clone();
-                            None
-                        }
-                        EntryPayload::Noop => None,
-                    };
-                    self.complete(entry.index, entry.term, response);
-                    self.applied = entry.index;
-                    self.applied_term = entry.term;
-                    let every = self.config.snapshot_entries;
-                    if every > 0 && entry.index.0.is_multiple_of(every) {
-                        if let Err(e) = self.take_snapshot().await {
-                            // Not fatal: the log keeps growing until a later snapshot works.
-                            tracing::warn!(index = entry.index.0, "taking a snapshot failed: {e}");
-                        }
-                    }
-                }
-                self.raw.on_applied(last);
-            }
+            // Committed entries are durable here already: hand them to the applier.
+            self.queue_apply(std::mem::take(&mut ready.committed_entries));
             self.serve_reads();
             self.check_transfer();
             self.publish_status();
@@ -685,39 +736,80 @@ where
         }
     }
 
-    /// Installs a received snapshot: the state machine restores it, the log continues after
-    /// it (ordered with the other log writes).
-    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), NodeError> {
-        let fail = |e: String| {
-            NodeError::Storage(format!(
-                "installing the snapshot at {}: {e}",
-                meta.last_index
-            ))
-        };
-        let mut source = self
-            .snapshots
-            .open(&meta)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        self.state_machine
-            .restore(&mut source)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+    /// Queues work for the applier.
+    fn send_work(&mut self, work: Work) {
+        // The applier ends only after this loop drops the sender: the send cannot fail.
+        let _ = self.work.unbounded_send(work);
+        self.work_inflight += 1;
+    }
+
+    /// Hands committed entries to the applier, with a snapshot after each entry whose index
+    /// is a multiple of `snapshot_entries` (every node snapshots at the same indexes, so the
+    /// same state gives the same bytes everywhere).
+    fn queue_apply(&mut self, entries: Vec<Entry>) {
+        let every = self.config.snapshot_entries;
+        let mut batch = Vec::new();
+        for entry in entries {
+            if entry.index <= self.queued_to {
+                continue; // handed out before a snapshot that covers it was installed
+            }
+            self.queued_to = entry.index;
+            let snapshot_here = every > 0 && entry.index.0.is_multiple_of(every);
+            batch.push(entry);
+            if snapshot_here {
+                self.send_work(Work::Apply(std::mem::take(&mut batch)));
+                self.queue_snapshot(None);
+            }
+        }
+        if !batch.is_empty() {
+            self.send_work(Work::Apply(batch));
+        }
+    }
+
+    /// Asks the applier for a snapshot of the state once the work queued before is done.
+    fn queue_snapshot(&mut self, reply: Option<oneshot::Sender<Result<SnapshotMeta, NodeError>>>) {
+        self.snapshot_replies.push_back(reply);
+        self.send_work(Work::Snapshot);
+    }
+
+    /// Installs a received snapshot: the applier restores it (after the entries queued
+    /// before it), and the log continues after it (ordered with the other log writes).
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        self.queued_to = self.queued_to.max(meta.last_index);
+        self.send_work(Work::Restore(meta.clone()));
         let install =
             self.log
                 .install_snapshot(meta.last_index, meta.last_term, meta.membership.clone());
-        self.persisting.push_back(
-            install
-                .map(|r| {
-                    r.map(|()| Persisted {
-                        ack: PersistAck::default(),
-                        messages: Vec::new(),
-                    })
-                })
-                .boxed(),
-        );
-        // Proposals this node made at indexes the snapshot covers were applied or replaced
-        // there; which one is not known.
+        self.persisting
+            .push_back(install.map(|r| r.map(|()| Persisted::none())).boxed());
+    }
+
+    /// What the applier finished. A failed restore stops the node.
+    fn on_done(&mut self, done: Done<M::Response>) -> Result<(), NodeError> {
+        self.work_inflight -= 1;
+        match done {
+            Done::Applied(applied) => {
+                let Some(&(last, _, _)) = applied.last() else {
+                    return Ok(());
+                };
+                for (index, term, response) in applied {
+                    self.complete(index, term, response);
+                }
+                self.applied = self.applied.max(last);
+                self.raw.on_applied(last);
+            }
+            Done::Snapshot(result) => self.on_snapshot_taken(result),
+            Done::Restored(Err(e)) => return Err(NodeError::Storage(e)),
+            Done::Restored(Ok(meta)) => self.on_restored(meta),
+        }
+        self.serve_reads();
+        self.publish_status();
+        Ok(())
+    }
+
+    fn on_restored(&mut self, meta: SnapshotMeta) {
+        // Proposals this node made at indexes the snapshot covers, and not applied before
+        // it, were applied or replaced there; which one is not known.
         let covered: Vec<LogIndex> = self
             .waiters
             .range(..=meta.last_index)
@@ -727,65 +819,44 @@ where
             let waiter = self.waiters.remove(&index).expect("listed above");
             let _ = waiter.reply.send(Err(NodeError::OutcomeUnknown));
         }
-        self.applied = meta.last_index;
-        self.applied_term = meta.last_term;
-        self.applied_membership = meta.membership;
+        self.applied = self.applied.max(meta.last_index);
         self.stats.installed += 1;
-        Ok(())
     }
 
-    /// Snapshots the state machine at the applied index, makes it the newest snapshot and
-    /// compacts the log behind it (keeping `snapshot_trailing_entries`).
-    async fn take_snapshot(&mut self) -> Result<SnapshotMeta, NodeError> {
-        let fail = |e: String| NodeError::Snapshot(e);
-        if let Some(meta) = self.raw.snapshot() {
-            if meta.last_index >= self.applied {
-                return Ok(meta.clone());
+    /// A snapshot is stored: tell the core, compact the log behind it (keeping
+    /// `snapshot_trailing_entries`), answer the caller who asked for it.
+    fn on_snapshot_taken(&mut self, result: Result<(SnapshotMeta, bool), String>) {
+        let reply = self.snapshot_replies.pop_front().flatten();
+        let result = match result {
+            Ok((meta, fresh)) => {
+                if fresh {
+                    self.stats.taken += 1;
+                    self.stats.last_index = self.stats.last_index.max(meta.last_index);
+                    self.raw.on_snapshot_stored(meta.clone());
+                    self.compact_behind(&meta);
+                }
+                Ok(meta)
             }
+            Err(e) => {
+                // Not fatal: the log keeps growing until a later snapshot works.
+                tracing::warn!("taking a snapshot failed: {e}");
+                Err(NodeError::Snapshot(e))
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
         }
-        if self.applied == LogIndex(0) {
-            return Err(fail("nothing applied yet".into()));
-        }
-        let mut writer = self
-            .snapshots
-            .begin()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        self.state_machine
-            .snapshot(&mut writer)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let meta = writer
-            .finish(
-                self.applied,
-                self.applied_term,
-                self.applied_membership.clone(),
-            )
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        self.stats.taken += 1;
-        self.stats.last_index = meta.last_index;
-        self.raw.on_snapshot_stored(meta.clone());
-        let up_to = LogIndex(
-            meta.last_index
-                .0
-                .saturating_sub(self.config.snapshot_trailing_entries),
-        );
-        let first = self.log.first_index().map_err(|e| fail(e.to_string()))?;
+    }
+
+    fn compact_behind(&mut self, meta: &SnapshotMeta) {
+        let trailing = self.config.snapshot_trailing_entries;
+        let up_to = LogIndex(meta.last_index.0.saturating_sub(trailing));
+        let first = self.raw.first_index();
         if up_to >= first {
             let compact = self.log.compact(up_to);
-            self.persisting.push_back(
-                compact
-                    .map(|r| {
-                        r.map(|()| Persisted {
-                            ack: PersistAck::default(),
-                            messages: Vec::new(),
-                        })
-                    })
-                    .boxed(),
-            );
+            self.persisting
+                .push_back(compact.map(|r| r.map(|()| Persisted::none())).boxed());
         }
-        Ok(meta)
     }
 
     fn on_persisted(&mut self, p: Persisted) {
@@ -864,6 +935,9 @@ where
             let _ = r.send(Err(error.clone()));
         }
         for (_, r) in self.reads_waiting.drain(..) {
+            let _ = r.send(Err(error.clone()));
+        }
+        for r in self.snapshot_replies.drain(..).flatten() {
             let _ = r.send(Err(error.clone()));
         }
         self.requests.close();

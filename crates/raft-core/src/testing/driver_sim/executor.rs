@@ -5,9 +5,11 @@
 //! futures make progress. Time is virtual: it moves only when no task is ready, straight to
 //! the next timer. No thread is started and the real clock is never read.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -107,12 +109,29 @@ impl Drop for Sleep {
     }
 }
 
+/// A group of tasks that stop together (one simulated server's tasks).
+pub type Group = u64;
+
+/// Spawns tasks from inside other tasks; they join the executor before its next poll.
+#[derive(Clone, Default)]
+pub struct Spawner {
+    queued: Rc<RefCell<Vec<(Group, Task)>>>,
+}
+
+impl Spawner {
+    /// Adds a task to `group`.
+    pub fn spawn(&self, group: Group, task: impl Future<Output = ()> + 'static) {
+        self.queued.borrow_mut().push((group, Box::pin(task)));
+    }
+}
+
 /// The executor: its tasks and the clock they share.
 pub struct Executor {
     shared: Arc<Mutex<Shared>>,
-    tasks: BTreeMap<TaskId, Task>,
+    tasks: BTreeMap<TaskId, (Group, Task)>,
     next_id: TaskId,
     rng: Rng,
+    spawner: Spawner,
 }
 
 impl Executor {
@@ -123,7 +142,13 @@ impl Executor {
             tasks: BTreeMap::new(),
             next_id: 0,
             rng: Rng::new(seed),
+            spawner: Spawner::default(),
         }
+    }
+
+    /// A spawner for tasks to start other tasks.
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
     }
 
     /// The clock of this executor.
@@ -133,11 +158,16 @@ impl Executor {
         }
     }
 
-    /// Adds a task; it is ready at once.
+    /// Adds a task (in group 0); it is ready at once.
     pub fn spawn(&mut self, task: impl Future<Output = ()> + 'static) -> TaskId {
+        self.spawn_in(0, Box::pin(task))
+    }
+
+    /// Adds a task to `group`; it is ready at once.
+    pub fn spawn_in(&mut self, group: Group, task: Pin<Box<dyn Future<Output = ()>>>) -> TaskId {
         self.next_id += 1;
         let id = self.next_id;
-        self.tasks.insert(id, Box::pin(task));
+        self.tasks.insert(id, (group, task));
         self.shared.lock().ready.insert(id);
         id
     }
@@ -148,14 +178,36 @@ impl Executor {
         self.shared.lock().ready.remove(&id);
     }
 
+    /// Drops every task of `group`.
+    pub fn cancel_group(&mut self, group: Group) {
+        self.absorb_spawned();
+        let ids: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, (g, _))| *g == group)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.cancel(id);
+        }
+    }
+
     /// Whether the task is still running.
     pub fn is_running(&self, id: TaskId) -> bool {
         self.tasks.contains_key(&id)
     }
 
+    fn absorb_spawned(&mut self) {
+        let queued = std::mem::take(&mut *self.spawner.queued.borrow_mut());
+        for (group, task) in queued {
+            self.spawn_in(group, task);
+        }
+    }
+
     /// Polls one ready task, picked by the seeded rng, and returns its id; `None` when no
     /// task is ready.
     pub fn poll_one(&mut self) -> Option<TaskId> {
+        self.absorb_spawned();
         let id = {
             let mut shared = self.shared.lock();
             let ready: Vec<TaskId> = shared.ready.iter().copied().collect();
@@ -166,7 +218,7 @@ impl Executor {
             shared.ready.remove(&id);
             id
         };
-        let Some(task) = self.tasks.get_mut(&id) else {
+        let Some((_, task)) = self.tasks.get_mut(&id) else {
             return Some(id); // woken after it was cancelled
         };
         let waker = futures::task::waker(Arc::new(TaskWaker {

@@ -11,6 +11,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use parking_lot::Mutex;
 use raft_proto::{Entry, EntryPayload, LogIndex, NodeId};
 
+use super::executor::Clock;
 use crate::driver::{SnapshotSink, SnapshotSource, StateMachine};
 use crate::testing::linearizability::{KvInput, KvModel, KvOutput, Model};
 use crate::Rng;
@@ -161,6 +162,8 @@ fn decode(command: &[u8]) -> Option<KvInput> {
 /// The test state machine: registers on a few keys, and a digest of every command.
 pub struct KvMachine {
     state: Arc<Mutex<KvState>>,
+    /// Snapshots take this long in virtual time (a large state machine).
+    snapshot_delay: Option<(Clock, u64)>,
 }
 
 #[async_trait]
@@ -184,6 +187,13 @@ impl StateMachine for KvMachine {
             }
             data
         };
+        if let Some((clock, units)) = &self.snapshot_delay {
+            // Half before the first byte, half before the rest: a crash may come in between.
+            clock.sleep(units / 2).await;
+            sink.write_all(&data[..8]).await?;
+            clock.sleep(units - units / 2).await;
+            return sink.write_all(&data[8..]).await;
+        }
         sink.write_all(&data).await?;
         sink.flush().await
     }
@@ -212,6 +222,9 @@ impl StateMachine for KvMachine {
 /// gets through the log and half through read barriers.
 pub struct KvWorkload {
     keys: u64,
+    snapshot_delay: Option<(Clock, u64)>,
+    /// Only this server's snapshots are slow (all when `None`).
+    slow_node: Option<NodeId>,
     states: BTreeMap<NodeId, Arc<Mutex<KvState>>>,
     next_value: u64,
 }
@@ -221,9 +234,24 @@ impl KvWorkload {
     pub fn new(keys: u64) -> KvWorkload {
         KvWorkload {
             keys: keys.max(1),
+            snapshot_delay: None,
+            slow_node: None,
             states: BTreeMap::new(),
             next_value: 0,
         }
+    }
+}
+
+impl KvWorkload {
+    /// Every snapshot takes `units` of virtual time on `clock`, as a large state machine's
+    /// would: the driver must keep ticking, heartbeating and appending meanwhile.
+    pub fn slow_snapshots(&mut self, clock: Clock, units: u64) {
+        self.snapshot_delay = (units > 0).then_some((clock, units));
+    }
+
+    /// Makes only `node`'s snapshots slow.
+    pub fn slow_only_on(&mut self, node: NodeId) {
+        self.slow_node = Some(node);
     }
 }
 
@@ -238,7 +266,13 @@ impl Workload for KvWorkload {
     fn machine(&mut self, node: NodeId) -> KvMachine {
         let state = Arc::new(Mutex::new(KvState::default()));
         self.states.insert(node, Arc::clone(&state));
-        KvMachine { state }
+        KvMachine {
+            state,
+            snapshot_delay: self
+                .snapshot_delay
+                .clone()
+                .filter(|_| self.slow_node.is_none_or(|n| n == node)),
+        }
     }
 
     fn input(&mut self, rng: &mut Rng) -> (KvInput, Route) {

@@ -14,16 +14,18 @@
 //!
 //! [`NodeHandle`]: crate::driver::NodeHandle
 
+mod backend;
 mod clients;
 mod executor;
 mod machine;
 mod run;
 mod world;
 
+pub use backend::{LogBackend, MemBackend};
 pub use clients::AdminStats;
 pub use executor::{Clock, Executor, Sleep, TaskId};
 pub use machine::{command_digest, KvMachine, KvWorkload, Route, Workload};
-pub use run::{run_driver_seed, DriverSim};
+pub use run::{run_driver_seed, run_workload, DriverSim};
 pub use world::{Disk, Event, NetFaults, SimLog, SimTransport, World};
 
 use crate::driver::DriverConfig;
@@ -76,6 +78,8 @@ pub struct DriverSimConfig {
     pub think_ticks_max: u64,
     /// A client abandons a request after this many ticks (outcome unknown).
     pub timeout_ticks: u64,
+    /// How long the test state machine takes to write a snapshot, in ticks (0: at once).
+    pub snapshot_ticks: u64,
     /// Whether an operator changes the configuration and moves leadership.
     pub membership: bool,
     /// The operator waits 1 to this many ticks between requests.
@@ -126,6 +130,7 @@ impl DriverSimConfig {
             think_ticks_max: 6,
             timeout_ticks: 60,
             membership: false,
+            snapshot_ticks: 0,
             admin_pause_ticks_max: 60,
             verbose: false,
             node,
@@ -142,6 +147,7 @@ impl DriverSimConfig {
                 self.leader_crash_rate = 0.01;
                 self.partition_rate = 0.03;
                 self.down_ticks_max = 20;
+                self.snapshot_ticks = 4;
             }
             2 => {
                 self.net.drop_rate = 0.2;
@@ -153,6 +159,8 @@ impl DriverSimConfig {
             3 => {
                 self.membership = true;
                 self.spares = 2;
+                // Snapshots in progress across applies, received snapshots and crashes.
+                self.snapshot_ticks = 15;
                 self.driver.snapshot_entries = 8;
                 self.driver.snapshot_trailing_entries = 0;
             }

@@ -11,10 +11,11 @@ use futures::channel::mpsc;
 use parking_lot::Mutex;
 use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
+use super::backend::{LogBackend, MemBackend};
 use super::clients::{with_timeout, Admin, AdminStats, Client, Registry, Response, SharedHistory};
 use super::executor::{Clock, Executor, TaskId};
 use super::machine::Workload;
-use super::world::{Disk, Event, SharedDisk, SharedWorld, SimLog, SimTransport, World};
+use super::world::{Event, SharedWorld, SimTransport, World};
 use super::{
     checker, snapshot_store, DriverSimConfig, DriverSimFailure, DriverSimReport, CHECK_STEPS_MAX,
     INBOUND_QUEUE_MAX, TICKS_QUEUED_MAX, UNITS_PER_TICK,
@@ -25,10 +26,13 @@ use crate::testing::linearizability::{self, Operation};
 use crate::testing::MemSnapshotStore;
 use crate::{Rng, Storage};
 
-/// What a state machine did, seen by the simulator.
+/// What a state machine did, seen by the simulator, in order.
 enum Observation {
+    /// A fresh state machine started (the server started or restarted).
+    Started(NodeId),
     Applied(NodeId, LogIndex, Bytes),
-    Restored(NodeId),
+    /// The state machine restored this snapshot (with its data).
+    Restored(NodeId, SnapshotMeta, Bytes),
 }
 
 type Observations = Arc<Mutex<Vec<Observation>>>;
@@ -38,6 +42,7 @@ struct Observed<M> {
     inner: M,
     id: NodeId,
     seen: Observations,
+    snapshots: MemSnapshotStore,
 }
 
 #[async_trait]
@@ -56,14 +61,24 @@ impl<M: StateMachine> StateMachine for Observed<M> {
 
     async fn restore(&mut self, source: &mut SnapshotSource<'_>) -> std::io::Result<()> {
         self.inner.restore(source).await?;
-        self.seen.lock().push(Observation::Restored(self.id));
+        // The store opens only its newest snapshot: that is the one restored.
+        let meta = self
+            .snapshots
+            .latest()
+            .expect("restored from the newest snapshot");
+        let data = self.snapshots.latest_data().unwrap_or_default();
+        let restored = Observation::Restored(self.id, meta, data);
+        self.seen.lock().push(restored);
         Ok(())
     }
 }
 
 /// One simulated server.
-struct Server {
-    disk: SharedDisk,
+struct Server<L> {
+    /// Its log handle while it is up (the checker reads the log through it).
+    log: Option<L>,
+    /// Bumped at each crash.
+    incarnation: u64,
     snapshots: MemSnapshotStore,
     /// The driver task while the server is up.
     task: Option<TaskId>,
@@ -79,18 +94,21 @@ struct Server {
     unchecked: Vec<(&'static str, SnapshotMeta, Bytes)>,
 }
 
-/// A simulated cluster of [`Node`]s running a workload.
-pub struct DriverSim<W: Workload> {
+/// A simulated cluster of [`Node`]s running a workload, with logs kept by a [`LogBackend`].
+pub struct DriverSim<W: Workload, B: LogBackend = MemBackend> {
+    backend: B,
     cfg: DriverSimConfig,
     exec: Executor,
     clock: Clock,
     world: SharedWorld,
     rng: Rng,
     workload: Rc<RefCell<W>>,
-    servers: BTreeMap<NodeId, Server>,
+    servers: BTreeMap<NodeId, Server<B::Log>>,
     registry: Rc<RefCell<Registry<Response<W>>>>,
     history: SharedHistory<W>,
     observed: Observations,
+    /// Observations not checked yet, in order.
+    observations: std::collections::VecDeque<Observation>,
     /// Errors of driver tasks (a failed start, a storage failure).
     task_errors: Rc<RefCell<Vec<String>>>,
     admin: Rc<RefCell<AdminStats>>,
@@ -102,15 +120,16 @@ pub struct DriverSim<W: Workload> {
 
 type Step = Result<(), String>;
 
-impl<W: Workload> DriverSim<W> {
+impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     /// A cluster of `cfg.nodes` voters and `cfg.spares` empty servers, not started yet.
-    pub fn new(cfg: DriverSimConfig, workload: W) -> DriverSim<W> {
+    pub fn new(cfg: DriverSimConfig, workload: W, backend: B) -> DriverSim<W, B> {
         let exec = Executor::new(cfg.seed ^ 0x005E_ED0F_E8EC);
         let clock = exec.clock();
         let world = World::new(cfg.seed, clock.clone(), cfg.net.clone(), cfg.disk_units_max);
         let voters = (1..=cfg.nodes as u64).map(NodeId);
         let membership = Membership::with_voters(voters);
         let mut sim = DriverSim {
+            backend,
             exec,
             clock,
             world: Arc::new(Mutex::new(world)),
@@ -120,6 +139,7 @@ impl<W: Workload> DriverSim<W> {
             registry: Rc::default(),
             history: Rc::default(),
             observed: Arc::default(),
+            observations: std::collections::VecDeque::new(),
             task_errors: Rc::default(),
             admin: Rc::default(),
             checker: checker(&membership),
@@ -140,7 +160,8 @@ impl<W: Workload> DriverSim<W> {
             sim.servers.insert(
                 id,
                 Server {
-                    disk: Arc::new(Mutex::new(Disk::new(&initial))),
+                    log: None,
+                    incarnation: 0,
                     snapshots: snapshot_store(),
                     task: None,
                     inbound: None,
@@ -153,6 +174,16 @@ impl<W: Workload> DriverSim<W> {
             );
         }
         sim
+    }
+
+    /// The virtual clock of the run.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// Changes the workload before the run starts (e.g. to slow its snapshots down).
+    pub fn with_workload(&mut self, change: impl FnOnce(&mut W)) {
+        change(&mut self.workload.borrow_mut());
     }
 
     fn trace(&mut self, what: impl FnOnce() -> String) {
@@ -174,59 +205,65 @@ impl<W: Workload> DriverSim<W> {
     }
 
     /// Starts server `id`'s driver from what its disk and snapshot store hold.
-    fn start(&mut self, id: NodeId) {
+    fn start(&mut self, id: NodeId) -> Step {
         let server = self.servers.get_mut(&id).expect("known server");
-        let incarnation = server.disk.lock().incarnation;
+        let incarnation = server.incarnation;
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
         let (tick_tx, tick_rx) = mpsc::channel(TICKS_QUEUED_MAX);
         server.inbound = Some(in_tx);
         server.ticks = Some(tick_tx);
-        server.applied = LogIndex(0);
         let mut config = self.cfg.node.clone();
         config.id = id;
         config.seed = self.cfg.seed ^ (id.0 << 32) ^ incarnation.wrapping_mul(0x9E37_79B9);
-        let log = SimLog {
-            id,
-            disk: Arc::clone(&server.disk),
-            world: Arc::clone(&self.world),
-        };
+        let log = self.backend.open(id, &server.initial, &self.world)?;
+        server.log = Some(log.clone());
+        self.observed.lock().push(Observation::Started(id));
         let machine = Observed {
             inner: self.workload.borrow_mut().machine(id),
             id,
             seen: Arc::clone(&self.observed),
+            snapshots: server.snapshots.clone(),
         };
         let transport = SimTransport {
             world: Arc::clone(&self.world),
         };
         let (snapshots, driver) = (server.snapshots.clone(), self.cfg.driver.clone());
         let (registry, errors) = (Rc::clone(&self.registry), Rc::clone(&self.task_errors));
-        let task = self.exec.spawn(async move {
-            match Node::new(config, driver, log, machine, snapshots, transport).await {
-                Ok((node, handle)) => {
-                    registry
-                        .borrow_mut()
-                        .handles
-                        .insert(id, (handle, incarnation));
-                    if let Err(e) = node.run(in_rx, tick_rx).await {
-                        errors.borrow_mut().push(format!("{id} stopped: {e}"));
+        let spawner = self.exec.spawner();
+        // The server's tasks (starting, then the Ready loop and the applier) share its group.
+        let task = self.exec.spawn_in(
+            id.0,
+            Box::pin(async move {
+                match Node::new(config, driver, log, machine, snapshots, transport).await {
+                    Ok((node, handle)) => {
+                        registry
+                            .borrow_mut()
+                            .handles
+                            .insert(id, (handle, incarnation));
+                        let (ready_loop, applier) = node.into_tasks(in_rx, tick_rx);
+                        spawner.spawn(id.0, applier);
+                        if let Err(e) = ready_loop.await {
+                            errors.borrow_mut().push(format!("{id} stopped: {e}"));
+                        }
                     }
+                    Err(e) => errors
+                        .borrow_mut()
+                        .push(format!("{id} could not start: {e}")),
                 }
-                Err(e) => errors
-                    .borrow_mut()
-                    .push(format!("{id} could not start: {e}")),
-            }
-        });
+            }),
+        );
         self.servers.get_mut(&id).expect("known").task = Some(task);
+        Ok(())
     }
 
     /// Crashes server `id`: its task stops where it stands, unfinished writes and a partial
     /// snapshot transfer are lost.
     fn crash(&mut self, id: NodeId) {
         let server = self.servers.get_mut(&id).expect("known server");
-        let Some(task) = server.task.take() else {
+        if server.task.take().is_none() {
             return;
-        };
-        self.exec.cancel(task);
+        }
+        self.exec.cancel_group(id.0);
         if let Some((handle, _)) = self.registry.borrow_mut().handles.remove(&id) {
             let stats = handle.status().snapshots;
             self.report.snapshots_taken += stats.taken;
@@ -234,7 +271,9 @@ impl<W: Workload> DriverSim<W> {
         }
         server.inbound = None;
         server.ticks = None;
-        server.disk.lock().crash();
+        server.log = None;
+        server.incarnation += 1;
+        self.backend.crash(id, &mut self.rng);
         server.snapshots.restart();
         self.report.crashes += 1;
         self.trace(|| format!("{id} crashes"));
@@ -254,15 +293,12 @@ impl<W: Workload> DriverSim<W> {
                 }
             }
             Event::DiskDone(id, incarnation) => {
-                let mut disk = self.servers[&id].disk.lock();
-                if disk.incarnation == incarnation {
-                    disk.complete(self.clock.now());
-                }
+                self.backend.sync_due(id, incarnation, self.clock.now());
             }
             Event::Restart(id) => {
                 if !self.is_up(id) {
                     self.trace(|| format!("{id} restarts"));
-                    self.start(id);
+                    self.start(id)?;
                 }
             }
             Event::Heal => {
@@ -348,7 +384,7 @@ impl<W: Workload> DriverSim<W> {
     }
 }
 
-impl<W: Workload> DriverSim<W> {
+impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     /// Checks every invariant after a step.
     fn check(&mut self) -> Step {
         if let Some(e) = self.task_errors.borrow_mut().pop() {
@@ -358,12 +394,12 @@ impl<W: Workload> DriverSim<W> {
         self.check_nodes()?;
         self.check_applied()?;
         self.check_snapshots()?;
-        let servers = &self.servers;
+        let (servers, backend) = (&self.servers, &self.backend);
         let holds = |id: NodeId, index: LogIndex, term: Term| {
-            servers.get(&id).is_some_and(|s| {
-                s.disk.lock().durable().term(index).ok() == Some(term)
-                    || s.snapshots.latest().is_some_and(|m| m.last_index >= index)
-            })
+            backend.durable_term(id, index) == Some(term)
+                || servers
+                    .get(&id)
+                    .is_some_and(|s| s.snapshots.latest().is_some_and(|m| m.last_index >= index))
         };
         let ids: Vec<NodeId> = servers.keys().copied().collect();
         self.checker.check_durability(&ids, holds)
@@ -371,9 +407,9 @@ impl<W: Workload> DriverSim<W> {
 
     /// Log Matching over every entry any node handed to its disk.
     fn check_logs(&mut self) -> Step {
-        for (&id, server) in &self.servers {
-            let appended = std::mem::take(&mut server.disk.lock().appended);
-            for (entry, prev_term) in appended {
+        let ids: Vec<NodeId> = self.servers.keys().copied().collect();
+        for id in ids {
+            for (entry, prev_term) in self.backend.take_appended(id) {
                 self.checker.entry_written(id, &entry, prev_term)?;
             }
         }
@@ -387,8 +423,9 @@ impl<W: Workload> DriverSim<W> {
         for (&id, (handle, _)) in &registry.handles {
             let status = handle.status();
             let server = &self.servers[&id];
-            let disk = server.disk.lock();
-            let log = disk.written();
+            let Some(log) = server.log.as_ref() else {
+                continue;
+            };
             let last = log.last_index().unwrap_or(LogIndex(0));
             let first = log.first_index().unwrap_or(LogIndex(1));
             let term_at = |i: LogIndex| log.term(i).ok();
@@ -414,21 +451,26 @@ impl<W: Workload> DriverSim<W> {
     /// once, none skipped.
     fn check_applied(&mut self) -> Step {
         let seen = std::mem::take(&mut *self.observed.lock());
-        for observation in seen {
+        self.observations.extend(seen);
+        // An apply is checked once the checker knows its index committed (a node may apply
+        // before the status that shows its commit index is published).
+        while let Some(observation) = self.observations.pop_front() {
             match observation {
+                Observation::Applied(_, index, _) if index > self.checker.committed_index() => {
+                    self.observations.push_front(observation);
+                    break;
+                }
                 Observation::Applied(id, index, command) => {
                     self.checker.applied_command(id, index, &command)?;
                     let after = self.servers[&id].applied;
                     self.no_command_skipped(id, after, index)?;
                     self.servers.get_mut(&id).expect("known").applied = index;
                 }
-                Observation::Restored(id) => {
+                Observation::Started(id) => {
+                    self.servers.get_mut(&id).expect("known").applied = LogIndex(0);
+                }
+                Observation::Restored(id, meta, data) => {
                     let server = self.servers.get_mut(&id).expect("known");
-                    let meta = server
-                        .snapshots
-                        .latest()
-                        .ok_or("restored without a snapshot")?;
-                    let data = server.snapshots.latest_data().unwrap_or_default();
                     server.applied = meta.last_index;
                     server.unchecked.push(("restored", meta, data));
                 }
@@ -485,7 +527,7 @@ impl<W: Workload> DriverSim<W> {
     }
 }
 
-impl<W: Workload> DriverSim<W> {
+impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     fn spawn_clients(&mut self) {
         let stop_at = (self.cfg.fault_ticks + self.cfg.liveness_ticks / 2) * UNITS_PER_TICK;
         let next_op = Rc::new(RefCell::new(0));
@@ -524,7 +566,7 @@ impl<W: Workload> DriverSim<W> {
 
     /// Faults stop: partitions heal, every server comes back, and a probe writes until a
     /// write commits; then every member must apply it.
-    fn go_quiet(&mut self) {
+    fn go_quiet(&mut self) -> Step {
         {
             let mut world = self.world.lock();
             world.quiet = true;
@@ -537,7 +579,7 @@ impl<W: Workload> DriverSim<W> {
             .filter(|&id| !self.is_up(id))
             .collect();
         for id in down {
-            self.start(id);
+            self.start(id)?;
         }
         self.trace(|| "faults stop".into());
         let (registry, workload, clock) = (
@@ -577,6 +619,7 @@ impl<W: Workload> DriverSim<W> {
                 }
             }
         });
+        Ok(())
     }
 
     /// Who leads, the probe's index, and each node's term, role, commit and applied index.
@@ -616,7 +659,7 @@ impl<W: Workload> DriverSim<W> {
     }
 }
 
-impl<W: Workload> DriverSim<W> {
+impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     /// Runs the whole simulation and checks the history.
     pub fn run(mut self) -> Result<DriverSimReport, DriverSimFailure> {
         match self.run_inner() {
@@ -633,7 +676,7 @@ impl<W: Workload> DriverSim<W> {
     fn run_inner(&mut self) -> Step {
         let ids: Vec<NodeId> = self.servers.keys().copied().collect();
         for id in ids {
-            self.start(id);
+            self.start(id)?;
             let phase = self.rng.below(UNITS_PER_TICK);
             self.world.lock().schedule(phase, Event::Tick(id));
         }
@@ -666,7 +709,7 @@ impl<W: Workload> DriverSim<W> {
             }
             if !quiet && next >= faults_end {
                 self.exec.advance_to(faults_end);
-                self.go_quiet();
+                self.go_quiet()?;
                 continue;
             }
             self.exec.advance_to(next);
@@ -676,6 +719,11 @@ impl<W: Workload> DriverSim<W> {
                 self.report.steps += 1;
                 self.handle(event)?;
             }
+        }
+        if let Some(Observation::Applied(id, index, _)) = self.observations.front() {
+            return Err(format!(
+                "State Machine Safety: {id} applied {index}, which was never committed"
+            ));
         }
         self.check_history()
     }
@@ -718,8 +766,20 @@ impl<W: Workload> DriverSim<W> {
     }
 }
 
-/// Runs one seed of the test workload with its fault profile.
+/// Runs one seed of the test workload with its fault profile (snapshots take
+/// `cfg.snapshot_ticks` of virtual time).
 pub fn run_driver_seed(cfg: DriverSimConfig) -> Result<DriverSimReport, DriverSimFailure> {
-    let keys = cfg.keys;
-    DriverSim::new(cfg, super::KvWorkload::new(keys)).run()
+    let (keys, slow) = (cfg.keys, cfg.snapshot_ticks * UNITS_PER_TICK);
+    let mut sim = DriverSim::new(cfg, super::KvWorkload::new(keys), MemBackend::default());
+    let clock = sim.clock();
+    sim.with_workload(|w| w.slow_snapshots(clock, slow));
+    sim.run()
+}
+
+/// Runs one seed of any workload (another crate's state machine) with in-memory logs.
+pub fn run_workload<W: Workload>(
+    cfg: DriverSimConfig,
+    workload: W,
+) -> Result<DriverSimReport, DriverSimFailure> {
+    DriverSim::new(cfg, workload, MemBackend::default()).run()
 }
