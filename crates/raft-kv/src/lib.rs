@@ -22,7 +22,7 @@ pub mod store;
 
 mod run;
 
-pub use run::{run, Running};
+pub use run::{run, KvStateMachine, Running};
 
 /// Code generated from `proto/` (etcd's API and raft-kv's internal forwarding service).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

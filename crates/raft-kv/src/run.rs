@@ -129,11 +129,27 @@ fn member_of(command: &Command) -> Option<u64> {
 
 /// The state machine: decodes each committed command and applies it to the shared store;
 /// member record changes also reach the transport.
-struct KvStateMachine {
+pub struct KvStateMachine {
     store: Arc<RwLock<Store>>,
-    peers: PeerSync,
+    /// `None` only for a state machine without a transport ([`KvStateMachine::detached`]).
+    peers: Option<PeerSync>,
     /// The store's revision after each apply (watchers and read-your-writes wait on it).
     revisions: watch::Sender<i64>,
+}
+
+impl KvStateMachine {
+    /// A state machine applying committed commands to `store` as a member's does (the same
+    /// decoding, apply, snapshot and restore), but with no transport to keep in step with the
+    /// member records: for tests that run it without a network, e.g. under raft-core's
+    /// driver simulator.
+    pub fn detached(store: Arc<RwLock<Store>>) -> KvStateMachine {
+        let (revisions, _) = watch::channel(store.read().revision());
+        KvStateMachine {
+            store,
+            peers: None,
+            revisions,
+        }
+    }
 }
 
 #[async_trait]
@@ -146,8 +162,8 @@ impl StateMachine for KvStateMachine {
                 let member = member_of(&c);
                 let mut store = self.store.write();
                 let outcome = store.apply(c);
-                if let Some(id) = member {
-                    self.peers.sync(&store, id);
+                if let (Some(id), Some(peers)) = (member, self.peers.as_mut()) {
+                    peers.sync(&store, id);
                 }
                 self.revisions.send_if_modified(|r| {
                     let changed = *r != store.revision();
@@ -168,7 +184,9 @@ impl StateMachine for KvStateMachine {
         let restored = read_store_snapshot(source).await?;
         let mut store = self.store.write();
         *store = restored;
-        self.peers.sync_all(&store);
+        if let Some(peers) = self.peers.as_mut() {
+            peers.sync_all(&store);
+        }
         self.revisions.send_replace(store.revision());
         Ok(())
     }
@@ -276,12 +294,12 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     let (revisions_tx, revisions) = watch::channel(store.read().revision());
     let machine = KvStateMachine {
         store: Arc::clone(&store),
-        peers: PeerSync {
+        peers: Some(PeerSync {
             transport: transport.clone(),
             me: config.id,
             known,
             grace: config.tick * config.election_ticks * REMOVED_PEER_GRACE_ELECTIONS,
-        },
+        }),
         revisions: revisions_tx,
     };
     let (raft, driver) = raft_configs(&config);
@@ -406,7 +424,13 @@ where
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ticks = IntervalStream::new(interval).map(|_| ()).fuse();
-    if let Err(e) = node.run(inbound, ticks).await {
+    // The applier (applies, snapshots, restores) runs as its own task: writing a snapshot
+    // of a large store takes another core, not the Ready loop's time.
+    let (ready_loop, applier) = node.into_tasks(inbound, ticks);
+    let applier = tokio::spawn(applier);
+    let result = ready_loop.await;
+    let _ = applier.await;
+    if let Err(e) = result {
         tracing::error!("raft node stopped: {e}");
         if matches!(e, NodeError::Storage(_)) {
             std::process::exit(2);

@@ -64,16 +64,19 @@
 //! [`LogFile`] implements raft-core's [`LogStore`](raft_core::driver::LogStore): `persist`
 //! submits its entries at call time (they join the next group commit) and queues a job for a
 //! background sync thread, which waits for the entries to be synced and then writes the hard
-//! state, job after job in call order.
+//! state, job after job in call order. With [`SyncWorker::Manual`] no thread is started: the
+//! jobs wait in a queue until [`LogFile::run_queued_jobs`] runs them, in order, on the
+//! caller's thread, with the same code the sync thread runs (for deterministic simulations).
 //!
 //! `compact` and `install_snapshot` are ordered with those writes by running inside the call:
 //! the call waits until the sync thread has finished every job queued before it (a barrier
-//! job), so every earlier persist, entries and hard state, is durable and its future
-//! resolved; then it runs [`LogFile::compact`] or [`LogFile::install_snapshot`], which hold
-//! off appends while they run and are durable when they return. A `persist` called later
-//! submits only after that, so it cannot overtake the operation. The returned future is ready
-//! at once. The price is that these calls block the caller for the earlier syncs and their
-//! own; they are rare (once per snapshot).
+//! job; in manual mode, the call runs the queued jobs itself), so every earlier persist,
+//! entries and hard state, is durable and its future resolved; then it runs
+//! [`LogFile::compact`] or [`LogFile::install_snapshot`], which hold off appends while they
+//! run and are durable when they return. A `persist` called later submits only after that, so
+//! it cannot overtake the operation. The returned future is ready at once. The price is that
+//! these calls block the caller for the earlier syncs and their own; they are rare (once per
+//! snapshot).
 //!
 //! # Guarantees
 //! - [`LogFile::append`] returns once its entries are synced; appends that arrive during a
@@ -99,4 +102,4 @@ pub use error::{Error, Result};
 pub use format::FORMAT_VERSION;
 pub use io::{Op, Recorder};
 pub use recovery::RecoveryReport;
-pub use store::{LogFile, Options, Ticket};
+pub use store::{LogFile, Options, SyncWorker, Ticket};

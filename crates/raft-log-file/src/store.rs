@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, EntryPos, SEGMENT_HEADER_BYTES};
 use crate::io::{Handle, Io, Recorder};
 use crate::mmap::{self, SegmentMap};
+use crate::persist::Worker;
 use crate::recovery::{self, RecoveryReport};
 use crate::state::{StateFile, StateRecord, STATE_FILE};
 
@@ -38,6 +39,26 @@ pub struct Options {
     pub zero_fill_segments: bool,
     /// Record every file operation (for crash tests).
     pub recorder: Option<Recorder>,
+    /// Who runs the writes of the async [`LogStore`](raft_core::driver::LogStore) interface
+    /// and prepares segments ahead of use: background threads, or the caller.
+    pub sync_worker: SyncWorker,
+}
+
+/// Who does a store's background work: the writes of the async
+/// [`LogStore`](raft_core::driver::LogStore) interface, and preparing the next segment when
+/// [`Options::zero_fill_segments`] is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncWorker {
+    /// Background threads: a sync thread started on first use of the async interface, and a
+    /// thread that prepares each next segment.
+    #[default]
+    Thread,
+    /// No thread is ever started. Writes of the async interface are queued in call order
+    /// until [`LogFile::run_queued_jobs`] (or [`LogFile::run_queued_job`]) runs them on the
+    /// caller's thread; `compact` and `install_snapshot` of that interface run the queued
+    /// writes first, in the call. Segments are prepared in line, when the previous one is
+    /// put to use. For deterministic simulations.
+    Manual,
 }
 
 impl Default for Options {
@@ -49,6 +70,7 @@ impl Default for Options {
             membership: Membership::default(),
             zero_fill_segments: true,
             recorder: None,
+            sync_worker: SyncWorker::Thread,
         }
     }
 }
@@ -156,21 +178,43 @@ pub(crate) struct Inner {
     group: Mutex<Group>,
     group_cond: Condvar,
     recovery: RecoveryReport,
-    /// The background sync thread of the async [`LogStore`](raft_core::driver::LogStore)
-    /// interface, started on first use.
-    pub(crate) syncer: Mutex<Option<std::sync::mpsc::Sender<crate::persist::Job>>>,
-    /// The next segment being prepared in the background, and its id.
-    preparing: Mutex<Option<(u64, std::thread::JoinHandle<Result<NewSegment>>)>>,
+    /// Where the jobs of the async [`LogStore`](raft_core::driver::LogStore) interface go:
+    /// the sync thread (started on first use) or the manual queue.
+    pub(crate) worker: Mutex<Worker>,
+    /// Held while a job of the manual queue runs.
+    pub(crate) running: Mutex<()>,
+    /// The next segment being prepared (in the background, or ready), and its id.
+    preparing: Mutex<Option<(u64, Preparing)>>,
     _lock: File,
 }
 
 /// A created, synced and mapped segment file.
 pub(crate) type NewSegment = (Handle, Segment, u64);
 
+/// The next segment, prepared ahead of use.
+enum Preparing {
+    /// By a background thread ([`SyncWorker::Thread`]).
+    Thread(std::thread::JoinHandle<Result<NewSegment>>),
+    /// In line ([`SyncWorker::Manual`]).
+    Ready(Result<NewSegment>),
+}
+
+impl Preparing {
+    /// The prepared segment, once it is ready.
+    fn wait(self) -> Result<NewSegment> {
+        match self {
+            Preparing::Thread(preparer) => preparer
+                .join()
+                .map_err(|_| Error::Failed("the segment preparer panicked".into()))?,
+            Preparing::Ready(prepared) => prepared,
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Do not leave a thread creating files in a directory nobody holds the lock of.
-        if let Some((_, preparer)) = self.preparing.get_mut().take() {
+        if let Some((_, Preparing::Thread(preparer))) = self.preparing.get_mut().take() {
             let _ = preparer.join();
         }
     }
@@ -269,7 +313,8 @@ impl LogFile {
                 }),
                 group_cond: Condvar::new(),
                 recovery: report,
-                syncer: Mutex::new(None),
+                worker: Mutex::new(Worker::new(options.sync_worker)),
+                running: Mutex::new(()),
                 preparing: Mutex::new(None),
                 options,
                 _lock: lock,
@@ -432,13 +477,9 @@ impl LogFile {
     fn take_prepared(&self, id: u64) -> Result<Option<NewSegment>> {
         let preparing = self.inner.preparing.lock().take();
         match preparing {
-            Some((pid, preparer)) if pid == id => {
-                Ok(Some(preparer.join().map_err(|_| {
-                    Error::Failed("the segment preparer panicked".into())
-                })??))
-            }
+            Some((pid, preparer)) if pid == id => Ok(Some(preparer.wait()?)),
             Some((_, preparer)) => {
-                let _ = preparer.join();
+                let _ = preparer.wait();
                 Ok(None)
             }
             None => Ok(None),
@@ -484,8 +525,8 @@ impl LogFile {
         result
     }
 
-    /// Starts preparing segment `id` in the background (zero-filled and synced), so that the
-    /// next rotation only swaps files.
+    /// Starts preparing segment `id` (zero-filled and synced), so that the next rotation
+    /// only swaps files: in the background, or in line with [`SyncWorker::Manual`].
     fn prepare_next(&self, id: u64) {
         let inner = &*self.inner;
         if !inner.options.zero_fill_segments {
@@ -493,14 +534,21 @@ impl LogFile {
         }
         let io = inner.io.clone();
         let size = inner.options.segment_bytes_max;
-        let preparer = std::thread::Builder::new()
-            .name("raft-log-prepare".into())
-            .spawn(move || create_segment(&io, id, size, true));
-        // Preparing ahead is an optimisation: without a thread, rotation creates the segment
-        // itself.
-        if let Ok(handle) = preparer {
-            *inner.preparing.lock() = Some((id, handle));
-        }
+        let preparing = match inner.options.sync_worker {
+            SyncWorker::Manual => Preparing::Ready(create_segment(&io, id, size, true)),
+            SyncWorker::Thread => {
+                let preparer = std::thread::Builder::new()
+                    .name("raft-log-prepare".into())
+                    .spawn(move || create_segment(&io, id, size, true));
+                // Preparing ahead is an optimisation: without a thread, rotation creates the
+                // segment itself.
+                match preparer {
+                    Ok(handle) => Preparing::Thread(handle),
+                    Err(_) => return,
+                }
+            }
+        };
+        *inner.preparing.lock() = Some((id, preparing));
     }
 }
 

@@ -1,4 +1,5 @@
-//! Crash tests in the style of ALICE (Pillai et al., OSDI 2014).
+//! Crash tests in the style of ALICE (Pillai et al., OSDI 2014), with the crash states built
+//! by `raft_log_file::testing::build_image`.
 //!
 //! A workload of appends (some truncating), compactions, snapshot installations and hard-state
 //! writes runs with every file operation recorded. At each crash point (after every
@@ -11,10 +12,12 @@
 //! and then take an append that survives another recovery.
 //! Finally, a flipped bit in synced data before the tail must make opening fail.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use raft_core::Rng;
+use raft_log_file::testing::{
+    build_image, crash_image, crash_image_counted, write_image, CrashVariant, Files, SECTOR_BYTES,
+};
 use raft_log_file::{Error, LogFile, Op, Options, Recorder};
 use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
@@ -142,133 +145,14 @@ fn run_workload(dir: &Path, seed: u64, zero_fill: bool) -> (Vec<Op>, Vec<(usize,
     (recorder.ops(), checkpoints)
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Variant {
-    SyncedOnly,
-    Everything,
-    Subset { granularity: usize, seed: u64 },
-    ZeroedTail,
-    FlippedTail { seed: u64 },
-}
-
-/// Which operations of `ops` are durable: a write or length change once its file is synced, a
-/// creation or removal once the directory is synced.
-fn durable(ops: &[Op]) -> Vec<bool> {
-    let mut out = vec![false; ops.len()];
-    let mut synced_files: BTreeMap<&str, bool> = BTreeMap::new();
-    let mut dir_synced = false;
-    for (i, op) in ops.iter().enumerate().rev() {
-        match op {
-            Op::Sync(f) => {
-                synced_files.insert(f, true);
-                out[i] = true;
-            }
-            Op::SyncDir => {
-                dir_synced = true;
-                out[i] = true;
-            }
-            Op::Write { file, .. } | Op::SetLen(file, _) => {
-                out[i] = synced_files.get(file.as_str()).copied().unwrap_or(false);
-            }
-            Op::Create(_) | Op::Remove(_) => out[i] = dir_synced,
-        }
-    }
-    out
-}
-
-type Files = BTreeMap<String, Vec<u8>>;
-
-fn write(files: &mut Files, file: &str, offset: u64, data: &[u8]) {
-    if let Some(bytes) = files.get_mut(file) {
-        let end = offset as usize + data.len();
-        if bytes.len() < end {
-            bytes.resize(end, 0);
-        }
-        bytes[offset as usize..end].copy_from_slice(data);
-    }
-}
-
-/// The files a crash after `ops` may leave, per `variant`, and the unsynced regions written.
-fn build(ops: &[Op], variant: Variant) -> Files {
-    let durable = durable(ops);
-    let mut rng = Rng::new(match variant {
-        Variant::Subset { seed, .. } | Variant::FlippedTail { seed } => seed,
-        _ => 0,
-    });
-    let mut files = Files::new();
-    let mut unsynced_regions = Vec::new();
-    for (op, &is_durable) in ops.iter().zip(&durable) {
-        let apply = match variant {
-            Variant::SyncedOnly | Variant::ZeroedTail => is_durable,
-            Variant::Everything | Variant::FlippedTail { .. } => true,
-            Variant::Subset { .. } => is_durable || rng.chance(0.5),
-        };
-        match op {
-            Op::Create(f) if apply => {
-                files.insert(f.clone(), Vec::new());
-            }
-            Op::Remove(f) if apply => {
-                files.remove(f);
-            }
-            Op::SetLen(f, len) if apply => {
-                if let Some(b) = files.get_mut(f) {
-                    b.resize(*len as usize, 0);
-                }
-            }
-            Op::Write { file, offset, data } => match variant {
-                Variant::Subset { granularity, .. } if !is_durable => {
-                    // Each aligned chunk of an unsynced write may or may not have reached disk.
-                    let mut at = *offset as usize;
-                    let end = at + data.len();
-                    while at < end {
-                        let chunk_end = ((at / granularity + 1) * granularity).min(end);
-                        if rng.chance(0.5) {
-                            write(
-                                &mut files,
-                                file,
-                                at as u64,
-                                &data[at - *offset as usize..chunk_end - *offset as usize],
-                            );
-                        }
-                        at = chunk_end;
-                    }
-                }
-                Variant::ZeroedTail if !is_durable => {
-                    write(&mut files, file, *offset, &vec![0u8; data.len()]);
-                }
-                _ if apply => {
-                    write(&mut files, file, *offset, data);
-                    if !is_durable {
-                        unsynced_regions.push((file.clone(), *offset, data.len()));
-                    }
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-    if let Variant::FlippedTail { .. } = variant {
-        let candidates: Vec<_> = unsynced_regions
-            .iter()
-            .filter(|(f, _, len)| *len > 0 && files.contains_key(f))
-            .collect();
-        if !candidates.is_empty() {
-            let (f, offset, len) = candidates[rng.below(candidates.len() as u64) as usize];
-            let at = *offset as usize + rng.below(*len as u64) as usize;
-            let bytes = files.get_mut(f).expect("present");
-            if at < bytes.len() {
-                bytes[at] ^= 1 << rng.below(8);
-            }
-        }
-    }
-    files
+/// The files a crash after `ops` (recorded from an empty directory) may leave, per `variant`.
+fn build(ops: &[Op], variant: CrashVariant) -> Files {
+    build_image(&Files::new(), ops, variant)
 }
 
 fn materialize(files: &Files) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, bytes) in files {
-        std::fs::write(dir.path().join(name), bytes).unwrap();
-    }
+    write_image(dir.path(), files).unwrap();
     dir
 }
 
@@ -305,24 +189,32 @@ fn every_crash_state_recovers_what_was_acknowledged() {
                 .map(|(_, s)| s)
                 .collect();
             let variants = [
-                Variant::SyncedOnly,
-                Variant::Everything,
-                Variant::Subset {
+                CrashVariant::SyncedOnly,
+                CrashVariant::Everything,
+                CrashVariant::Subset {
                     granularity: 512,
                     seed: crash as u64,
                 },
-                Variant::Subset {
+                CrashVariant::Subset {
                     granularity: 4096,
                     seed: crash as u64 + 1,
                 },
-                Variant::ZeroedTail,
-                Variant::FlippedTail { seed: crash as u64 },
+                CrashVariant::ZeroedTail,
+                CrashVariant::FlippedTail { seed: crash as u64 },
             ];
-            for variant in variants {
-                let files = build(&ops[..crash], variant);
+            let mut states_here: Vec<(String, Files)> = variants
+                .iter()
+                .map(|&v| (format!("{v:?}"), build(&ops[..crash], v)))
+                .collect();
+            // The simulator's random crash states: unsynced writes lost, whole or torn.
+            for image_seed in [crash as u64, crash as u64 + 7919] {
+                let files = crash_image(&Files::new(), &ops[..crash], &mut Rng::new(image_seed));
+                states_here.push((format!("crash_image seed {image_seed}"), files));
+            }
+            for (variant, files) in states_here {
                 let state_dir = materialize(&files);
                 let log = open(state_dir.path()).unwrap_or_else(|e| {
-                    panic!("seed {seed}, crash after op {crash} ({variant:?}): open failed: {e}")
+                    panic!("seed {seed}, crash after op {crash} ({variant}): open failed: {e}")
                 });
                 // The commit index alone may go back (it is written without a sync); term and
                 // vote may not, nor any entry.
@@ -338,7 +230,7 @@ fn every_crash_state_recovers_what_was_acknowledged() {
                     .iter()
                     .find(|a| without_commit(a) == without_commit(&got));
                 let Some(matched) = matched else {
-                    panic!("seed {seed}, crash after op {crash} ({variant:?}): recovered {got:?}, expected one of {allowed:?}")
+                    panic!("seed {seed}, crash after op {crash} ({variant}): recovered {got:?}, expected one of {allowed:?}")
                 };
                 assert!(got.hard_state.commit <= matched.hard_state.commit);
                 let last = got.first.prev().plus(got.entries.len() as u64);
@@ -347,23 +239,25 @@ fn every_crash_state_recovers_what_was_acknowledged() {
                 // the next recovery.
                 let next = Entry::normal(Term(1000), last.next(), b"after recovery".to_vec());
                 log.append(std::slice::from_ref(&next)).unwrap_or_else(|e| {
-                    panic!("seed {seed}, crash after op {crash} ({variant:?}): append after recovery failed: {e}")
+                    panic!("seed {seed}, crash after op {crash} ({variant}): append after recovery failed: {e}")
                 });
                 drop(log);
                 let log = open(state_dir.path()).unwrap_or_else(|e| {
-                    panic!("seed {seed}, crash after op {crash} ({variant:?}): second open failed: {e}")
+                    panic!(
+                        "seed {seed}, crash after op {crash} ({variant}): second open failed: {e}"
+                    )
                 });
                 let mut expected = got.clone();
                 expected.entries.push(next);
                 assert_eq!(
                     snapshot(&log),
                     expected,
-                    "seed {seed}, crash after op {crash} ({variant:?}): the append after recovery"
+                    "seed {seed}, crash after op {crash} ({variant}): the append after recovery"
                 );
                 states += 1;
             }
         }
-        assert!(states > 600, "only {states} crash states");
+        assert!(states > 800, "only {states} crash states");
     }
 }
 
@@ -371,7 +265,7 @@ fn every_crash_state_recovers_what_was_acknowledged() {
 fn a_flipped_bit_in_synced_data_before_the_tail_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let (ops, _) = run_workload(dir.path(), 7, true);
-    let files = build(&ops, Variant::Everything);
+    let files = build(&ops, CrashVariant::Everything);
     // Every batch write to a surviving segment, except the last one written: that one is the
     // tail, where damage is indistinguishable from a torn write. (Segments prepared ahead by
     // the background thread may come after it, empty.)
@@ -415,4 +309,67 @@ fn a_flipped_bit_in_synced_data_before_the_tail_refuses_to_open() {
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} damaged states refused");
+}
+
+#[test]
+fn a_crash_image_keeps_synced_writes_and_loses_or_tears_unsynced_ones() {
+    let new = |byte: u8, len: usize| vec![byte; len];
+    let write = |file: &str, offset: u64, data: Vec<u8>| Op::Write {
+        file: file.to_string(),
+        offset,
+        data,
+    };
+    let ops = vec![
+        Op::Create("a".into()),
+        write("a", 0, new(1, 3 * SECTOR_BYTES)),
+        Op::Sync("a".into()),
+        Op::SyncDir,
+        // Unsynced: four sectors, the first one partly, over the synced data and past it.
+        write("a", 300, new(2, 3 * SECTOR_BYTES + 100)),
+        Op::Create("b".into()),
+    ];
+    let (mut lost, mut whole, mut torn, mut b_created) = (0, 0, 0, 0);
+    for seed in 0..200 {
+        let (files, counts) = crash_image_counted(&Files::new(), &ops, &mut Rng::new(seed));
+        assert_eq!(counts.unsynced_writes, 1);
+        let a = &files["a"];
+        b_created += usize::from(files.contains_key("b"));
+        // Each sector of the unsynced write is all old or all new.
+        let mut new_sectors = 0;
+        for sector in [(300, 512), (512, 1024), (1024, 1536), (1536, 1936)] {
+            let old: &[u8] = if sector.0 < 3 * SECTOR_BYTES {
+                &[1, 0]
+            } else {
+                &[0]
+            };
+            let region = a.get(sector.0..sector.1.min(a.len())).unwrap_or(&[]);
+            if !region.is_empty() && region.iter().all(|&b| b == 2) {
+                new_sectors += 1;
+            } else {
+                assert!(
+                    region.iter().all(|b| old.contains(b)),
+                    "seed {seed}: sector {sector:?} is mixed"
+                );
+            }
+        }
+        assert_eq!(
+            &a[..300],
+            &new(1, 300)[..],
+            "seed {seed}: synced data is gone"
+        );
+        match new_sectors {
+            0 => lost += 1,
+            4 => whole += 1,
+            _ => torn += 1,
+        }
+        assert_eq!(counts.writes_torn, u64::from(new_sectors % 4 != 0));
+    }
+    assert!(
+        lost > 20 && whole > 20 && torn > 20,
+        "lost {lost}, whole {whole}, torn {torn}"
+    );
+    assert!(
+        b_created > 50 && b_created < 150,
+        "the unsynced creation survived {b_created} times"
+    );
 }

@@ -61,7 +61,7 @@ enum Seen<O> {
 }
 
 /// Errors after which the operation certainly did not take effect.
-fn no_effect(e: &NodeError) -> bool {
+pub fn no_effect(e: &NodeError) -> bool {
     matches!(
         e,
         NodeError::NotLeader { .. }

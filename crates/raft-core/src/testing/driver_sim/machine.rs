@@ -164,6 +164,8 @@ pub struct KvMachine {
     state: Arc<Mutex<KvState>>,
     /// Snapshots take this long in virtual time (a large state machine).
     snapshot_delay: Option<(Clock, u64)>,
+    /// One command in four takes this long to apply.
+    apply_delay: Option<(Clock, u64)>,
 }
 
 #[async_trait]
@@ -171,6 +173,12 @@ impl StateMachine for KvMachine {
     type Response = KvOutput;
 
     async fn apply(&mut self, index: LogIndex, command: &Bytes) -> KvOutput {
+        if let Some((clock, units)) = &self.apply_delay {
+            // One command in four is slow, so that work queues up behind it.
+            if fnv(0, index, command).is_multiple_of(4) {
+                clock.sleep(*units).await;
+            }
+        }
         let mut state = self.state.lock();
         state.digest = fnv(state.digest, index, command);
         let input = decode(command).expect("the simulator's clients encode every command");
@@ -223,6 +231,7 @@ impl StateMachine for KvMachine {
 pub struct KvWorkload {
     keys: u64,
     snapshot_delay: Option<(Clock, u64)>,
+    apply_delay: Option<(Clock, u64)>,
     /// Only this server's snapshots are slow (all when `None`).
     slow_node: Option<NodeId>,
     states: BTreeMap<NodeId, Arc<Mutex<KvState>>>,
@@ -235,6 +244,7 @@ impl KvWorkload {
         KvWorkload {
             keys: keys.max(1),
             snapshot_delay: None,
+            apply_delay: None,
             slow_node: None,
             states: BTreeMap::new(),
             next_value: 0,
@@ -247,6 +257,12 @@ impl KvWorkload {
     /// would: the driver must keep ticking, heartbeating and appending meanwhile.
     pub fn slow_snapshots(&mut self, clock: Clock, units: u64) {
         self.snapshot_delay = (units > 0).then_some((clock, units));
+    }
+
+    /// One command in four takes `units` of virtual time to apply (work queues up behind
+    /// it: a restarted server replaying its log while a snapshot arrives, for example).
+    pub fn slow_applies(&mut self, clock: Clock, units: u64) {
+        self.apply_delay = (units > 0).then_some((clock, units));
     }
 
     /// Makes only `node`'s snapshots slow.
@@ -272,6 +288,7 @@ impl Workload for KvWorkload {
                 .snapshot_delay
                 .clone()
                 .filter(|_| self.slow_node.is_none_or(|n| n == node)),
+            apply_delay: self.apply_delay.clone(),
         }
     }
 

@@ -80,6 +80,8 @@ pub struct DriverSimConfig {
     pub timeout_ticks: u64,
     /// How long the test state machine takes to write a snapshot, in ticks (0: at once).
     pub snapshot_ticks: u64,
+    /// How long one command in four takes to apply, in ticks (0: at once).
+    pub apply_ticks: u64,
     /// Whether an operator changes the configuration and moves leadership.
     pub membership: bool,
     /// The operator waits 1 to this many ticks between requests.
@@ -131,6 +133,7 @@ impl DriverSimConfig {
             timeout_ticks: 60,
             membership: false,
             snapshot_ticks: 0,
+            apply_ticks: 0,
             admin_pause_ticks_max: 60,
             verbose: false,
             node,
@@ -148,6 +151,7 @@ impl DriverSimConfig {
                 self.partition_rate = 0.03;
                 self.down_ticks_max = 20;
                 self.snapshot_ticks = 4;
+                self.apply_ticks = 1;
             }
             2 => {
                 self.net.drop_rate = 0.2;
@@ -161,6 +165,7 @@ impl DriverSimConfig {
                 self.spares = 2;
                 // Snapshots in progress across applies, received snapshots and crashes.
                 self.snapshot_ticks = 15;
+                self.apply_ticks = 1;
                 self.driver.snapshot_entries = 8;
                 self.driver.snapshot_trailing_entries = 0;
             }

@@ -12,7 +12,9 @@ use parking_lot::Mutex;
 use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use super::backend::{LogBackend, MemBackend};
-use super::clients::{with_timeout, Admin, AdminStats, Client, Registry, Response, SharedHistory};
+use super::clients::{
+    no_effect, with_timeout, Admin, AdminStats, Client, Registry, Response, SharedHistory,
+};
 use super::executor::{Clock, Executor, TaskId};
 use super::machine::Workload;
 use super::world::{Event, SharedWorld, SimTransport, World};
@@ -602,18 +604,28 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
                 let command = workload
                     .borrow()
                     .command(u64::MAX - rng.below(1 << 20), &input);
-                let call = clock.now();
+                // Entered before it is sent: an attempt that times out may still commit.
+                let at = history.borrow().len();
+                history.borrow_mut().push(Some(Operation {
+                    client: 0,
+                    input: input.clone(),
+                    call: clock.now(),
+                    ret: None,
+                    output: None,
+                }));
                 // A leader that is removed or deposed may never answer: retry elsewhere.
                 let answer = with_timeout(&clock, timeout, handle.0.propose(command)).await;
+                if let Some(Err(e)) = &answer {
+                    if no_effect(e) {
+                        history.borrow_mut()[at] = None;
+                    }
+                }
                 if let Some(Ok(response)) = answer {
                     let output = workload.borrow().output(&input, response);
-                    history.borrow_mut().push(Some(Operation {
-                        client: 0,
-                        input,
-                        call,
-                        ret: Some(clock.now()),
-                        output: Some(output),
-                    }));
+                    if let Some(op) = history.borrow_mut()[at].as_mut() {
+                        op.ret = Some(clock.now());
+                        op.output = Some(output);
+                    }
                     *liveness.borrow_mut() = Some(handle.0.status().commit_index);
                     return;
                 }
@@ -661,8 +673,19 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
 
 impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     /// Runs the whole simulation and checks the history.
+    /// A panic anywhere in the run (an assertion of the core, the driver or a store) is a
+    /// failure of this seed too, with the step it happened at.
     pub fn run(mut self) -> Result<DriverSimReport, DriverSimFailure> {
-        match self.run_inner() {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner()));
+        let outcome = outcome.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(format!("panicked: {message}"))
+        });
+        match outcome {
             Ok(()) => Ok(self.finish()),
             Err(reason) => Err(DriverSimFailure {
                 seed: self.cfg.seed,
@@ -767,12 +790,16 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
 }
 
 /// Runs one seed of the test workload with its fault profile (snapshots take
-/// `cfg.snapshot_ticks` of virtual time).
+/// `cfg.snapshot_ticks` of virtual time, one command in four `cfg.apply_ticks`).
 pub fn run_driver_seed(cfg: DriverSimConfig) -> Result<DriverSimReport, DriverSimFailure> {
     let (keys, slow) = (cfg.keys, cfg.snapshot_ticks * UNITS_PER_TICK);
+    let apply = cfg.apply_ticks * UNITS_PER_TICK;
     let mut sim = DriverSim::new(cfg, super::KvWorkload::new(keys), MemBackend::default());
     let clock = sim.clock();
-    sim.with_workload(|w| w.slow_snapshots(clock, slow));
+    sim.with_workload(|w| {
+        w.slow_snapshots(clock.clone(), slow);
+        w.slow_applies(clock, apply);
+    });
     sim.run()
 }
 

@@ -1,5 +1,21 @@
-//! Test support (feature `testing`): a simulator store factory that keeps each node's log in
-//! a [`LogFile`] under one directory.
+//! Test support (feature `testing`):
+//! - [`LogFileFactory`]: raft-core's core simulator with each node's log in a [`LogFile`];
+//! - [`LogFileBackend`]: raft-core's driver simulator with each server's log in a [`LogFile`]
+//!   written through its async path, and machine crashes that lose unsynced writes
+//!   ([`run_driver_seed_on_files`]);
+//! - crash images: the files a crash may leave after recorded file operations
+//!   ([`crash_image`], [`build_image`], [`write_image`]).
+
+mod backend;
+mod image;
+
+pub use backend::{
+    run_driver_seed_on_files, CrashStats, LogFileBackend, PlantedBug, ReadView, SimLogFile,
+};
+pub use image::{
+    build_image, crash_image, crash_image_counted, durable, read_image, write_image, CrashVariant,
+    Files, ImageCounts, SECTOR_BYTES,
+};
 
 use std::path::PathBuf;
 
