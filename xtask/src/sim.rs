@@ -29,7 +29,8 @@ pub struct SimArgs {
     #[arg(long)]
     fault_ticks: Option<u64>,
     /// Where nodes keep their log: `mem` (in memory) or `file` (raft-log-file in a temporary
-    /// directory, reopened and recovered at every simulated crash).
+    /// directory, reopened and recovered at every simulated crash; with --driver, through its
+    /// async write path, and a crash loses unsynced writes and tears sectors).
     #[arg(long, value_enum, default_value_t = Store::Mem)]
     store: Store,
     /// Run the real async driver (`driver::Node`) under the deterministic executor, with
@@ -59,6 +60,10 @@ impl SimArgs {
 
     pub fn fault_ticks(&self) -> Option<u64> {
         self.fault_ticks
+    }
+
+    pub fn on_files(&self) -> bool {
+        self.store == Store::File
     }
 }
 

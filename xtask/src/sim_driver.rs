@@ -5,12 +5,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use raft_core::testing::driver_sim::{run_driver_seed, DriverSimConfig, DriverSimReport};
+use raft_core::testing::driver_sim::{
+    run_driver_seed, DriverSimConfig, DriverSimFailure, DriverSimReport,
+};
+use raft_log_file::testing::run_driver_seed_on_files;
 
 use crate::sim::SimArgs;
 
 /// How often the progress line is refreshed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs one seed with the logs the arguments ask for.
+fn run_seed(args: &SimArgs, seed: u64) -> Result<DriverSimReport, DriverSimFailure> {
+    let cfg = configure(args, seed);
+    if args.on_files() {
+        run_driver_seed_on_files(cfg)
+    } else {
+        run_driver_seed(cfg)
+    }
+}
 
 fn configure(args: &SimArgs, seed: u64) -> DriverSimConfig {
     let mut cfg = DriverSimConfig::new(seed);
@@ -51,7 +64,7 @@ fn describe(r: &DriverSimReport) -> String {
 
 pub fn run(args: &SimArgs) -> bool {
     if let Some(seed) = args.one_seed() {
-        return match run_driver_seed(configure(args, seed)) {
+        return match run_seed(args, seed) {
             Ok(r) => {
                 println!("driver seed {seed}: ok; {}", describe(&r));
                 println!("trace digest {:016x}", r.trace_digest);
@@ -78,7 +91,7 @@ pub fn run(args: &SimArgs) -> bool {
                 if seed >= end {
                     break;
                 }
-                match run_driver_seed(configure(args, seed)) {
+                match run_seed(args, seed) {
                     Ok(r) => add(&mut totals.lock().unwrap(), &r),
                     Err(f) => {
                         eprintln!("FAIL {f}");

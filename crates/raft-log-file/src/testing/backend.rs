@@ -23,7 +23,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use raft_core::driver::LogStore;
 use raft_core::testing::driver_sim::{
-    DriverSim, DriverSimConfig, DriverSimFailure, DriverSimReport, Event, KvWorkload, LogBackend,
+    run_driver_seed_with, DriverSimConfig, DriverSimFailure, DriverSimReport, Event, LogBackend,
     World,
 };
 use raft_core::{InitialState, MemStorage, Rng, Storage, StorageError, StorageMut};
@@ -732,6 +732,5 @@ pub fn run_driver_seed_on_files(cfg: DriverSimConfig) -> Result<DriverSimReport,
         tick: 0,
         reason: format!("cannot create a temporary directory: {e}"),
     })?;
-    let keys = cfg.keys;
-    DriverSim::new(cfg, KvWorkload::new(keys), backend).run()
+    run_driver_seed_with(cfg, backend)
 }

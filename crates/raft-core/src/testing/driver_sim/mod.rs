@@ -25,7 +25,7 @@ pub use backend::{LogBackend, MemBackend};
 pub use clients::AdminStats;
 pub use executor::{Clock, Executor, Sleep, TaskId};
 pub use machine::{command_digest, KvMachine, KvWorkload, Route, Workload};
-pub use run::{run_driver_seed, run_workload, DriverSim};
+pub use run::{run_driver_seed, run_driver_seed_with, run_workload, DriverSim};
 pub use world::{Disk, Event, NetFaults, SimLog, SimTransport, World};
 
 use crate::driver::DriverConfig;

@@ -792,9 +792,17 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
 /// Runs one seed of the test workload with its fault profile (snapshots take
 /// `cfg.snapshot_ticks` of virtual time, one command in four `cfg.apply_ticks`).
 pub fn run_driver_seed(cfg: DriverSimConfig) -> Result<DriverSimReport, DriverSimFailure> {
+    run_driver_seed_with(cfg, MemBackend::default())
+}
+
+/// [`run_driver_seed`] with the logs kept by `backend`.
+pub fn run_driver_seed_with<B: LogBackend>(
+    cfg: DriverSimConfig,
+    backend: B,
+) -> Result<DriverSimReport, DriverSimFailure> {
     let (keys, slow) = (cfg.keys, cfg.snapshot_ticks * UNITS_PER_TICK);
     let apply = cfg.apply_ticks * UNITS_PER_TICK;
-    let mut sim = DriverSim::new(cfg, super::KvWorkload::new(keys), MemBackend::default());
+    let mut sim = DriverSim::new(cfg, super::KvWorkload::new(keys), backend);
     let clock = sim.clock();
     sim.with_workload(|w| {
         w.slow_snapshots(clock.clone(), slow);
