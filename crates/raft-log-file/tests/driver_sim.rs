@@ -2,7 +2,10 @@
 //! with every server's log in a `LogFile`, written through its real async path
 //! (`impl LogStore for LogFile`, manual sync worker) and recovered after each machine crash
 //! from a crash image: synced data survives, unsynced writes survive or not, torn at sector
-//! granularity (see `raft_log_file::testing::LogFileBackend`).
+//! granularity (see `raft_log_file::testing::LogFileBackend`). The driver reads the
+//! `LogFile` unchanged; the checker sees each node's log as written, durable or not, from the
+//! backend's copy (`LogBackend::written`), which the store must read as whenever no write is
+//! queued.
 //!
 //! `cargo xtask sim --driver --store file` runs many more seeds.
 

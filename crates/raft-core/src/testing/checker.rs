@@ -456,8 +456,17 @@ impl Checker {
             }
             return Ok(());
         }
-        let defined = (node.term_at)(at).and_then(|t| self.payload(at, t));
-        if defined != Some(&EntryPayload::Membership(membership.clone())) {
+        let Some(term) = (node.term_at)(at) else {
+            return Err(format!(
+                "{id} uses {membership:?} from index {at}, which its log does not hold"
+            ));
+        };
+        // A leader's own configuration entry is in force as soon as it appends it, before a
+        // Ready hands it out; it is checked from the first step after that.
+        let Some(defined) = self.payload(at, term) else {
+            return Ok(());
+        };
+        if *defined != EntryPayload::Membership(membership.clone()) {
             return Err(format!(
                 "{id} uses {membership:?} from index {at}, where its log holds {defined:?}"
             ));

@@ -961,7 +961,9 @@ impl Harness {
                 initial: &node.initial,
                 term_at: &term_at,
             };
-            check_node(&mut self.checker, &view).unwrap_or_else(|v| panic!("{v}"));
+            self.checker
+                .check_node(&view)
+                .unwrap_or_else(|v| panic!("{v}"));
         }
         // No committed entry may be lost to crashes: every quorum holds it durably.
         let nodes = &self.nodes;
@@ -1585,39 +1587,6 @@ impl Harness {
             }
         }
     }
-}
-
-/// [`Checker::check_node`] for a node whose Ready may not be taken yet.
-///
-/// The harness checks after every input, before the test takes the node's Ready, while the
-/// simulator takes every Ready before it checks. A configuration entry that a leader appends
-/// itself (a change it starts, leaving a joint configuration, a promotion) is in force at
-/// once, but the checker learns its payload only when the Ready hands it out. Until then this
-/// runs every check of `check_node` but the configuration's; the first check after the Ready
-/// runs that one too.
-fn check_node(checker: &mut Checker, node: &NodeView<'_>) -> Result<(), String> {
-    let at = node.membership_index;
-    let unregistered = at > LogIndex(0)
-        && at >= node.first_index
-        && (node.term_at)(at).is_some_and(|t| checker.payload(at, t).is_none());
-    if !unregistered {
-        return checker.check_node(node);
-    }
-    let id = node.id;
-    if node.role == Role::Leader {
-        checker.leader_seen(id, node.term)?;
-    }
-    checker.commit_seen(id, node.term, node.commit, node.term_at)?;
-    if node.role == Role::Leader {
-        checker.leader_complete(id, node.term, node.first_index, node.term_at)?;
-    }
-    if matches!(node.role, Role::PreCandidate | Role::Candidate) && !node.membership.is_voter(id) {
-        return Err(format!(
-            "{id} campaigns but is not a voter of its configuration {:?}",
-            node.membership
-        ));
-    }
-    Ok(())
 }
 
 fn state_of(h: &Harness, id: u64) -> Option<(Role, Term)> {

@@ -9,10 +9,16 @@
 //! `compact` and `install_snapshot` run in the call, after every queued job, as the store
 //! does them.
 //!
-//! A shadow [`MemStorage`] per server holds what completed writes made durable. After a crash
-//! the store must reopen and hold every entry of the shadow (or have it compacted), with a
-//! hard state no older than the shadow's; the writes in flight at the crash may or may not
-//! have landed.
+//! The driver reads its log through the [`LogFile`] itself, which shows only what its
+//! completed writes made durable. The simulator's checker takes a node's log to be everything
+//! handed to the store, durable or not: the backend keeps a copy of that, a shadow
+//! [`MemStorage`] per server, and answers [`LogBackend::written`] from it. Whenever no write
+//! is queued, the store must read exactly as that copy (a mismatch panics, which fails the
+//! run; it never changes what the driver reads).
+//!
+//! A second shadow per server holds what completed writes made durable. After a crash the
+//! store must reopen and hold every entry of it (or have it compacted), with a hard state no
+//! older than its; the writes in flight at the crash may or may not have landed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -24,7 +30,7 @@ use parking_lot::Mutex;
 use raft_core::driver::LogStore;
 use raft_core::testing::driver_sim::{
     run_driver_seed_with, DriverSimConfig, DriverSimFailure, DriverSimReport, Event, LogBackend,
-    World,
+    World, WrittenView,
 };
 use raft_core::{InitialState, MemStorage, Rng, Storage, StorageError, StorageMut};
 use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
@@ -42,23 +48,6 @@ pub enum PlantedBug {
     /// A crash also loses the newest synced batch write to a segment, as a disk that lies
     /// about `fdatasync` would.
     LoseSyncedWrite,
-}
-
-/// What reads of a server's log show: the driver's reads, and the simulator checker's, which
-/// reads a node's log through the same handle and takes it for the node's whole log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ReadView {
-    /// Reads of indexes that a write in flight replaces or adds answer what was handed to the
-    /// store, as raft-core's `SimLog` does (and as the simulator's checker assumes). Every
-    /// other read goes to the [`LogFile`] and must agree with what was written: a
-    /// disagreement fails the read, which stops the node and fails the run.
-    #[default]
-    Written,
-    /// Every read goes to the [`LogFile`], which shows only what its completed writes made
-    /// durable. The store's own semantics, and enough for the driver; but the simulator's
-    /// checker then takes a node's stale durable entries, about to be replaced by a write in
-    /// flight, for its log, and reports State Machine Safety violations that are not.
-    Store,
 }
 
 /// What the crashes of a run did to the logs.
@@ -95,8 +84,6 @@ pub struct LogFileBackend {
     pub crash_mid_write: bool,
     /// A bug to plant (to test the test).
     pub planted: Option<PlantedBug>,
-    /// What reads of a server's log show.
-    pub view: ReadView,
     stats: Arc<Mutex<CrashStats>>,
     nodes: BTreeMap<NodeId, NodeDisk>,
 }
@@ -122,8 +109,15 @@ struct NodeDisk {
 
 /// What a server's [`SimLogFile`] handles share with the backend.
 struct NodeState {
-    /// Every write handed to the log (for the term before each appended entry).
+    /// Every write handed to the log, durable or not: the node's log as the checker sees it
+    /// ([`LogBackend::written`]), and the term before each appended entry. After a crash,
+    /// what recovery found.
     written: MemStorage,
+    /// The first index written since the store was last checked against `written`.
+    unchecked_from: Option<LogIndex>,
+    /// A write or an operation of the store failed: the store stopped following `written`
+    /// (and refuses later writes), so it is no longer checked against it.
+    store_failed: bool,
     /// What completed writes made durable.
     durable: MemStorage,
     /// Persists queued in the store and not run yet, in order.
@@ -138,12 +132,81 @@ struct NodeState {
 }
 
 impl NodeState {
-    /// A completed persist: what it wrote is durable.
-    fn completed(&mut self, p: &Pending) {
-        if let Err(e) = apply_persist(&mut self.durable, &p.entries, p.hard_state) {
-            self.broken.get_or_insert(e.to_string());
+    /// Runs the oldest job queued in `log`, the write `p` (the oldest pending one).
+    fn run_job(&mut self, log: &LogFile, p: &Pending) {
+        match log.run_queued_job() {
+            Some(Ok(())) => {
+                if let Err(e) = apply_persist(&mut self.durable, &p.entries, p.hard_state) {
+                    self.broken.get_or_insert(e.to_string());
+                }
+            }
+            Some(Err(_)) => self.store_failed = true,
+            None => {}
         }
     }
+
+    /// Checks that `log` reads exactly as what was written to it, when no write is queued
+    /// (then it holds every write): the same first and last index, compaction point, hard
+    /// state and membership, and the same entries where written since the last check.
+    /// Panics if not, which fails the run: the checker's view ([`LogBackend::written`]) would
+    /// not be the node's log, or the store reads what was not written. Changes nothing.
+    fn check_store(&mut self, id: NodeId, log: &LogFile) {
+        if !self.pending.is_empty() || log.queued_jobs() > 0 {
+            return;
+        }
+        if self.broken.is_some() || self.store_failed {
+            return;
+        }
+        let from = self.unchecked_from.take();
+        if let Err(e) = reads_as(log, &self.written, from) {
+            panic!("{id}'s log does not read as what was written to it: {e}");
+        }
+    }
+}
+
+/// Whether `log` reads as `written`: see [`NodeState::check_store`]. Entries are compared
+/// from `from` on (none if `None`).
+fn reads_as(log: &LogFile, written: &MemStorage, from: Option<LogIndex>) -> Result<(), String> {
+    let (first, last) = (log.first_index(), log.last_index());
+    let want = (
+        written.first_index().map_err(|e| e.to_string())?,
+        written.last_index().map_err(|e| e.to_string())?,
+    );
+    if (first, last) != want {
+        return Err(format!(
+            "it holds {first}..={last}, what was written {}..={}",
+            want.0, want.1
+        ));
+    }
+    let (got, want) = (log.term(first.prev()), written.term(first.prev()));
+    if got != want {
+        return Err(format!(
+            "the term of its compaction point {} is {got:?}, what was written says {want:?}",
+            first.prev()
+        ));
+    }
+    let (got, want) = (log.initial_state(), written.initial_state());
+    if Ok(&got) != want.as_ref() {
+        return Err(format!(
+            "its hard state and membership are {got:?}, what was written says {want:?}"
+        ));
+    }
+    let Some(from) = from
+        .map(|from| from.max(first))
+        .filter(|&from| from <= last)
+    else {
+        return Ok(());
+    };
+    let (got, want) = (
+        log.entries(from, last.next(), usize::MAX),
+        written.entries(from, last.next(), usize::MAX),
+    );
+    if got != want {
+        return Err(format!(
+            "its entries {from}..={last} are {got:?}, what was written says {want:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// A queued persist.
@@ -177,7 +240,6 @@ impl LogFileBackend {
             sync: false,
             crash_mid_write: true,
             planted: None,
-            view: ReadView::Written,
             stats: Arc::default(),
             nodes: BTreeMap::new(),
         }
@@ -218,6 +280,8 @@ impl NodeDisk {
             log: None,
             state: Arc::new(Mutex::new(NodeState {
                 written: empty.deep_clone(),
+                unchecked_from: None,
+                store_failed: false,
                 durable: empty,
                 pending: VecDeque::new(),
                 last_sync: (0, 0),
@@ -264,6 +328,8 @@ impl LogBackend for LogFileBackend {
         {
             let mut state = node.state.lock();
             state.written = mirror.deep_clone();
+            state.unchecked_from = None;
+            state.store_failed = false;
             state.durable = mirror;
             state.pending.clear();
             state.last_sync = (0, 0);
@@ -280,7 +346,6 @@ impl LogBackend for LogFileBackend {
         Ok(SimLogFile {
             id,
             log,
-            view: self.view,
             state: Arc::clone(&node.state),
             world: Arc::clone(world),
         })
@@ -338,14 +403,27 @@ impl LogBackend for LogFileBackend {
         }
         while state.pending.front().is_some_and(|p| p.done_at <= now) {
             let p = state.pending.pop_front().expect("checked");
-            if let Some(Ok(())) = log.run_queued_job() {
-                state.completed(&p);
-            }
+            state.run_job(log, &p);
         }
+        state.check_store(id, log);
     }
 
     fn durable_term(&self, id: NodeId, index: LogIndex) -> Option<Term> {
         self.nodes.get(&id)?.state.lock().durable.term(index).ok()
+    }
+
+    /// From the copy of what was written to `id`'s log (which `log` shares with the backend):
+    /// every write handed to the store, durable or not, applied in order, with the
+    /// compactions and snapshot installations the store did; after a crash, what recovery
+    /// found.
+    fn written(&self, _: NodeId, log: &SimLogFile, index: LogIndex) -> WrittenView {
+        let state = log.state.lock();
+        let written = &state.written;
+        WrittenView {
+            first: written.first_index().unwrap_or(LogIndex(1)),
+            last: written.last_index().unwrap_or(LogIndex(0)),
+            term: written.term(index).ok(),
+        }
     }
 
     fn take_appended(&mut self, id: NodeId) -> Vec<(Entry, Term)> {
@@ -499,7 +577,6 @@ fn apply_persist(
 pub struct SimLogFile {
     id: NodeId,
     log: LogFile,
-    view: ReadView,
     state: Arc<Mutex<NodeState>>,
     world: SharedWorld,
 }
@@ -530,9 +607,7 @@ impl SimLogFile {
     /// Runs every queued write (they complete, in order), as the store's barrier would.
     fn run_queued(&self, state: &mut NodeState) {
         while let Some(p) = state.pending.pop_front() {
-            if let Some(Ok(())) = self.log.run_queued_job() {
-                state.completed(&p);
-            }
+            state.run_job(&self.log, &p);
         }
         self.log.run_queued_jobs();
     }
@@ -555,11 +630,16 @@ impl SimLogFile {
             )))
             .boxed();
         };
-        if result.is_ok() {
-            if let Err(e) = shadow(&mut state.durable).and_then(|()| shadow(&mut state.written)) {
-                state.broken.get_or_insert(e.to_string());
-                return broken(&e.to_string());
+        match &result {
+            Ok(()) => {
+                let shadows = shadow(&mut state.durable).and_then(|()| shadow(&mut state.written));
+                if let Err(e) = shadows {
+                    state.broken.get_or_insert(e.to_string());
+                    return broken(&e.to_string());
+                }
+                state.check_store(self.id, &self.log);
             }
+            Err(_) => state.store_failed = true,
         }
         futures::future::ready(result).boxed()
     }
@@ -571,35 +651,7 @@ fn broken(why: &str) -> BoxFuture<'static, Result<(), StorageError>> {
     futures::future::ready(Err(StorageError::Other(e))).boxed()
 }
 
-impl SimLogFile {
-    /// The first index a write in flight replaces or adds, with [`ReadView::Written`]: reads
-    /// from there on answer what was handed to the store.
-    fn in_flight_from(&self, state: &NodeState) -> Option<LogIndex> {
-        if self.view == ReadView::Store {
-            return None;
-        }
-        let firsts = state.pending.iter().filter_map(|p| p.entries.first());
-        firsts.map(|e| e.index).min()
-    }
-
-    /// The store's answer, which must agree with what was written (checked with
-    /// [`ReadView::Written`], where the store holds everything written before `in_flight_from`).
-    fn agreed<T: PartialEq + std::fmt::Debug>(
-        &self,
-        what: impl std::fmt::Display,
-        store: Result<T, StorageError>,
-        written: Result<T, StorageError>,
-    ) -> Result<T, StorageError> {
-        if self.view == ReadView::Written && store != written {
-            return Err(StorageError::Other(format!(
-                "{}'s log reads {what} as {store:?}, but what was written says {written:?}",
-                self.id
-            )));
-        }
-        store
-    }
-}
-
+/// Every read goes to the [`LogFile`], unchanged.
 impl Storage for SimLogFile {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         Storage::initial_state(&self.log)
@@ -611,57 +663,19 @@ impl Storage for SimLogFile {
         high: LogIndex,
         bytes_max: usize,
     ) -> Result<Vec<Entry>, StorageError> {
-        let state = self.state.lock();
-        let Some(from) = self.in_flight_from(&state).filter(|&from| high > from) else {
-            return Storage::entries(&self.log, low, high, bytes_max);
-        };
-        if low >= from {
-            return state.written.entries(low, high, bytes_max);
-        }
-        let mut out = Storage::entries(&self.log, low, from, bytes_max)?;
-        if out.len() as u64 == from.0 - low.0 {
-            let mut total: usize = out.iter().map(Entry::size_bytes).sum();
-            for e in state.written.entries(from, high, usize::MAX)? {
-                total += e.size_bytes();
-                if total > bytes_max {
-                    break;
-                }
-                out.push(e);
-            }
-        }
-        Ok(out)
+        Storage::entries(&self.log, low, high, bytes_max)
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
-        let state = self.state.lock();
-        match self.in_flight_from(&state) {
-            Some(from) if index >= from => state.written.term(index),
-            // The store answers term 0 at index 0 even once compacted past it.
-            _ if index == LogIndex(0) => Storage::term(&self.log, index),
-            _ => self.agreed(
-                format_args!("the term at {index}"),
-                Storage::term(&self.log, index),
-                state.written.term(index),
-            ),
-        }
+        Storage::term(&self.log, index)
     }
 
     fn first_index(&self) -> Result<LogIndex, StorageError> {
-        let state = self.state.lock();
-        let store = Storage::first_index(&self.log);
-        self.agreed("its first index", store, state.written.first_index())
+        Storage::first_index(&self.log)
     }
 
     fn last_index(&self) -> Result<LogIndex, StorageError> {
-        let state = self.state.lock();
-        match self.in_flight_from(&state) {
-            Some(_) => state.written.last_index(),
-            None => self.agreed(
-                "its last index",
-                Storage::last_index(&self.log),
-                state.written.last_index(),
-            ),
-        }
+        Storage::last_index(&self.log)
     }
 }
 
@@ -689,6 +703,12 @@ impl LogStore for SimLogFile {
         if let Err(e) = apply_persist(&mut state.written, &entries, hard_state) {
             state.broken.get_or_insert(e.to_string());
             return broken(&e.to_string());
+        }
+        if let Some(first) = entries.first() {
+            let from = state
+                .unchecked_from
+                .map_or(first.index, |f| f.min(first.index));
+            state.unchecked_from = Some(from);
         }
         let done_at = self.group_commit(&mut state);
         state.pending.push_back(Pending {

@@ -9,9 +9,7 @@
 mod backend;
 mod image;
 
-pub use backend::{
-    run_driver_seed_on_files, CrashStats, LogFileBackend, PlantedBug, ReadView, SimLogFile,
-};
+pub use backend::{run_driver_seed_on_files, CrashStats, LogFileBackend, PlantedBug, SimLogFile};
 pub use image::{
     build_image, crash_image, crash_image_counted, durable, read_image, write_image, CrashVariant,
     Files, ImageCounts, SECTOR_BYTES,

@@ -41,9 +41,34 @@ pub trait LogBackend: 'static {
     /// The term of the durable entry at `index` (what survives a crash), if any.
     fn durable_term(&self, id: NodeId, index: LogIndex) -> Option<Term>;
 
+    /// The checker's view of server `id`'s log: every write handed to the store, durable or
+    /// not (what the node takes for its log), as its first index, last index and the term at
+    /// `index`. By default, what reads through `log` show (right for a store whose reads show
+    /// writes at once, like [`SimLog`]); a store whose reads show only durable entries keeps
+    /// a copy of what was written and answers from it.
+    fn written(&self, id: NodeId, log: &Self::Log, index: LogIndex) -> WrittenView {
+        let _ = id;
+        WrittenView {
+            first: log.first_index().unwrap_or(LogIndex(1)),
+            last: log.last_index().unwrap_or(LogIndex(0)),
+            term: log.term(index).ok(),
+        }
+    }
+
     /// Every entry handed to `id`'s log since the last call, with the term of the entry
     /// before it (for the checker's Log Matching).
     fn take_appended(&mut self, id: NodeId) -> Vec<(Entry, Term)>;
+}
+
+/// What [`LogBackend::written`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrittenView {
+    /// The first index the log holds.
+    pub first: LogIndex,
+    /// The last index written.
+    pub last: LogIndex,
+    /// The term at the index asked about, if the log holds it (or it is the compaction point).
+    pub term: Option<Term>,
 }
 
 /// In-memory logs: [`SimLog`]s over [`Disk`]s with group commit.

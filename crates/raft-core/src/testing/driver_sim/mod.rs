@@ -21,7 +21,7 @@ mod machine;
 mod run;
 mod world;
 
-pub use backend::{LogBackend, MemBackend};
+pub use backend::{LogBackend, MemBackend, WrittenView};
 pub use clients::AdminStats;
 pub use executor::{Clock, Executor, Sleep, TaskId};
 pub use machine::{command_digest, KvMachine, KvWorkload, Route, Workload};

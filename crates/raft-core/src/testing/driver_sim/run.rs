@@ -11,7 +11,7 @@ use futures::channel::mpsc;
 use parking_lot::Mutex;
 use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
-use super::backend::{LogBackend, MemBackend};
+use super::backend::{LogBackend, MemBackend, WrittenView};
 use super::clients::{
     no_effect, with_timeout, Admin, AdminStats, Client, Registry, Response, SharedHistory,
 };
@@ -26,7 +26,7 @@ use crate::driver::{Node, SnapshotSink, SnapshotSource, SnapshotStore, StateMach
 use crate::testing::checker::{Checker, NodeView};
 use crate::testing::linearizability::{self, Operation};
 use crate::testing::MemSnapshotStore;
-use crate::{Rng, Storage};
+use crate::Rng;
 
 /// What a state machine did, seen by the simulator, in order.
 enum Observation {
@@ -286,6 +286,15 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     }
 
     fn handle(&mut self, event: Event) -> Step {
+        let (kind, node) = match &event {
+            Event::Deliver(m) => (1, m.to),
+            Event::Tick(id) => (2, *id),
+            Event::DiskDone(id, _) => (3, *id),
+            Event::Restart(id) => (4, *id),
+            Event::Heal => (5, NodeId(0)),
+            Event::Faults => (6, NodeId(0)),
+        };
+        self.fold(self.clock.now() << 16 ^ kind << 8 ^ node.0);
         match event {
             Event::Deliver(m) => self.deliver(m),
             Event::Tick(id) => {
@@ -318,7 +327,12 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
     }
 
     fn deliver(&mut self, m: Message) {
-        self.fold(m.from.0 << 16 ^ m.to.0 << 8 ^ m.term.0);
+        // Every byte of every message delivered goes into the trace digest.
+        let bytes = raft_proto::encode(&m);
+        let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.fold(digest);
         if self.cfg.verbose {
             let line = format!("{} -> {} {} {:?}", m.from, m.to, m.term, m.body);
             self.trace(|| line);
@@ -428,9 +442,9 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
             let Some(log) = server.log.as_ref() else {
                 continue;
             };
-            let last = log.last_index().unwrap_or(LogIndex(0));
-            let first = log.first_index().unwrap_or(LogIndex(1));
-            let term_at = |i: LogIndex| log.term(i).ok();
+            let backend = &self.backend;
+            let WrittenView { first, last, .. } = backend.written(id, log, LogIndex(0));
+            let term_at = |i: LogIndex| backend.written(id, log, i).term;
             let view = NodeView {
                 id,
                 role: status.role,
