@@ -28,8 +28,8 @@ use crate::machine::{cpu_model, utc_now};
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use raft_core::{Config, MemStorage, RawNode, Ready, Role, StorageMut};
-use raft_proto::{LogIndex, Membership, Message, NodeId, Term};
+use raftline_core::{Config, MemStorage, RawNode, Ready, Role, StorageMut};
+use raftline_proto::{LogIndex, Membership, Message, NodeId, Term};
 
 /// Options of `cargo xtask bench core`.
 #[derive(Args)]

@@ -50,7 +50,7 @@
 //! Both clusters run on loopback with the same flags (heartbeat 100 ms, election timeout
 //! 1000 ms), their data directories are temporary directories under one parent (so on the same
 //! file system), and they run one after the other, never at the same time. Both sync their
-//! logs: raft-kv fdatasyncs every write batch of raft-log-file (group commit; there is no
+//! logs: raft-kv fdatasyncs every write batch of raftline-log (group commit; there is no
 //! switch to turn it off), etcd fdatasyncs its WAL for every raft batch (its default).
 //!
 //! `--puts-scale 0.01` shrinks every row's operations (clients and watchers stay) for a CI
@@ -72,8 +72,8 @@ use crate::machine::{cpu_model, file_system_of, mem_total, utc_now};
 use clap::{Args, ValueEnum};
 use futures::future::join_all;
 use hdrhistogram::Histogram;
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::PutRequest;
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::PutRequest;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::{
@@ -813,7 +813,7 @@ fn print_header(
     println!("directory:    {} (both clusters' data)", base.display());
     println!("file system:  {}", file_system_of(base));
     println!(
-        "fsync:        on for both: raft-kv fdatasyncs every raft-log-file write batch (group \
+        "fsync:        on for both: raft-kv fdatasyncs every raftline-log write batch (group \
          commit), etcd its WAL for every raft batch (default)"
     );
     let sync = fdatasync_probe(base)?;

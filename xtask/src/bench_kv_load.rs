@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::PutRequest;
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::PutRequest;
 use tonic::transport::Channel;
 
 use crate::bench_kv::new_hist;

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use futures::future::join_all;
-use raft_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::request_op::Request;
-use raft_kv::proto::etcdserverpb::response_op::Response;
-use raft_kv::proto::etcdserverpb::{
+use raftline_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::request_op::Request;
+use raftline_kv::proto::etcdserverpb::response_op::Response;
+use raftline_kv::proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
 use tonic::transport::Channel;

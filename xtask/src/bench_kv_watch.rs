@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::watch_client::WatchClient;
-use raft_kv::proto::etcdserverpb::watch_request::RequestUnion;
-use raft_kv::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
-use raft_kv::proto::mvccpb::event::EventType;
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::watch_client::WatchClient;
+use raftline_kv::proto::etcdserverpb::watch_request::RequestUnion;
+use raftline_kv::proto::etcdserverpb::{
+    PutRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use raftline_kv::proto::mvccpb::event::EventType;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::Streaming;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench log`: raft-log-file's durable appends, random reads and open time,
+//! `cargo xtask bench log`: raftline-log's durable appends, random reads and open time,
 //! measured beside the physical limit of the same disk and, with the cargo feature
 //! `anchor-raft-engine`, beside TiKV's raft-engine.
 //!
@@ -43,8 +43,8 @@ use crate::machine::{cpu_model, file_system_of, mem_total, utc_now};
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use raft_log_file::{LogFile, Options};
-use raft_proto::{Entry, LogIndex, Term};
+use raftline_log::{LogFile, Options};
+use raftline_proto::{Entry, LogIndex, Term};
 
 /// Options of `cargo xtask bench log`.
 #[derive(Args)]
@@ -103,7 +103,7 @@ enum Part {
 const BATCH_SIZES: [usize; 3] = [1, 16, 256];
 /// Payload bytes per entry in the append rows.
 const PAYLOADS: [usize; 3] = [64, 256, 4096];
-/// raft-log-file's batch record header and per-entry header (see the crate's format docs).
+/// raftline-log's batch record header and per-entry header (see the crate's format docs).
 const BATCH_HEADER_BYTES: usize = 32;
 const ENTRY_HEADER_BYTES: usize = 16;
 /// Entries per append when a log is filled with sync off for the read and open rows.
@@ -265,7 +265,7 @@ trait Appender {
     fn reset(&mut self) {}
 }
 
-/// raft-log-file, sync on: one [`LogFile::append`] per batch.
+/// raftline-log, sync on: one [`LogFile::append`] per batch.
 struct Ours {
     log: LogFile,
     entries: Vec<Entry>,
@@ -294,7 +294,7 @@ impl Appender for Ours {
         }
         self.log
             .append(&self.entries)
-            .map_err(|e| format!("raft-log-file append: {e}"))?;
+            .map_err(|e| format!("raftline-log append: {e}"))?;
         self.next += self.entries.len() as u64;
         Ok(())
     }
@@ -475,13 +475,13 @@ impl AppendRow {
     }
 }
 
-const OURS: &str = "raft-log-file";
+const OURS: &str = "raftline-log";
 const PLAIN: &str = "plain";
 const OVERWRITE: &str = "plain-overwrite";
 #[cfg(feature = "anchor-raft-engine")]
 const ANCHOR: &str = "raft-engine";
 
-/// The bytes raft-log-file writes for one batch of `batch` entries of `payload` bytes.
+/// The bytes raftline-log writes for one batch of `batch` entries of `payload` bytes.
 fn record_bytes(batch: usize, payload: usize) -> usize {
     BATCH_HEADER_BYTES + batch * (ENTRY_HEADER_BYTES + payload.div_ceil(8) * 8)
 }
@@ -795,7 +795,7 @@ fn print_read_row(args: &Settings, r: &ReadResult) {
 // Open time
 // ---------------------------------------------------------------------------------------
 
-/// Fills a fresh raft-log-file log in `dir` with `n` entries of 64 B, sync off.
+/// Fills a fresh raftline-log log in `dir` with `n` entries of 64 B, sync off.
 fn fill_ours(dir: &Path, n: u64) -> Result<LogFile, String> {
     let options = Options {
         sync: false,

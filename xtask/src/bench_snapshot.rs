@@ -6,7 +6,7 @@
 //! # The raft transfer
 //!
 //! Three members of the membership {1, 2, 3} run in this process on one Tokio runtime, each
-//! with the production pieces: raft-core's async driver, a [`LogFile`], a
+//! with the production pieces: raftline-core's async driver, a [`LogFile`], a
 //! [`FileSnapshotStore`] (both with sync on) and a [`TcpTransport`] on 127.0.0.1. The state
 //! machine is an opaque blob ([`Blob`]): its snapshot is `--bytes` of deterministic
 //! pseudo-random (incompressible) data, streamed in 1 MiB buffers, framed by a small header
@@ -20,7 +20,7 @@
 //!    (`snapshot_trailing_entries: 0`);
 //! 3. node 2 starts with an empty log and store. Node 1 can only bring it up with the
 //!    snapshot, and sends it in chunks of `snapshot_chunk_bytes_max` with
-//!    `snapshot_chunks_inflight_max` in flight (raft-core's defaults: 1 MiB, 16).
+//!    `snapshot_chunks_inflight_max` in flight (raftline-core's defaults: 1 MiB, 16).
 //!
 //! Nodes 2 and 3 get an election timeout of days, so that node 1, which alone holds the
 //! snapshot, stays the leader throughout.
@@ -83,15 +83,15 @@ use clap::Args;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::stream::{BoxStream, Fuse};
 use futures::StreamExt;
-use raft_core::driver::{
+use raftline_core::driver::{
     DriverConfig, Node, NodeError, NodeHandle, NodeStatus, SnapshotSink, SnapshotSource,
     SnapshotStore, SnapshotWriter, StateMachine,
 };
-use raft_core::{Config, SnapshotError};
-use raft_log_file::LogFile;
-use raft_proto::{LogIndex, Membership, NodeId, SnapshotMeta};
-use raft_snapshot::FileSnapshotStore;
-use raft_transport_tcp::{TcpTransport, TransportConfig};
+use raftline_core::{Config, SnapshotError};
+use raftline_log::LogFile;
+use raftline_proto::{LogIndex, Membership, NodeId, SnapshotMeta};
+use raftline_snapshot::FileSnapshotStore;
+use raftline_tcp::{TcpTransport, TransportConfig};
 
 use crate::cluster::{proc_cpu_secs, target_dir};
 use crate::machine::{cpu_model, file_system_of, mem_total, utc_now};
@@ -128,11 +128,11 @@ pub struct SnapshotArgs {
     /// One raft tick (the heartbeat interval), in milliseconds; raft-kv's default is 100.
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
-    /// raft-core's `snapshot_chunk_bytes_max` in KiB, also the plain copy's piece size
-    /// [default: raft-core's, 1024].
+    /// raftline-core's `snapshot_chunk_bytes_max` in KiB, also the plain copy's piece size
+    /// [default: raftline-core's, 1024].
     #[arg(long)]
     chunk_kib: Option<usize>,
-    /// raft-core's `snapshot_chunks_inflight_max` [default: raft-core's, 16].
+    /// raftline-core's `snapshot_chunks_inflight_max` [default: raftline-core's, 16].
     #[arg(long)]
     chunks_inflight: Option<usize>,
 }
@@ -667,15 +667,15 @@ impl Member {
         let dir = dir.join(format!("node-{id}"));
         let log = LogFile::open(
             dir.join("log"),
-            raft_log_file::Options {
+            raftline_log::Options {
                 membership: Membership::with_voters([LEADER, RECEIVER, BYSTANDER].map(NodeId)),
                 segment_bytes_max: LOG_SEGMENT_BYTES,
-                ..raft_log_file::Options::default()
+                ..raftline_log::Options::default()
             },
         )
         .map_err(|e| format!("node {id}: open the log: {e}"))?;
         let snapshots =
-            FileSnapshotStore::open(dir.join("snap"), raft_snapshot::Options::default())
+            FileSnapshotStore::open(dir.join("snap"), raftline_snapshot::Options::default())
                 .map_err(|e| format!("node {id}: open the snapshot store: {e}"))?;
         let listen = "127.0.0.1:0".parse().expect("a socket address");
         let (transport, inbound) =
@@ -1211,7 +1211,7 @@ struct CpuSample {
 
 /// CPU seconds used over an interval: the whole process, and the threads alive at its end
 /// by name (the rest, `process` minus their sum, is threads that ended meanwhile, such as
-/// raft-snapshot's short-lived fsync-and-verify threads).
+/// raftline-snapshot's short-lived fsync-and-verify threads).
 struct CpuUse {
     process: f64,
     threads: Vec<(String, f64)>,
@@ -1318,7 +1318,7 @@ fn print_header(s: &Settings, dir: &Path) {
         s.tick.as_millis()
     );
     println!(
-        "storage:      raft-log-file and raft-snapshot's FileSnapshotStore, sync on \
+        "storage:      raftline-log and raftline-snapshot's FileSnapshotStore, sync on \
          (Options::default())"
     );
     println!(

@@ -55,9 +55,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use raft_kv::proto::etcdserverpb::cluster_client::ClusterClient;
-use raft_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use raft_kv::proto::etcdserverpb::{
+use raftline_kv::proto::etcdserverpb::cluster_client::ClusterClient;
+use raftline_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use raftline_kv::proto::etcdserverpb::{
     Member as ApiMember, MemberAddRequest, MemberListRequest, MemberRemoveRequest, StatusRequest,
     StatusResponse,
 };
@@ -365,7 +365,7 @@ fn new_token(dir: &Path) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let unique = raft_kv::config::stable_id(&[
+    let unique = raftline_kv::config::stable_id(&[
         &dir.display().to_string(),
         &now.to_string(),
         &std::process::id().to_string(),
@@ -729,7 +729,7 @@ async fn remove_member(
     let addr = cluster.members[pos].addr.clone();
     let id = match status(&addr).await {
         Ok(s) => s.header.map_or(0, |h| h.member_id),
-        Err(_) => raft_kv::config::member_id(&addr.peer_url(), &roster.token).0,
+        Err(_) => raftline_kv::config::member_id(&addr.peer_url(), &roster.token).0,
     };
     println!("removing {} ({id:016x})", addr.name);
     // Through another member first: the removed one stops answering once it knows.
@@ -916,8 +916,8 @@ impl Identity {
 
     /// The member id and cluster id the member at `addr` has.
     fn expected(&self, addr: &MemberAddr) -> (u64, u64) {
-        let member = raft_kv::config::member_id(&addr.peer_url(), &self.token).0;
-        (member, raft_kv::config::cluster_id(&self.token))
+        let member = raftline_kv::config::member_id(&addr.peer_url(), &self.token).0;
+        (member, raftline_kv::config::cluster_id(&self.token))
     }
 
     /// Checks every answer (in member order) against the member it should come from.
@@ -981,15 +981,22 @@ pub fn build_raft_kv() -> Result<PathBuf, String> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."));
-    eprintln!("building raft-kv (cargo build --release -p raft-kv)");
+    eprintln!("building raft-kv (cargo build --release -p raftline-kv)");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "raft-kv", "--bin", "raft-kv"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "raftline-kv",
+            "--bin",
+            "raft-kv",
+        ])
         .current_dir(workspace)
         .status()
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !status.success() {
         return Err(format!(
-            "cargo build --release -p raft-kv failed ({status})"
+            "cargo build --release -p raftline-kv failed ({status})"
         ));
     }
     let binary = target_dir().join("release").join("raft-kv");
@@ -1412,7 +1419,7 @@ mod tests {
     /// A `Maintenance.Status` answer from member `member` of cluster `cluster`.
     fn answer(member: u64, cluster: u64) -> Result<StatusResponse, String> {
         Ok(StatusResponse {
-            header: Some(raft_kv::proto::etcdserverpb::ResponseHeader {
+            header: Some(raftline_kv::proto::etcdserverpb::ResponseHeader {
                 cluster_id: cluster,
                 member_id: member,
                 ..Default::default()
@@ -1426,8 +1433,8 @@ mod tests {
         let identity = Identity::raft_kv(TOKEN);
         let addrs = layout(3, 12379).unwrap();
         let addrs: Vec<&MemberAddr> = addrs.iter().collect();
-        let cluster = raft_kv::config::cluster_id(TOKEN);
-        let id = |a: &MemberAddr| raft_kv::config::member_id(&a.peer_url(), TOKEN).0;
+        let cluster = raftline_kv::config::cluster_id(TOKEN);
+        let id = |a: &MemberAddr| raftline_kv::config::member_id(&a.peer_url(), TOKEN).0;
         let ours: Vec<_> = addrs.iter().map(|a| answer(id(a), cluster)).collect();
         assert_eq!(identity.check(&addrs, &ours), Ok(()));
         // A member not answering yet is not a foreign one.

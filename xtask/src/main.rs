@@ -40,9 +40,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// 3 raft-core nodes in one process, in-memory storage, messages by function call.
+    /// 3 raftline-core nodes in one process, in-memory storage, messages by function call.
     Core(bench_core::CoreArgs),
-    /// raft-log-file appends, reads and open time, beside a plain write + fdatasync loop.
+    /// raftline-log appends, reads and open time, beside a plain write + fdatasync loop.
     Log(bench_log::LogArgs),
     /// A 3-member raft-kv cluster over gRPC (put, txn, range, watch), beside etcd.
     Kv(bench_kv::KvArgs),

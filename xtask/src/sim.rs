@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Args;
-use raft_core::testing::sim::{run_seed, run_seed_with, SimConfig, SimFailure, SimReport};
-use raft_log_file::testing::LogFileFactory;
+use raftline_core::testing::sim::{run_seed, run_seed_with, SimConfig, SimFailure, SimReport};
+use raftline_log::testing::LogFileFactory;
 
 #[derive(Args)]
 pub struct SimArgs {
@@ -28,7 +28,7 @@ pub struct SimArgs {
     /// Ticks of the faulty phase of each run.
     #[arg(long)]
     fault_ticks: Option<u64>,
-    /// Where nodes keep their log: `mem` (in memory) or `file` (raft-log-file in a temporary
+    /// Where nodes keep their log: `mem` (in memory) or `file` (raftline-log in a temporary
     /// directory, reopened and recovered at every simulated crash; with --driver, through its
     /// async write path, and a crash loses unsynced writes and tears sectors).
     #[arg(long, value_enum, default_value_t = Store::Mem)]

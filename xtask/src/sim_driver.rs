@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use raft_core::testing::driver_sim::{
+use raftline_core::testing::driver_sim::{
     run_driver_seed, DriverSimConfig, DriverSimFailure, DriverSimReport,
 };
-use raft_log_file::testing::run_driver_seed_on_files;
+use raftline_log::testing::run_driver_seed_on_files;
 
 use crate::sim::SimArgs;
 

@@ -1,6 +1,6 @@
 //! Configuration of one Raft node.
 
-use raft_proto::{LogIndex, NodeId};
+use raftline_proto::{LogIndex, NodeId};
 
 use crate::error::{Error, Result};
 

@@ -1,6 +1,6 @@
 //! Errors of the core.
 
-use raft_proto::{LogIndex, NodeId};
+use raftline_proto::{LogIndex, NodeId};
 
 /// Why a storage read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,8 +8,8 @@
 //! [`Storage`] trait.
 //!
 //! ```
-//! use raft_core::{Config, MemStorage, RawNode, Role, StorageMut};
-//! use raft_proto::{Membership, NodeId};
+//! use raftline_core::{Config, MemStorage, RawNode, Role, StorageMut};
+//! use raftline_proto::{Membership, NodeId};
 //!
 //! // A one-node cluster elects itself once its vote is durable.
 //! let mut store = MemStorage::new(Membership::with_voters([NodeId(1)]));
@@ -31,8 +31,29 @@
 //!
 //! Safety properties of the paper are asserted where they can be checked locally, with
 //! messages naming the property (Election Safety, Leader Append-Only, Log Matching, Leader
-//! Completeness, State Machine Safety); the simulator in [`testing`] checks them globally
-//! after every step.
+//! Completeness, State Machine Safety); the simulator in the `testing` module (feature
+//! `testing`) checks them globally after every step.
+//!
+//! # The async driver
+//!
+//! [`driver::Node`] runs a [`RawNode`] on any executor against three traits the application
+//! provides: a [`driver::LogStore`], a [`driver::Transport`] and a [`driver::StateMachine`]
+//! (with a [`driver::SnapshotStore`]). The other raftline crates implement them:
+//!
+//! - `raftline-proto`: the message and log entry types this crate speaks, and their wire
+//!   encoding;
+//! - `raftline-log`: a durable, memory-mapped log ([`Storage`] and [`driver::LogStore`]);
+//! - `raftline-snapshot`: a crash-safe snapshot store on disk ([`driver::SnapshotStore`]);
+//! - `raftline-tcp`: a TCP transport ([`driver::Transport`]);
+//! - `raftline-kv`: the `raft-kv` server, an etcd-compatible key-value store built on all of
+//!   them.
+//!
+//! # Features
+//!
+//! - `testing`: the storage conformance suite (run it against your own [`Storage`]) and the
+//!   deterministic simulators of the core and of the driver.
+
+#![deny(missing_docs)]
 
 mod config;
 pub mod driver;
@@ -60,3 +81,8 @@ pub use raft::{ReadState, Role};
 pub use rng::Rng;
 pub use snapshot::{SnapshotChunk, SnapshotSend};
 pub use storage::{limit_bytes, InitialState, MemStorage, Storage, StorageMut};
+
+// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,7 +1,7 @@
 //! The node's view of its log: the durable part in [`Storage`] plus the unstable tail that
 //! has been appended in memory but not yet acknowledged durable by the application.
 
-use raft_proto::{Entry, LogIndex, Term};
+use raftline_proto::{Entry, LogIndex, Term};
 
 use crate::error::StorageError;
 use crate::storage::{limit_bytes, prefix_within, Storage};
@@ -333,7 +333,7 @@ impl<S: Storage> RaftLog<S> {
 
 #[cfg(test)]
 mod tests {
-    use raft_proto::{Entry, LogIndex, Membership, Term};
+    use raftline_proto::{Entry, LogIndex, Membership, Term};
 
     use super::RaftLog;
     use crate::storage::{MemStorage, StorageMut};

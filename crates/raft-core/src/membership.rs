@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use raft_proto::{LogIndex, Membership, NodeId};
+use raftline_proto::{LogIndex, Membership, NodeId};
 
 /// A change to the cluster's configuration, proposed on the leader with
 /// [`RawNode::propose_membership`](crate::RawNode::propose_membership).

@@ -1,7 +1,7 @@
 //! [`RawNode`]: the public face of the core, and the [`Ready`] contract.
 
 use bytes::Bytes;
-use raft_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use crate::config::Config;
 use crate::error::Result;

@@ -7,7 +7,7 @@
 //! committed entries come from the log, soft and hard state from the node's state, and commit
 //! notices become `messages` when the Ready is taken.
 
-use raft_proto::{Message, SnapshotMeta};
+use raftline_proto::{Message, SnapshotMeta};
 
 use crate::membership::MembershipResult;
 use crate::raft::ReadState;
@@ -74,7 +74,7 @@ mod tests {
         let results = Outbox {
             membership_results: vec![MembershipResult {
                 request_id: 1,
-                result: Ok(raft_proto::Membership::default()),
+                result: Ok(raftline_proto::Membership::default()),
             }],
             ..Outbox::default()
         };

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use raft_proto::{LogIndex, SnapshotMeta};
+use raftline_proto::{LogIndex, SnapshotMeta};
 
 /// How the leader sends to a follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

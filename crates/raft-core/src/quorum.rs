@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use raft_proto::{LogIndex, Membership, NodeId};
+use raftline_proto::{LogIndex, Membership, NodeId};
 
 /// The outcome of counting votes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use raft_proto::{
+use raftline_proto::{
     AppendRequest, AppendResponse, ConflictHint, Entry, EntryPayload, HardState, HeartbeatRequest,
     HeartbeatResponse, InstallSnapshotRequest, InstallSnapshotResponse, LogIndex, Membership,
     Message, MessageBody, NodeId, ReadIndexRequest, ReadIndexResponse, SnapshotMeta, Term,

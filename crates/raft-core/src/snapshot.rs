@@ -2,7 +2,7 @@
 //! and send (on a leader), chunks to write (on a follower receiving a snapshot).
 
 use bytes::Bytes;
-use raft_proto::{
+use raftline_proto::{
     InstallSnapshotRequest, InstallSnapshotResponse, Message, MessageBody, NodeId, SnapshotMeta,
     Term,
 };

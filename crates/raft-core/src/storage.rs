@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft_proto::{Entry, HardState, LogIndex, Membership, Term};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, Term};
 
 use crate::error::StorageError;
 

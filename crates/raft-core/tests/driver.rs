@@ -14,13 +14,13 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::task::LocalSpawnExt;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use raft_core::driver::{
+use raftline_core::driver::{
     DriverConfig, Node, NodeError, NodeHandle, SnapshotSink, SnapshotSource, StateMachine,
     Transport,
 };
-use raft_core::testing::MemSnapshotStore;
-use raft_core::{Config, MemStorage};
-use raft_proto::{LogIndex, Membership, Message, NodeId};
+use raftline_core::testing::MemSnapshotStore;
+use raftline_core::{Config, MemStorage};
+use raftline_proto::{LogIndex, Membership, Message, NodeId};
 
 /// Delivers messages through channels; links in `cut` lose everything.
 #[derive(Clone, Default)]
@@ -467,7 +467,7 @@ fn a_new_server_joins_as_a_learner_and_is_promoted_once_caught_up() {
     let new_id = NodeId(new as u64 + 1);
     let h = c.handles[leader].clone();
     let added = c.spawn(async move {
-        h.change_membership(raft_core::MembershipChange::AddVoter(new_id))
+        h.change_membership(raftline_core::MembershipChange::AddVoter(new_id))
             .await
     });
     for _ in 0..100 {
@@ -513,7 +513,7 @@ fn a_removed_leader_commits_its_removal_then_steps_down() {
     let leader_id = NodeId(leader as u64 + 1);
     let h = c.handles[leader].clone();
     let removed = c.spawn(async move {
-        h.change_membership(raft_core::MembershipChange::Remove(leader_id))
+        h.change_membership(raftline_core::MembershipChange::Remove(leader_id))
             .await
     });
     c.tick(30);

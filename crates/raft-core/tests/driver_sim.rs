@@ -1,13 +1,13 @@
 //! The driver simulator: the real `driver::Node` under the deterministic executor, with the
-//! clients' histories checked for linearizability (see `raft_core::testing::driver_sim`).
+//! clients' histories checked for linearizability (see `raftline_core::testing::driver_sim`).
 //!
 //! `cargo xtask sim --driver --seeds N` runs many more seeds in release mode; a failing seed
 //! replays with `cargo xtask sim --driver --seed S --verbose`.
 
-use raft_core::testing::driver_sim::{
+use raftline_core::testing::driver_sim::{
     run_driver_seed, DriverSim, DriverSimConfig, KvWorkload, MemBackend, UNITS_PER_TICK,
 };
-use raft_proto::NodeId;
+use raftline_proto::NodeId;
 
 /// Seeds the test suite runs; CI runs thousands more through xtask.
 const SEEDS: u64 = 300;

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use raft_core::testing::sim::{run_seed, Cluster, SimConfig};
-use raft_core::{MembershipChange, Role};
-use raft_proto::{LogIndex, NodeId};
+use raftline_core::testing::sim::{run_seed, Cluster, SimConfig};
+use raftline_core::{MembershipChange, Role};
+use raftline_proto::{LogIndex, NodeId};
 
 fn n(id: u64) -> NodeId {
     NodeId(id)

@@ -5,14 +5,14 @@
 //! `tests/testdata/` cover the same scenarios step by step; the tests here check the
 //! properties over many cases. Both drive the cluster through [`support::Harness`], which
 //! checks Raft's safety properties after every step, or through the simulator
-//! [`raft_core::testing::sim::Cluster`], which does the same after every event.
+//! [`raftline_core::testing::sim::Cluster`], which does the same after every event.
 
 mod support;
 
 use bytes::Bytes;
-use raft_core::testing::sim::{run_seed, Cluster, SimConfig};
-use raft_core::{Config, MemStorage, RawNode, Rng, Role, StorageMut};
-use raft_proto::{
+use raftline_core::testing::sim::{run_seed, Cluster, SimConfig};
+use raftline_core::{Config, MemStorage, RawNode, Rng, Role, StorageMut};
+use raftline_proto::{
     AppendRequest, AppendResponse, Entry, HardState, HeartbeatRequest, HeartbeatResponse, LogIndex,
     Membership, Message, MessageBody, NodeId, Term, VoteRequest, VoteResponse,
 };

@@ -1,6 +1,6 @@
 //! The simulator over many seeds: every safety invariant after every step, liveness at the end.
 
-use raft_core::testing::sim::{run_seed, SimConfig};
+use raftline_core::testing::sim::{run_seed, SimConfig};
 
 /// Seeds the test suite runs; `.ci/run` runs many more in release mode through `cargo xtask sim`.
 const SEEDS: u64 = 500;

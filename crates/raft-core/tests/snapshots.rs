@@ -3,9 +3,9 @@
 //! each event, and the simulated state machine's snapshots are checked against the committed
 //! log whenever one is taken or restored.
 
-use raft_core::testing::sim::{Cluster, SimConfig};
-use raft_core::Role;
-use raft_proto::{LogIndex, NodeId};
+use raftline_core::testing::sim::{Cluster, SimConfig};
+use raftline_core::Role;
+use raftline_proto::{LogIndex, NodeId};
 
 const N1: NodeId = NodeId(1);
 const N2: NodeId = NodeId(2);

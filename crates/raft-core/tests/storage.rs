@@ -1,7 +1,7 @@
 //! The in-memory store passes the storage conformance suite that every store must pass.
 
-use raft_core::testing::conformance;
-use raft_core::MemStorage;
+use raftline_core::testing::conformance;
+use raftline_core::MemStorage;
 
 #[test]
 fn mem_storage_conforms() {
@@ -10,8 +10,8 @@ fn mem_storage_conforms() {
 
 #[test]
 fn clones_share_the_log_and_deep_clones_do_not() {
-    use raft_core::{Storage, StorageMut};
-    use raft_proto::{Entry, LogIndex, Membership, Term};
+    use raftline_core::{Storage, StorageMut};
+    use raftline_proto::{Entry, LogIndex, Membership, Term};
 
     let mut a = MemStorage::new(Membership::default());
     let b = a.clone();

@@ -1,4 +1,4 @@
-//! Tidy checks: raft-core stays a deterministic state machine with no I/O of its own.
+//! Tidy checks: raftline-core stays a deterministic state machine with no I/O of its own.
 //!
 //! The core must not name files, sockets, clocks, threads, global randomness or an async
 //! runtime. A new dependency on any of them fails here, not in review.
@@ -65,7 +65,7 @@ fn core_names_no_io_clock_thread_or_runtime() {
     }
     assert!(
         hits.is_empty(),
-        "raft-core must stay free of I/O, clocks and threads:\n{}",
+        "raftline-core must stay free of I/O, clocks and threads:\n{}",
         hits.join("\n")
     );
 }
@@ -79,7 +79,7 @@ fn core_depends_on_no_runtime() {
         let dependency = format!("\n{word}");
         assert!(
             !manifest.contains(&dependency),
-            "raft-core must not depend on {word}"
+            "raftline-core must not depend on {word}"
         );
     }
 }

@@ -24,7 +24,7 @@
 //! The runner compares each command's output with the expected one and fails on the first
 //! difference of each file. With `REWRITE=1` in the environment it rewrites the files with
 //! the actual output instead, so expected output is generated on purpose and reviewed as a
-//! diff: `REWRITE=1 cargo test -p raft-core --test transcripts`, then read `git diff`.
+//! diff: `REWRITE=1 cargo test -p raftline-core --test transcripts`, then read `git diff`.
 
 mod support;
 
@@ -234,8 +234,8 @@ fn the_runner_reports_a_wrong_expected_output() {
 /// are a State Machine Safety violation, reported at the first check.
 #[test]
 fn the_harness_reports_a_safety_violation() {
-    use raft_core::{MemStorage, StorageMut};
-    use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+    use raftline_core::{MemStorage, StorageMut};
+    use raftline_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
     let membership = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
     let committed_at_2 = |term: u64| {

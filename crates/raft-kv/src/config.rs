@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use raft_proto::NodeId;
+use raftline_proto::NodeId;
 
 /// Whether this member starts a new cluster or joins an existing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,7 +93,7 @@ pub struct Flags {
     #[arg(long)]
     pub listen_metrics_urls: Option<String>,
     /// The size the log's segment files are preallocated to, in bytes (hidden: for tests that
-    /// want many small segments; the default is raft-log-file's 64 MiB).
+    /// want many small segments; the default is raftline-log's 64 MiB).
     #[arg(long, hide = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     pub log_segment_bytes: u64,
     /// Log level: error, warn, info or debug.

@@ -1,18 +1,25 @@
-//! raft-kv: a replicated key-value store on raft-core, serving a subset of etcd's v3 gRPC API
+//! raft-kv: a replicated key-value store on raftline-core, serving a subset of etcd's v3 gRPC API
 //! so that etcdctl and etcd's client libraries work against it.
+//!
+//! This package (`raftline-kv`) builds the `raft-kv` server binary (`cargo install
+//! raftline-kv` installs it; `raft-kv --help` lists its etcd-style flags). This library is
+//! that server's code: run a member inside another program with [`run`], talk to members with
+//! the generated gRPC clients in [`proto`], or reuse the state machine ([`KvStateMachine`]).
 //!
 //! - [`store`]: the state machine (keys, values, etcd's revisions; member records).
 //! - [`snapshot`]: the store's versioned, checksummed snapshot format and the helpers that
-//!   write and read it through raft-core's snapshot streams.
+//!   write and read it through raftline-core's snapshot streams.
 //! - [`server`]: the gRPC services (`KV.Range/Put/DeleteRange`,
 //!   `Cluster.MemberList/Add/Remove/Update/Promote`, `Maintenance.Status/Snapshot/MoveLeader`)
 //!   and the forwarding of writes and member changes from followers to the leader.
 //! - [`config`]: etcd-style flags.
-//! - [`run`]: wires raft-core's driver, raft-log-file and raft-transport-tcp together.
+//! - [`run`]: wires raftline-core's driver, raftline-log and raftline-tcp together.
 //!
 //! Writes are proposed through raft on the leader (a follower forwards them); reads are
 //! linearizable: served after a ReadIndex round confirms the leader and the local state
 //! machine has applied the read point (`serializable` reads skip the round, as in etcd).
+
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod metrics;
@@ -35,7 +42,6 @@ pub mod proto {
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
     }
-    /// raft-kv's internal service.
     /// etcd's `authpb` package.
     pub mod authpb {
         tonic::include_proto!("authpb");
@@ -45,3 +51,8 @@ pub mod proto {
         tonic::include_proto!("raftkv");
     }
 }
+
+// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

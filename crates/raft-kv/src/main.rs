@@ -1,12 +1,12 @@
 //! The `raft-kv` server binary. Run `raft-kv --help` for its flags.
 
 use clap::Parser;
-use raft_kv::config::{Flags, ServerConfig};
+use raftline_kv::config::{Flags, ServerConfig};
 
 fn main() {
     let flags = Flags::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "raft_kv={0},raft_transport_tcp={0},raft_core={0}",
+        "raftline_kv={0},raftline_tcp={0},raftline_core={0}",
         flags.log_level
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -28,7 +28,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async move {
-        let running = match raft_kv::run(config).await {
+        let running = match raftline_kv::run(config).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("raft-kv: {e}");

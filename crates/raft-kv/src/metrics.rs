@@ -21,7 +21,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::driver::NodeStatus;
+use raftline_core::driver::NodeStatus;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -493,10 +493,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_proto::{LogIndex, NodeId, Term};
+    use raftline_proto::{LogIndex, NodeId, Term};
 
     fn status() -> NodeStatus {
-        // raft-core does not name `SnapshotStats` outside its driver: set its fields in place.
+        // raftline-core does not name `SnapshotStats` outside its driver: set its fields in place.
         let mut s = NodeStatus {
             id: NodeId(7),
             term: Term(3),

@@ -9,14 +9,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::RwLock;
-use raft_core::driver::{
+use raftline_core::driver::{
     DriverConfig, Node, NodeError, SnapshotSink, SnapshotSource, StateMachine,
 };
-use raft_core::Config;
-use raft_log_file::{LogFile, Options};
-use raft_proto::{LogIndex, Membership, NodeId};
-use raft_snapshot::FileSnapshotStore;
-use raft_transport_tcp::{TcpTransport, TransportConfig};
+use raftline_core::Config;
+use raftline_log::{LogFile, Options};
+use raftline_proto::{LogIndex, Membership, NodeId};
+use raftline_snapshot::FileSnapshotStore;
+use raftline_tcp::{TcpTransport, TransportConfig};
 use tokio::sync::watch;
 use tokio_stream::wrappers::IntervalStream;
 
@@ -140,7 +140,7 @@ pub struct KvStateMachine {
 impl KvStateMachine {
     /// A state machine applying committed commands to `store` as a member's does (the same
     /// decoding, apply, snapshot and restore), but with no transport to keep in step with the
-    /// member records: for tests that run it without a network, e.g. under raft-core's
+    /// member records: for tests that run it without a network, e.g. under raftline-core's
     /// driver simulator.
     pub fn detached(store: Arc<RwLock<Store>>) -> KvStateMachine {
         let (revisions, _) = watch::channel(store.read().revision());
@@ -360,7 +360,7 @@ fn open_storage(config: &mut ServerConfig) -> Result<(LogFile, FileSnapshotStore
         tracing::warn!(file = %report.0, offset = report.1, "cut a torn write off the log tail");
     }
     let snapshots =
-        FileSnapshotStore::open(data_dir.join("snap"), raft_snapshot::Options::default())
+        FileSnapshotStore::open(data_dir.join("snap"), raftline_snapshot::Options::default())
             .map_err(|e| format!("cannot open the snapshot store: {e}"))?;
     for (path, why) in &snapshots.recovery().rejected {
         tracing::warn!(file = %path.display(), "ignored a damaged snapshot: {why}");
@@ -390,9 +390,9 @@ async fn start_transport(
 }
 
 /// The messages peers send this member.
-type Inbound = futures::channel::mpsc::Receiver<raft_proto::Message>;
+type Inbound = futures::channel::mpsc::Receiver<raftline_proto::Message>;
 
-/// raft-core's and the driver's settings from the flags.
+/// raftline-core's and the driver's settings from the flags.
 fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
     let mut raft = Config::new(config.id);
     raft.election_ticks = config.election_ticks;
@@ -416,10 +416,10 @@ fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
 /// (fail-stop: such a member must not go on answering clients).
 async fn drive<L, M, T, P>(node: Node<L, M, T, P>, inbound: Inbound, tick: Duration)
 where
-    L: raft_core::driver::LogStore + Clone,
+    L: raftline_core::driver::LogStore + Clone,
     M: StateMachine,
-    T: raft_core::driver::Transport,
-    P: raft_core::driver::SnapshotStore,
+    T: raftline_core::driver::Transport,
+    P: raftline_core::driver::SnapshotStore,
 {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -548,7 +548,7 @@ async fn promote_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Watches for this member's removal from the cluster (raft-core reports it a few election
+/// Watches for this member's removal from the cluster (raftline-core reports it a few election
 /// timeouts after the member holds a configuration without itself); then logs it and says
 /// so through `removed`.
 async fn watch_removed(

@@ -1,4 +1,4 @@
-//! The store's snapshot format, and helpers that write and read it through raft-core's async
+//! The store's snapshot format, and helpers that write and read it through raftline-core's async
 //! snapshot streams.
 //!
 //! A snapshot holds everything a [`Store`] holds: its revision, the member records (with the
@@ -46,7 +46,7 @@ use std::io::{self, Read, Write};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use parking_lot::RwLock;
-use raft_core::driver::{SnapshotSink, SnapshotSource};
+use raftline_core::driver::{SnapshotSink, SnapshotSource};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -613,8 +613,8 @@ async fn read_async(
     }
 }
 
-/// Writes the store's snapshot into a raft-core snapshot sink (for
-/// [`StateMachine::snapshot`](raft_core::driver::StateMachine::snapshot)).
+/// Writes the store's snapshot into a raftline-core snapshot sink (for
+/// [`StateMachine::snapshot`](raftline_core::driver::StateMachine::snapshot)).
 ///
 /// The snapshot is encoded in one go under a read lock, into memory: the encoded snapshot is
 /// held in memory once (about the size of the keys and values) while it is written. No lock is
@@ -636,8 +636,8 @@ pub async fn write_store_snapshot(
     sink.flush().await
 }
 
-/// Reads a store from a raft-core snapshot source (for
-/// [`StateMachine::restore`](raft_core::driver::StateMachine::restore)), record by record
+/// Reads a store from a raftline-core snapshot source (for
+/// [`StateMachine::restore`](raftline_core::driver::StateMachine::restore)), record by record
 /// through a buffer of [`READ_BUFFER_BYTES`]: the encoded snapshot is never held whole.
 ///
 /// Errors: the source's I/O errors as they are; a snapshot that is not valid (see

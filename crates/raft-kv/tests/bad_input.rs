@@ -15,7 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{assert_code, bounded, call, free_port, run_bounded, Cluster, BIN};
-use raft_kv::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, StatusRequest};
+use raftline_kv::proto::etcdserverpb::{
+    DeleteRangeRequest, PutRequest, RangeRequest, StatusRequest,
+};
 use tonic::Code;
 
 /// Test 6a: methods and services raft-kv does not serve answer Unimplemented.

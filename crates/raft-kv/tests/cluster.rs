@@ -26,7 +26,7 @@ use common::{
     assert_acked_present, assert_code, bounded, kv_map, spawn_writer, Cluster, KvState, State,
     REQUEST_TIMEOUT,
 };
-use raft_kv::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use raftline_kv::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
 use tonic::{Code, Status};
 
 const ALL: [usize; 3] = [0, 1, 2];

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{bounded, Cluster, Options};
-use raft_kv::proto::etcdserverpb::RangeRequest;
+use raftline_kv::proto::etcdserverpb::RangeRequest;
 use tonic::Code;
 
 /// Writes `n` versions of `key`; returns the revision of the last.
@@ -90,7 +90,7 @@ async fn compacting_by_hand_reaches_every_member() {
         let last = overwrite(&cluster, "k", 10).await;
         let mut kv = cluster.kv(2);
         let answer = kv
-            .compact(raft_kv::proto::etcdserverpb::CompactionRequest {
+            .compact(raftline_kv::proto::etcdserverpb::CompactionRequest {
                 revision: last - 3,
                 physical: true,
             })
@@ -122,7 +122,7 @@ async fn compacting_by_hand_reaches_every_member() {
         }
         // Compacting again at or below the point fails as in etcd.
         let again = kv
-            .compact(raft_kv::proto::etcdserverpb::CompactionRequest {
+            .compact(raftline_kv::proto::etcdserverpb::CompactionRequest {
                 revision: last - 3,
                 physical: false,
             })

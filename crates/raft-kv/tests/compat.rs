@@ -17,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{bounded, call, etcdctl, etcdctl_installed, etcdctl_ok, table, Cluster, Options};
-use raft_kv::proto::etcdserverpb::MemberListRequest;
+use raftline_kv::proto::etcdserverpb::MemberListRequest;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

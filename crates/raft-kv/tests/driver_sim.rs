@@ -1,5 +1,5 @@
 //! raft-kv's state machine ([`KvStateMachine`]: the store's apply, snapshot and restore, as a
-//! member runs them) under raft-core's driver simulator: real `driver::Node`s on a seeded
+//! member runs them) under raftline-core's driver simulator: real `driver::Node`s on a seeded
 //! single-threaded executor with a virtual clock, crashes, partitions, a lossy network,
 //! membership changes and snapshot transfers; the clients' histories are checked for
 //! linearizability against a sequential model of etcd's key space.
@@ -33,20 +33,20 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::RwLock;
-use raft_core::driver::{SnapshotSink, SnapshotSource, StateMachine};
-use raft_core::testing::driver_sim::{
+use raftline_core::driver::{SnapshotSink, SnapshotSource, StateMachine};
+use raftline_core::testing::driver_sim::{
     Clock, DriverSim, DriverSimConfig, DriverSimFailure, DriverSimReport, MemBackend, Route,
     Workload, UNITS_PER_TICK,
 };
-use raft_core::testing::linearizability::Model;
-use raft_core::Rng;
-use raft_kv::store::txn::{
+use raftline_core::testing::linearizability::Model;
+use raftline_core::Rng;
+use raftline_kv::store::txn::{
     Compare, CompareResult, CompareTarget, DeleteReq, Op, OpResp, PutReq, RangeReq, RangeResp,
     TxnReq,
 };
-use raft_kv::store::{Command, KeyValue, KvError, Outcome, Store};
-use raft_kv::KvStateMachine;
-use raft_proto::{LogIndex, NodeId};
+use raftline_kv::store::{Command, KeyValue, KvError, Outcome, Store};
+use raftline_kv::KvStateMachine;
+use raftline_proto::{LogIndex, NodeId};
 
 /// Seeds of the main test (they cycle through the simulator's four fault profiles); the
 /// environment variable `DRIVER_SIM_SEEDS` may ask for more.
@@ -854,7 +854,7 @@ fn the_model_catches_stale_reads() {
 }
 
 /// Replays one seed, printing every event (unless `DRIVER_SIM_QUIET` is set), with chunks of
-/// `CHUNK` bytes if given: `DRIVER_SIM_SEED=7 cargo test -p raft-kv --test driver_sim
+/// `CHUNK` bytes if given: `DRIVER_SIM_SEED=7 cargo test -p raftline-kv --test driver_sim
 /// replay_one_seed -- --ignored --nocapture`.
 #[test]
 #[ignore = "a debugging aid: replays the seed in DRIVER_SIM_SEED"]

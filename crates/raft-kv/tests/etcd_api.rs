@@ -39,19 +39,19 @@ use common::{
     bounded, channel, etcdctl, etcdctl_installed, etcdctl_ok, etcdctl_with_input, free_port,
     prefix_end, spawn_etcdctl, Background, Cluster, Finished,
 };
-use raft_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::lease_client::LeaseClient;
-use raft_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use raft_kv::proto::etcdserverpb::watch_client::WatchClient;
-use raft_kv::proto::etcdserverpb::{
+use raftline_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::lease_client::LeaseClient;
+use raftline_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use raftline_kv::proto::etcdserverpb::watch_client::WatchClient;
+use raftline_kv::proto::etcdserverpb::{
     request_op, response_op, watch_request, CompactionRequest, Compare, DeleteRangeRequest,
     DeleteRangeResponse, HashRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
     LeaseTimeToLiveRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     ResponseHeader, ResponseOp, StatusRequest, TxnRequest, TxnResponse, WatchCreateRequest,
     WatchRequest, WatchResponse,
 };
-use raft_kv::proto::mvccpb::KeyValue;
+use raftline_kv::proto::mvccpb::KeyValue;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -2515,7 +2515,8 @@ async fn watches_share_a_grpc_stream() {
                 range_end: prefix_end(b"g/"),
                 prev_kv: true,
                 filters: vec![
-                    raft_kv::proto::etcdserverpb::watch_create_request::FilterType::Nodelete as i32,
+                    raftline_kv::proto::etcdserverpb::watch_create_request::FilterType::Nodelete
+                        as i32,
                 ],
                 ..WatchCreateRequest::default()
             },
@@ -2643,7 +2644,7 @@ async fn watches_share_a_grpc_stream() {
         // Cancel watch 0.
         tx.send(WatchRequest {
             request_union: Some(watch_request::RequestUnion::CancelRequest(
-                raft_kv::proto::etcdserverpb::WatchCancelRequest { watch_id: 0 },
+                raftline_kv::proto::etcdserverpb::WatchCancelRequest { watch_id: 0 },
             )),
         })
         .await
@@ -2667,7 +2668,7 @@ async fn watches_share_a_grpc_stream() {
         // Progress: the current revision, on no watch in particular.
         tx.send(WatchRequest {
             request_union: Some(watch_request::RequestUnion::ProgressRequest(
-                raft_kv::proto::etcdserverpb::WatchProgressRequest {},
+                raftline_kv::proto::etcdserverpb::WatchProgressRequest {},
             )),
         })
         .await

@@ -28,17 +28,17 @@ use common::{
     assert_acked_present, bounded, channel, kv_map, prefix_end, spawn_writer, Ack, Cluster,
     KvState, Options, State,
 };
-use raft_kv::proto::etcdserverpb::alarm_request::AlarmAction;
-use raft_kv::proto::etcdserverpb::lease_client::LeaseClient;
-use raft_kv::proto::etcdserverpb::watch_client::WatchClient;
-use raft_kv::proto::etcdserverpb::{
+use raftline_kv::proto::etcdserverpb::alarm_request::AlarmAction;
+use raftline_kv::proto::etcdserverpb::lease_client::LeaseClient;
+use raftline_kv::proto::etcdserverpb::watch_client::WatchClient;
+use raftline_kv::proto::etcdserverpb::{
     watch_request, AlarmMember, AlarmRequest, AlarmType, CompactionRequest, DeleteRangeRequest,
     HashKvRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
     WatchResponse,
 };
-use raft_kv::proto::mvccpb::event::EventType;
-use raft_kv::proto::mvccpb::Event;
+use raftline_kv::proto::mvccpb::event::EventType;
+use raftline_kv::proto::mvccpb::Event;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -958,7 +958,7 @@ const SNAPSHOT_COUNT: u64 = 50;
 /// `--snapshot-catchup-entries` of test 4.
 const CATCHUP_ENTRIES: u64 = 10;
 /// Puts, one at a time, while a follower is down: more than the appends the leader keeps
-/// queued for it (raft-core's 256 in flight), so that it needs a snapshot.
+/// queued for it (raftline-core's 256 in flight), so that it needs a snapshot.
 const PUTS_WHILE_DOWN: usize = 400;
 /// The keys test 4 overwrites.
 const HISTORY_KEYS: usize = 10;

@@ -14,8 +14,8 @@ mod common;
 use std::time::Duration;
 
 use common::{bounded, etcdctl_installed, etcdctl_ok, etcdctl_with_input, table, Cluster};
-use raft_kv::proto::etcdserverpb::{MemberListRequest, SnapshotRequest};
-use raft_kv::snapshot::{etcd_envelope, read_etcd_snapshot};
+use raftline_kv::proto::etcdserverpb::{MemberListRequest, SnapshotRequest};
+use raftline_kv::snapshot::{etcd_envelope, read_etcd_snapshot};
 
 /// Test 5: etcdctl's everyday commands against a three-member cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bounded, Cluster};
-use raft_kv::proto::etcdserverpb::PutRequest;
+use raftline_kv::proto::etcdserverpb::PutRequest;
 use tonic::{Code, Status};
 
 /// Writers, each on a connection of its own, writing through the follower at once: enough
@@ -36,7 +36,7 @@ const ETCD_UNAVAILABLE: [&str; 5] = [
 
 /// Writes `<prefix><n>` through `client` until `stop`, and returns every failure.
 fn spawn_writer(
-    mut client: raft_kv::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    mut client: raftline_kv::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
     prefix: String,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<(usize, Vec<Status>)> {

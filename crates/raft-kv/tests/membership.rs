@@ -21,11 +21,11 @@ use common::{
     assert_acked_present, bounded, etcdctl, etcdctl_installed, etcdctl_ok, kv_map, prefix_end,
     spawn_writer, Ack, Cluster, KvState, Options, State,
 };
-use raft_kv::proto::etcdserverpb::{
+use raftline_kv::proto::etcdserverpb::{
     Member, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
     MemberUpdateRequest, MoveLeaderRequest,
 };
-use raft_kv::server::{
+use raftline_kv::server::{
     BAD_LEADER_TRANSFEREE, LEARNER_NOT_READY, MEMBER_NOT_FOUND, MEMBER_NOT_LEARNER, NOT_LEADER,
 };
 use tonic::{Code, Status};

@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bounded, free_port, kv_map, prefix_end, Cluster, KvState, Options, State};
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
-use raft_transport_tcp::wire::{Handshake, FRAME_HEADER_LEN, HANDSHAKE_LEN};
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use raftline_tcp::wire::{Handshake, FRAME_HEADER_LEN, HANDSHAKE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,7 +62,7 @@ const BIG_VALUE_BYTES: usize = 10 << 10;
 /// Keys with a big value in those tests. The snapshot sent (at index 500) holds ~190 of
 /// them: about 1.9 MB, ~470 chunks of `CHUNK_BYTES`.
 const BIG_KEYS: usize = 250;
-/// raft-core's default window of snapshot chunks in flight to one follower
+/// raftline-core's default window of snapshot chunks in flight to one follower
 /// (`Config::snapshot_chunks_inflight_max`): what a resumed transfer may send twice.
 const CHUNKS_INFLIGHT_MAX: u64 = 64;
 
@@ -559,7 +559,7 @@ impl Proxied {
     }
 }
 
-/// raft-core's default window of append messages in flight to one follower
+/// raftline-core's default window of append messages in flight to one follower
 /// (`Config::inflight_msgs_max`). While a follower is down the leader keeps up to this many
 /// appends queued for it in the transport (whose queue holds more), and delivers them when
 /// it comes back: a restarted follower gets that far by log, whatever the leader compacted.
@@ -746,7 +746,7 @@ impl Interrupted {
             "{resent} bytes sent again, though the follower held {held} before the interruption: the transfer started over"
         );
         // A resumed transfer resends at most the window in flight at the interruption (and
-        // one more per re-probe of raft-core's stall detection).
+        // one more per re-probe of raftline-core's stall detection).
         assert!(
             resent <= 2 * CHUNKS_INFLIGHT_MAX * CHUNK_BYTES,
             "{resent} bytes sent again"
@@ -919,10 +919,10 @@ async fn a_transfer_interrupted_by_a_leader_change_resumes_on_the_new_leader() {
 }
 
 /// Test (c): one byte flipped inside a snapshot chunk's frame on its way to the follower.
-/// The transport's frame checksum (crc32c over length and body) catches it before raft-core
+/// The transport's frame checksum (crc32c over length and body) catches it before raftline-core
 /// sees the chunk: the follower closes the connection, the dialer reconnects, and the
 /// transfer continues from what the follower acknowledged. (A chunk whose own checksum fails
-/// — rejected and resent by raft-core — cannot be produced through the transport; raft-core's
+/// — rejected and resent by raftline-core — cannot be produced through the transport; raftline-core's
 /// simulator covers it: `corrupt_chunks_are_rejected_and_resent` in
 /// `crates/raft-core/tests/snapshots.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -965,7 +965,7 @@ async fn a_corrupted_frame_closes_the_connection_and_the_transfer_continues() {
             "snapshot {} bytes, corrupted after {chunks}+ chunks; leader {:?}",
             outcome.size, outcome.leader_metrics
         );
-        // The chunk never reached raft-core, so its own checksum had nothing to reject
+        // The chunk never reached raftline-core, so its own checksum had nothing to reject
         // (`snapshots_rejected_total` stays 0), and the transfer went on from what the
         // follower held.
         outcome.assert_continued();

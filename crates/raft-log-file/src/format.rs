@@ -4,7 +4,7 @@
 //! All integers are little-endian; every structure starts at an 8-byte aligned offset.
 
 use bytes::Bytes;
-use raft_proto::{Entry, EntryPayload, LogIndex, Membership, Term};
+use raftline_proto::{Entry, EntryPayload, LogIndex, Membership, Term};
 
 /// The format version written in every segment header. (State slots carry a version of
 /// their own.)
@@ -79,7 +79,7 @@ pub(crate) fn encode_batch(entries: &[Entry], out: &mut Vec<u8>) {
         let (kind, payload): (u8, std::borrow::Cow<'_, [u8]>) = match &e.payload {
             EntryPayload::Normal(data) => (KIND_NORMAL, data.as_ref().into()),
             EntryPayload::Noop => (KIND_NOOP, (&[][..]).into()),
-            EntryPayload::Membership(m) => (KIND_MEMBERSHIP, raft_proto::encode(m).into()),
+            EntryPayload::Membership(m) => (KIND_MEMBERSHIP, raftline_proto::encode(m).into()),
         };
         out.extend_from_slice(&e.term.0.to_le_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -201,7 +201,7 @@ pub(crate) fn decode_entry(
         KIND_NORMAL => EntryPayload::Normal(payload),
         KIND_NOOP => EntryPayload::Noop,
         KIND_MEMBERSHIP => EntryPayload::Membership(
-            raft_proto::decode::<Membership>(&payload)
+            raftline_proto::decode::<Membership>(&payload)
                 .map_err(|e| format!("membership entry {index}: {e}"))?,
         ),
         k => return Err(format!("unknown entry kind {k}")),

@@ -1,7 +1,7 @@
 //! A durable, memory-mapped, segmented, append-only Raft log.
 //!
-//! [`LogFile`] stores a Raft log in a directory and implements raft-core's
-//! [`Storage`](raft_core::Storage) and [`StorageMut`](raft_core::StorageMut). Like goraft's
+//! [`LogFile`] stores a Raft log in a directory and implements raftline-core's
+//! [`Storage`](raftline_core::Storage) and [`StorageMut`](raftline_core::StorageMut). Like goraft's
 //! `Log`, it knows where every entry lies (segment and byte offset), so a read is a lookup in
 //! an in-memory index, and the payload it returns points into the mapped file (no copy).
 //!
@@ -61,7 +61,7 @@
 //!
 //! # The async interface
 //!
-//! [`LogFile`] implements raft-core's [`LogStore`](raft_core::driver::LogStore): `persist`
+//! [`LogFile`] implements raftline-core's [`LogStore`](raftline_core::driver::LogStore): `persist`
 //! submits its entries at call time (they join the next group commit) and queues a job for a
 //! background sync thread, which waits for the entries to be synced and then writes the hard
 //! state, job after job in call order. With [`SyncWorker::Manual`] no thread is started: the
@@ -87,6 +87,8 @@
 //! - New files are synced and their directory is synced before they are relied on.
 //! - One process per directory (the `LOCK` file).
 
+#![deny(missing_docs)]
+
 mod error;
 mod format;
 mod io;
@@ -103,3 +105,8 @@ pub use format::FORMAT_VERSION;
 pub use io::{Op, Recorder};
 pub use recovery::RecoveryReport;
 pub use store::{LogFile, Options, SyncWorker, Ticket};
+
+// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

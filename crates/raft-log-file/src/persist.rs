@@ -13,9 +13,9 @@ use std::sync::{mpsc, Arc, Weak};
 use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use raft_core::driver::LogStore;
-use raft_core::StorageError;
-use raft_proto::{Entry, HardState, LogIndex, Membership, Term};
+use raftline_core::driver::LogStore;
+use raftline_core::StorageError;
+use raftline_proto::{Entry, HardState, LogIndex, Membership, Term};
 
 use crate::store::{Inner, LogFile, SyncWorker, Ticket};
 

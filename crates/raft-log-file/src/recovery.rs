@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use raft_proto::LogIndex;
+use raftline_proto::LogIndex;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Parsed, BATCH_HEADER_BYTES, SEGMENT_HEADER_BYTES};

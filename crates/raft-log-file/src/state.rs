@@ -13,7 +13,7 @@
 //! Slot layout versions: version 1 records lack [`StateRecord::first_segment`] (read as 0);
 //! this build writes version 2.
 
-use raft_proto::{HardState, LogIndex, Membership, Term};
+use raftline_proto::{HardState, LogIndex, Membership, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -186,7 +186,7 @@ impl StateFile {
     /// since the last synced record.
     pub(crate) fn write(&mut self, io: &Io, record: StateRecord) -> Result<()> {
         let same_but_commit = StateRecord {
-            hard_state: raft_proto::HardState {
+            hard_state: raftline_proto::HardState {
                 commit: self.synced.hard_state.commit,
                 ..record.hard_state
             },
@@ -209,7 +209,7 @@ impl StateFile {
 
 #[cfg(test)]
 mod tests {
-    use raft_proto::NodeId;
+    use raftline_proto::NodeId;
 
     use super::*;
 

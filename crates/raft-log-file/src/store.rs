@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use raft_core::{InitialState, Storage, StorageError, StorageMut};
-use raft_proto::{Entry, HardState, LogIndex, Membership, Term};
+use raftline_core::{InitialState, Storage, StorageError, StorageMut};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, Term};
 
 use crate::error::{Error, Result};
 use crate::format::{self, EntryPos, SEGMENT_HEADER_BYTES};
@@ -39,13 +39,13 @@ pub struct Options {
     pub zero_fill_segments: bool,
     /// Record every file operation (for crash tests).
     pub recorder: Option<Recorder>,
-    /// Who runs the writes of the async [`LogStore`](raft_core::driver::LogStore) interface
+    /// Who runs the writes of the async [`LogStore`](raftline_core::driver::LogStore) interface
     /// and prepares segments ahead of use: background threads, or the caller.
     pub sync_worker: SyncWorker,
 }
 
 /// Who does a store's background work: the writes of the async
-/// [`LogStore`](raft_core::driver::LogStore) interface, and preparing the next segment when
+/// [`LogStore`](raftline_core::driver::LogStore) interface, and preparing the next segment when
 /// [`Options::zero_fill_segments`] is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncWorker {
@@ -178,7 +178,7 @@ pub(crate) struct Inner {
     group: Mutex<Group>,
     group_cond: Condvar,
     recovery: RecoveryReport,
-    /// Where the jobs of the async [`LogStore`](raft_core::driver::LogStore) interface go:
+    /// Where the jobs of the async [`LogStore`](raftline_core::driver::LogStore) interface go:
     /// the sync thread (started on first use) or the manual queue.
     pub(crate) worker: Mutex<Worker>,
     /// Held while a job of the manual queue runs.

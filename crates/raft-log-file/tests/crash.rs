@@ -1,5 +1,5 @@
 //! Crash tests in the style of ALICE (Pillai et al., OSDI 2014), with the crash states built
-//! by `raft_log_file::testing::build_image`.
+//! by `raftline_log::testing::build_image`.
 //!
 //! A workload of appends (some truncating), compactions, snapshot installations and hard-state
 //! writes runs with every file operation recorded. At each crash point (after every
@@ -14,12 +14,12 @@
 
 use std::path::Path;
 
-use raft_core::Rng;
-use raft_log_file::testing::{
+use raftline_core::Rng;
+use raftline_log::testing::{
     build_image, crash_image, crash_image_counted, write_image, CrashVariant, Files, SECTOR_BYTES,
 };
-use raft_log_file::{Error, LogFile, Op, Options, Recorder};
-use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+use raftline_log::{Error, LogFile, Op, Options, Recorder};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 /// The log as an acknowledged operation left it.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,16 +1,16 @@
-//! raft-core's driver simulator (real `driver::Node`s on a seeded single-threaded executor)
+//! raftline-core's driver simulator (real `driver::Node`s on a seeded single-threaded executor)
 //! with every server's log in a `LogFile`, written through its real async path
 //! (`impl LogStore for LogFile`, manual sync worker) and recovered after each machine crash
 //! from a crash image: synced data survives, unsynced writes survive or not, torn at sector
-//! granularity (see `raft_log_file::testing::LogFileBackend`). The driver reads the
+//! granularity (see `raftline_log::testing::LogFileBackend`). The driver reads the
 //! `LogFile` unchanged; the checker sees each node's log as written, durable or not, from the
 //! backend's copy (`LogBackend::written`), which the store must read as whenever no write is
 //! queued.
 //!
 //! `cargo xtask sim --driver --store file` runs many more seeds.
 
-use raft_core::testing::driver_sim::{DriverSim, DriverSimConfig, KvWorkload};
-use raft_log_file::testing::{run_driver_seed_on_files, CrashStats, LogFileBackend, PlantedBug};
+use raftline_core::testing::driver_sim::{DriverSim, DriverSimConfig, KvWorkload};
+use raftline_log::testing::{run_driver_seed_on_files, CrashStats, LogFileBackend, PlantedBug};
 
 /// Seeds the test runs.
 const SEEDS: u64 = 100;
@@ -18,7 +18,7 @@ const SEEDS: u64 = 100;
 fn run(
     seed: u64,
     backend: LogFileBackend,
-) -> Result<raft_core::testing::driver_sim::DriverSimReport, String> {
+) -> Result<raftline_core::testing::driver_sim::DriverSimReport, String> {
     let cfg = DriverSimConfig::new(seed);
     let keys = cfg.keys;
     DriverSim::new(cfg, KvWorkload::new(keys), backend)

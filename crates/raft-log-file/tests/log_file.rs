@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_core::testing::conformance;
-use raft_log_file::{Error, LogFile, Op, Options, Recorder};
-use raft_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
+use raftline_core::testing::conformance;
+use raftline_log::{Error, LogFile, Op, Options, Recorder};
+use raftline_proto::{Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Term};
 
 fn opts() -> Options {
     Options {
@@ -375,7 +375,7 @@ fn a_failed_sync_is_fatal() {
 
 #[test]
 fn the_async_log_store_persists_in_call_order() {
-    use raft_core::driver::LogStore;
+    use raftline_core::driver::LogStore;
     let dir = tempfile::tempdir().unwrap();
     let log = LogFile::open(dir.path(), Options::default()).unwrap();
     let hs = |t| HardState {
@@ -481,7 +481,7 @@ fn a_snapshot_past_the_end_restarts_the_log_after_it() {
         assert_eq!(log.term(LogIndex(1000)).unwrap(), Term(3));
         assert!(matches!(
             log.entries(LogIndex(40), LogIndex(41), usize::MAX),
-            Err(raft_core::StorageError::Compacted(_))
+            Err(raftline_core::StorageError::Compacted(_))
         ));
         assert_eq!(log.initial_state().membership, installed);
         assert_eq!(log.segment_count(), 1, "every old segment is dropped");
@@ -570,7 +570,7 @@ fn a_snapshot_with_a_conflicting_term_replaces_the_log() {
         assert_eq!(log.term(LogIndex(20)).unwrap(), Term(2));
         assert!(matches!(
             log.entries(LogIndex(21), LogIndex(22), usize::MAX),
-            Err(raft_core::StorageError::Unavailable(_))
+            Err(raftline_core::StorageError::Unavailable(_))
         ));
         // An append into the old suffix's indexes is an append at the end now.
         log.append(&entries(21, 25, 2)).unwrap();
@@ -656,7 +656,7 @@ fn a_snapshot_that_would_discard_committed_entries_is_refused() {
 
 #[test]
 fn the_async_log_store_orders_compaction_and_installation_with_persists() {
-    use raft_core::driver::LogStore;
+    use raftline_core::driver::LogStore;
     let dir = tempfile::tempdir().unwrap();
     let log = LogFile::open(dir.path(), opts()).unwrap();
     let hs = |t, commit| HardState {

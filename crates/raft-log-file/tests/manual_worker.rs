@@ -3,9 +3,9 @@
 //! of its own, so that no other test's threads are in the process when it counts threads.)
 
 use futures::FutureExt;
-use raft_core::driver::LogStore;
-use raft_log_file::{LogFile, Options, SyncWorker};
-use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+use raftline_core::driver::LogStore;
+use raftline_log::{LogFile, Options, SyncWorker};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
     (from..=to)

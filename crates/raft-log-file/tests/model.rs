@@ -3,9 +3,9 @@
 //! every step.
 
 use proptest::prelude::*;
-use raft_core::driver::LogStore;
-use raft_log_file::{LogFile, Options};
-use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+use raftline_core::driver::LogStore;
+use raftline_log::{LogFile, Options};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 #[derive(Clone, Debug)]
 enum Step {

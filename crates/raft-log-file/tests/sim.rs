@@ -2,8 +2,8 @@
 //! crash closes the store and reopens it, so recovery runs hundreds of times while the
 //! simulator checks every safety property after every step.
 
-use raft_core::testing::sim::{run_seed_with, SimConfig};
-use raft_log_file::testing::LogFileFactory;
+use raftline_core::testing::sim::{run_seed_with, SimConfig};
+use raftline_log::testing::LogFileFactory;
 
 #[test]
 fn simulated_clusters_on_log_files_hold_every_invariant() {

@@ -7,13 +7,15 @@
 //! postcard encoding of the value.
 //!
 //! ```
-//! use raft_proto::{decode, encode, Message, MessageBody, NodeId, Term};
+//! use raftline_proto::{decode, encode, Message, MessageBody, NodeId, Term};
 //!
 //! let msg = Message { from: NodeId(1), to: NodeId(2), term: Term(3), body: MessageBody::TimeoutNow };
 //! let bytes = encode(&msg);
 //! assert_eq!(decode::<Message>(&bytes).unwrap(), msg);
 //! assert!(decode::<Message>(&bytes[..1]).is_err());
 //! ```
+
+#![deny(missing_docs)]
 
 mod message;
 mod types;
@@ -22,3 +24,8 @@ mod wire;
 pub use message::*;
 pub use types::*;
 pub use wire::{decode, decode_shared, encode, encode_into, DecodeError, WIRE_VERSION};
+
+// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

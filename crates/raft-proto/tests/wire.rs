@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use raft_proto::*;
+use raftline_proto::*;
 
 fn node() -> impl Strategy<Value = NodeId> {
     (1u64..8).prop_map(NodeId)
@@ -211,7 +211,7 @@ fn errors_name_the_problem() {
 #[test]
 fn shared_decoding_slices_large_payloads_out_of_the_input() {
     use bytes::Bytes;
-    use raft_proto::{
+    use raftline_proto::{
         decode, decode_shared, encode, InstallSnapshotRequest, Message, MessageBody, NodeId,
         SnapshotMeta, Term,
     };

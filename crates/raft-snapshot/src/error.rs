@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use raft_core::SnapshotError;
+use raftline_core::SnapshotError;
 
 /// Why the snapshot store failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! File names and the metadata file's encoding.
 
-use raft_proto::{LogIndex, SnapshotMeta, Term};
+use raftline_proto::{LogIndex, SnapshotMeta, Term};
 
 /// The version of the metadata file format this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -103,7 +103,7 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_proto::{Membership, NodeId};
+    use raftline_proto::{Membership, NodeId};
 
     #[test]
     fn meta_round_trips_and_detects_flips() {

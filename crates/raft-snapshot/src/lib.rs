@@ -1,7 +1,7 @@
 //! A crash-safe Raft snapshot store on disk, for any async runtime.
 //!
-//! [`FileSnapshotStore`] implements raft-core's
-//! [`SnapshotStore`](raft_core::driver::SnapshotStore): a state machine streams its snapshot
+//! [`FileSnapshotStore`] implements raftline-core's
+//! [`SnapshotStore`](raftline_core::driver::SnapshotStore): a state machine streams its snapshot
 //! into a [`FileSnapshotWriter`], a leader reads chunks of the latest snapshot to send, and a
 //! follower writes received chunks into a partial copy that is checked and installed once
 //! complete. Snapshots are streamed both ways, so they need not fit in memory.
@@ -31,7 +31,7 @@
 //! +------------+---------+-------------------------------+-----------------------------+
 //! ```
 //!
-//! [`SnapshotMeta::checksum`](raft_proto::SnapshotMeta) is the CRC-32C of the whole data file.
+//! [`SnapshotMeta::checksum`](raftline_proto::SnapshotMeta) is the CRC-32C of the whole data file.
 //!
 //! # Installing a snapshot
 //!
@@ -60,8 +60,10 @@
 //! snapshot, so they run on a short-lived thread of their own and the caller awaits a
 //! channel.
 //!
-//! [`SnapshotWriter::finish`]: raft_core::driver::SnapshotWriter::finish
-//! [`SnapshotStore::finish_received`]: raft_core::driver::SnapshotStore::finish_received
+//! [`SnapshotWriter::finish`]: raftline_core::driver::SnapshotWriter::finish
+//! [`SnapshotStore::finish_received`]: raftline_core::driver::SnapshotStore::finish_received
+
+#![deny(missing_docs)]
 
 mod error;
 mod files;
@@ -73,3 +75,8 @@ pub use error::{Error, Result};
 pub use format::FORMAT_VERSION;
 pub use store::{FileSnapshotStore, Options, RecoveryReport};
 pub use writer::FileSnapshotWriter;
+
+// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::io::AllowStdIo;
 use parking_lot::Mutex;
-use raft_core::driver::{SnapshotSource, SnapshotStore, SnapshotWriter};
-use raft_core::SnapshotError;
-use raft_proto::SnapshotMeta;
+use raftline_core::driver::{SnapshotSource, SnapshotStore, SnapshotWriter};
+use raftline_core::SnapshotError;
+use raftline_proto::SnapshotMeta;
 
 use crate::error::{Error, Result};
 use crate::files::{self, TempPath};
@@ -587,7 +587,7 @@ pub(crate) async fn finish_written(
 mod tests {
     use super::*;
     use crate::files::TRACE;
-    use raft_proto::{LogIndex, Term};
+    use raftline_proto::{LogIndex, Term};
 
     /// The install order the crate docs promise: data renamed and the directory synced
     /// before the metadata is written; the metadata synced, renamed and the directory

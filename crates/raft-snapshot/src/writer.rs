@@ -8,16 +8,16 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use futures::io::AsyncWrite;
-use raft_core::driver::SnapshotWriter;
-use raft_core::SnapshotError;
-use raft_proto::{LogIndex, Membership, SnapshotMeta, Term};
+use raftline_core::driver::SnapshotWriter;
+use raftline_core::SnapshotError;
+use raftline_proto::{LogIndex, Membership, SnapshotMeta, Term};
 
 use crate::error::Error;
 use crate::files::{self, TempPath};
 use crate::store::{self, Inner};
 
 /// A snapshot being written, returned by
-/// [`FileSnapshotStore::begin`](raft_core::driver::SnapshotStore::begin).
+/// [`FileSnapshotStore::begin`](raftline_core::driver::SnapshotStore::begin).
 ///
 /// Writes go through a buffer of [`Options::write_buffer_bytes`](crate::Options) to a
 /// temporary file (`write-<n>.tmp`), inline: they block the calling task only as long as a

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use futures::executor::block_on;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use raft_core::driver::SnapshotStore;
-use raft_core::SnapshotError;
-use raft_proto::{LogIndex, Membership, NodeId, SnapshotMeta, Term};
-use raft_snapshot::{FileSnapshotStore, Options};
+use raftline_core::driver::SnapshotStore;
+use raftline_core::SnapshotError;
+use raftline_proto::{LogIndex, Membership, NodeId, SnapshotMeta, Term};
+use raftline_snapshot::{FileSnapshotStore, Options};
 
 fn open(dir: &Path) -> FileSnapshotStore {
     FileSnapshotStore::open(dir, Options::default()).unwrap()

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use raft_proto::NodeId;
+use raftline_proto::NodeId;
 
 /// Identity, addresses and bounds of a [`TcpTransport`](crate::TcpTransport).
 ///
@@ -29,7 +29,7 @@ pub struct TransportConfig {
     /// The largest frame body (one encoded message) sent or accepted, in bytes. A received
     /// length prefix above it closes the connection before anything is allocated for the
     /// body; an outgoing message above it is dropped. At most `u32::MAX`. Default 16 MiB,
-    /// room for raft-core's default `msg_bytes_max` (1 MiB) many times over.
+    /// room for raftline-core's default `msg_bytes_max` (1 MiB) many times over.
     pub frame_bytes_max: usize,
     /// Messages queued per peer while waiting for its connection or its socket; further
     /// messages to that peer are dropped (and counted). Default 1024.

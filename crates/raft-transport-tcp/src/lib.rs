@@ -1,11 +1,11 @@
-//! A TCP transport for [raft-core](raft_core): [`TcpTransport`] implements
-//! [`raft_core::driver::Transport`] over one connection per pair of nodes.
+//! A TCP transport for [raftline-core](raftline_core): [`TcpTransport`] implements
+//! [`raftline_core::driver::Transport`] over one connection per pair of nodes.
 //!
 //! ```no_run
 //! use futures::StreamExt;
-//! use raft_core::driver::Transport;
-//! use raft_proto::{Message, MessageBody, NodeId, Term};
-//! use raft_transport_tcp::{TcpTransport, TransportConfig};
+//! use raftline_core::driver::Transport;
+//! use raftline_proto::{Message, MessageBody, NodeId, Term};
+//! use raftline_tcp::{TcpTransport, TransportConfig};
 //!
 //! # async fn example() -> std::io::Result<()> {
 //! let config = TransportConfig::new(NodeId(1), 42, "127.0.0.1:7001".parse().unwrap())
@@ -72,11 +72,11 @@
 //! ```text
 //! +------------+-------------------------------+---------------------------------+
 //! | length u32 | crc32c u32 over the 4 length  | body: `length` bytes,           |
-//! | LE         | bytes, then the body          | raft_proto::encode(&Message)    |
+//! | LE         | bytes, then the body          | raftline_proto::encode(&Message) |
 //! +------------+-------------------------------+---------------------------------+
 //! ```
 //!
-//! The body is raft-proto's versioned encoding (one version byte, then postcard). The receiver
+//! The body is raftline-proto's versioned encoding (one version byte, then postcard). The receiver
 //! checks `length` against `frame_bytes_max` before it allocates anything for the body. A
 //! frame that is oversized, fails its checksum, does not decode, or carries a message whose
 //! `from` / `to` are not the connection's two nodes closes that connection with a logged
@@ -91,7 +91,9 @@
 //! No TLS or authentication beyond the cluster id, no compression, no keepalive or write
 //! timeout (a silently vanished peer is noticed when TCP gives up or the peer comes back).
 //!
-//! [`send`]: raft_core::driver::Transport::send
+//! [`send`]: raftline_core::driver::Transport::send
+
+#![deny(missing_docs)]
 
 mod config;
 mod stats;
@@ -101,3 +103,8 @@ pub mod wire;
 pub use config::TransportConfig;
 pub use stats::TransportStats;
 pub use transport::TcpTransport;
+
+// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of the transport's counters, from [`TcpTransport::stats`](crate::TcpTransport::stats).
 ///
-/// Every message handed to [`send`](raft_core::driver::Transport::send) ends up counted once,
+/// Every message handed to [`send`](raftline_core::driver::Transport::send) ends up counted once,
 /// in `messages_sent` or one of the `dropped_*` counters, unless it is still queued.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransportStats {

@@ -14,7 +14,7 @@ use futures::channel::mpsc;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use parking_lot::{Mutex, RwLock};
-use raft_proto::{Message, NodeId};
+use raftline_proto::{Message, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -38,7 +38,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// of nodes, and moves [`Message`]s as checksummed frames (see the [crate documentation](crate)).
 ///
 /// Cloning is cheap and every clone drives the same transport (the driver takes its
-/// [`Transport`](raft_core::driver::Transport) by value; keep a clone for
+/// [`Transport`](raftline_core::driver::Transport) by value; keep a clone for
 /// [`stats`](TcpTransport::stats), membership changes and [`shutdown`](TcpTransport::shutdown)).
 /// When the last clone is dropped the transport's tasks are aborted, which closes its
 /// sockets; [`shutdown`](TcpTransport::shutdown) does the same and waits until they are gone.
@@ -213,7 +213,7 @@ impl TcpTransport {
     }
 }
 
-impl raft_core::driver::Transport for TcpTransport {
+impl raftline_core::driver::Transport for TcpTransport {
     fn send(&self, messages: Vec<Message>) {
         let shared = &self.shared;
         let queue_max = shared.config.peer_queue_msgs_max;

@@ -4,13 +4,13 @@
 //! Public so that tools and tests can speak the protocol by hand;
 //! [`TcpTransport`](crate::TcpTransport) is the only user inside the crate.
 
-use raft_proto::{DecodeError, Message, NodeId};
+use raftline_proto::{DecodeError, Message, NodeId};
 
 /// The first four bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"RAFT";
 
 /// The version of this framing and handshake (not of the message encoding, which carries its
-/// own version byte, [`raft_proto::WIRE_VERSION`]).
+/// own version byte, [`raftline_proto::WIRE_VERSION`]).
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// The length of a handshake in bytes, checksum included.
@@ -89,7 +89,7 @@ pub struct Handshake {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     /// The bytes do not start with [`MAGIC`].
-    #[error("bad magic: not a raft-transport-tcp handshake")]
+    #[error("bad magic: not a raftline-tcp handshake")]
     Magic,
     /// The protocol version is not [`PROTOCOL_VERSION`].
     #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
@@ -177,7 +177,7 @@ pub enum FrameError {
 pub fn encode_frame(message: &Message, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    raft_proto::encode_into(message, out);
+    raftline_proto::encode_into(message, out);
     let body_len = out.len() - start - FRAME_HEADER_LEN;
     // A body over 4 GiB cannot be announced; `frame_bytes_max` (at most u32::MAX) rejects
     // such a frame on both ends, so the truncated prefix is never sent.
@@ -228,7 +228,7 @@ pub fn decode_frame(
     if expected != found {
         return Err(FrameError::Checksum { expected, found });
     }
-    let message = raft_proto::decode::<Message>(body).map_err(FrameError::Decode)?;
+    let message = raftline_proto::decode::<Message>(body).map_err(FrameError::Decode)?;
     Ok(Some((message, FRAME_HEADER_LEN + len)))
 }
 
@@ -264,7 +264,7 @@ pub fn take_frame(
     }
     let frame = buf.split_to(FRAME_HEADER_LEN + len).freeze();
     let body = frame.slice(FRAME_HEADER_LEN..);
-    let message = raft_proto::decode_shared::<Message>(&body).map_err(FrameError::Decode)?;
+    let message = raftline_proto::decode_shared::<Message>(&body).map_err(FrameError::Decode)?;
     Ok(Some(message))
 }
 
@@ -283,7 +283,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_proto::{MessageBody, Term};
+    use raftline_proto::{MessageBody, Term};
 
     fn msg() -> Message {
         Message {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::StreamExt;
-use raft_core::driver::Transport;
-use raft_proto::{
+use raftline_core::driver::Transport;
+use raftline_proto::{
     AppendRequest, Entry, EntryPayload, HeartbeatRequest, LogIndex, Message, MessageBody, NodeId,
     Term,
 };
-use raft_transport_tcp::wire::{self, Handshake, HandshakeKind, RejectReason, HANDSHAKE_LEN};
-use raft_transport_tcp::{TcpTransport, TransportConfig, TransportStats};
+use raftline_tcp::wire::{self, Handshake, HandshakeKind, RejectReason, HANDSHAKE_LEN};
+use raftline_tcp::{TcpTransport, TransportConfig, TransportStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::channel::mpsc;
 use futures::StreamExt;
-use raft_proto::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, Term};
+use raftline_proto::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, Term};
 
 use super::traits::{SnapshotStore, StateMachine};
 

@@ -14,9 +14,11 @@
 
 mod applier;
 mod node;
+mod status;
 mod traits;
 
 pub use node::{DriverConfig, Node, NodeError, NodeHandle, NodeStatus, SnapshotStats, Started};
+pub use status::StatusWatch;
 pub use traits::{
     LogStore, SnapshotSink, SnapshotSource, SnapshotStore, SnapshotWriter, StateMachine, Transport,
 };

@@ -8,12 +8,12 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::BoxFuture;
 use futures::stream::{FusedStream, FuturesOrdered};
 use futures::{FutureExt, SinkExt, StreamExt};
-use parking_lot::Mutex;
-use raft_proto::{Entry, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+use raftline_proto::{Entry, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use crate::membership::{MembershipChange, MembershipError};
 
 use super::applier::{Applier, Done, Work};
+use super::status::{StatusCell, StatusWatch};
 use super::traits::{LogStore, SnapshotStore, StateMachine, Transport};
 use crate::error::{Error, SnapshotError, StorageError};
 use crate::node::{PersistAck, RawNode, Ready};
@@ -182,7 +182,7 @@ enum Request<R> {
 /// A cloneable handle for proposing, reading and observing a running [`Node`].
 pub struct NodeHandle<R> {
     requests: mpsc::Sender<Request<R>>,
-    status: Arc<Mutex<NodeStatus>>,
+    status: Arc<StatusCell>,
 }
 
 impl<R> Clone for NodeHandle<R> {
@@ -260,12 +260,18 @@ impl<R: Send + 'static> NodeHandle<R> {
 
     /// The latest status.
     pub fn status(&self) -> NodeStatus {
-        self.status.lock().clone()
+        self.status.get()
     }
 
     /// The current term, without copying the whole status (for response headers).
     pub fn term(&self) -> Term {
-        self.status.lock().term
+        self.status.read(|s| s.term)
+    }
+
+    /// A watch of the status: wait for a leader, an applied index or a configuration
+    /// instead of polling [`status`](Self::status).
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch::new(Arc::clone(&self.status))
     }
 }
 
@@ -318,7 +324,7 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotS
     snapshots: Arc<P>,
     config: DriverConfig,
     requests: mpsc::Receiver<Request<M::Response>>,
-    status: Arc<Mutex<NodeStatus>>,
+    status: Arc<StatusCell>,
     persisting: FuturesOrdered<BoxFuture<'static, Result<Persisted, StorageError>>>,
     waiters: BTreeMap<LogIndex, Waiter<M::Response>>,
     reads_pending: HashMap<u64, oneshot::Sender<Result<LogIndex, NodeError>>>,
@@ -378,7 +384,7 @@ where
             raw.on_snapshot_stored(meta);
         }
         let (tx, rx) = mpsc::channel(driver.request_queue_max);
-        let status = Arc::new(Mutex::new(NodeStatus::default()));
+        let status = Arc::new(StatusCell::default());
         let snapshots = Arc::new(snapshots);
         let (work, work_rx) = mpsc::unbounded();
         let (done_tx, done) = mpsc::unbounded();
@@ -485,7 +491,7 @@ where
                 msg = inbound.select_next_some() => self.raw.step(msg),
                 () = ticks.select_next_some() => {
                     self.raw.tick();
-                    if self.raw.is_removed() != self.status.lock().removed {
+                    if self.raw.is_removed() != self.status.read(|s| s.removed) {
                         self.publish_status();
                     }
                 },
@@ -498,6 +504,7 @@ where
             }
         };
         self.fail_all(result.clone().err().unwrap_or(NodeError::ShuttingDown));
+        self.status.close();
         result
     }
 
@@ -904,21 +911,22 @@ where
     /// when it changed.
     fn publish_status(&self) {
         let raw = &self.raw;
-        let mut status = self.status.lock();
-        status.id = raw.id();
-        status.term = raw.term();
-        status.leader = raw.leader();
-        status.is_leader = raw.role() == Role::Leader;
-        status.role = raw.role();
-        status.commit_index = raw.commit_index();
-        status.applied_index = self.applied;
-        status.last_index = raw.last_index();
-        status.first_index = raw.first_index();
-        status.snapshots.clone_from(&self.stats);
-        if status.membership != *raw.membership() {
-            status.membership = raw.membership().clone();
-        }
-        status.removed = raw.is_removed();
+        self.status.publish(|status| {
+            status.id = raw.id();
+            status.term = raw.term();
+            status.leader = raw.leader();
+            status.is_leader = raw.role() == Role::Leader;
+            status.role = raw.role();
+            status.commit_index = raw.commit_index();
+            status.applied_index = self.applied;
+            status.last_index = raw.last_index();
+            status.first_index = raw.first_index();
+            status.snapshots.clone_from(&self.stats);
+            if status.membership != *raw.membership() {
+                status.membership = raw.membership().clone();
+            }
+            status.removed = raw.is_removed();
+        });
     }
 
     fn fail_all(&mut self, error: NodeError) {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::io::{AsyncRead, AsyncWrite};
-use raft_proto::{Entry, HardState, LogIndex, Membership, Message, SnapshotMeta, Term};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, Message, SnapshotMeta, Term};
 
 use crate::error::{SnapshotError, StorageError};
 use crate::storage::{Storage, StorageMut};

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
-use raft_proto::{Entry, EntryPayload, LogIndex, Membership, NodeId, SnapshotMeta, Term};
+use raftline_proto::{Entry, EntryPayload, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 
 use crate::{quorum, Role};
 /// A configuration as a set key.

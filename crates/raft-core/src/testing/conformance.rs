@@ -1,10 +1,10 @@
 //! The storage conformance suite. Every log store runs it:
 //!
 //! ```
-//! raft_core::testing::conformance::run_all(|m| raft_core::MemStorage::new(m));
+//! raftline_core::testing::conformance::run_all(|m| raftline_core::MemStorage::new(m));
 //! ```
 
-use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 use crate::{StorageError, StorageMut};
 

@@ -26,7 +26,7 @@
 //! [`KvModel`] is a ready-made model of a key-value store whose partitions are its keys.
 //!
 //! ```
-//! use raft_core::testing::linearizability::{check, History, KvInput, KvModel, KvOutput, Outcome};
+//! use raftline_core::testing::linearizability::{check, History, KvInput, KvModel, KvOutput, Outcome};
 //!
 //! let mut history = History::new();
 //! let put = history.invoke(1, KvInput::Put { key: 7, value: 1 }, 0);

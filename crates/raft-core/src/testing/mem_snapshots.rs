@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::io::{AsyncWrite, Cursor};
 use parking_lot::Mutex;
-use raft_proto::{LogIndex, Membership, SnapshotMeta, Term};
+use raftline_proto::{LogIndex, Membership, SnapshotMeta, Term};
 
 use crate::driver::{SnapshotSource, SnapshotStore, SnapshotWriter};
 use crate::SnapshotError;

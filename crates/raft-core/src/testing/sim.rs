@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
-use raft_proto::{
+use raftline_proto::{
     Entry, EntryPayload, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
     SnapshotMeta, Term,
 };

@@ -2,7 +2,7 @@
 //!
 //! [`Harness`] is the engine behind the transcript tests (`tests/transcripts.rs`, scripts in
 //! `tests/testdata/*.txt`) and many scenario tests (`tests/scenarios.rs`). Unlike the
-//! simulator in `raft_core::testing::sim`, nothing happens on its own: the test decides which
+//! simulator in `raftline_core::testing::sim`, nothing happens on its own: the test decides which
 //! node ticks, which Ready is taken, when it becomes durable, and which message is delivered,
 //! dropped, duplicated or reordered. Every node's durable state is a [`MemStorage`] that only
 //! [`Harness::persist`] writes, so a crash loses exactly what was not persisted.
@@ -17,7 +17,7 @@
 //! least what was committed when the read was asked.
 //!
 //! State machines are digests of what they applied
-//! ([`digest_step`](raft_core::testing::checker::digest_step)), so that their snapshots
+//! ([`digest_step`](raftline_core::testing::checker::digest_step)), so that their snapshots
 //! ([`snapshot_data`]) can be checked against the committed log.
 
 #![allow(dead_code)]
@@ -26,12 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use raft_core::testing::checker::{digest_step, snapshot_data, Checker, NodeView};
-use raft_core::{
+use raftline_core::testing::checker::{digest_step, snapshot_data, Checker, NodeView};
+use raftline_core::{
     Config, Error, MemStorage, MembershipChange, MembershipResult, PersistAck, ProgressState,
     RawNode, ReadState, Ready, Role, SnapshotChunk, SnapshotSend, SoftState, Storage, StorageMut,
 };
-use raft_proto::{
+use raftline_proto::{
     ConflictHint, Entry, EntryPayload, HardState, LogIndex, Membership, Message, MessageBody,
     NodeId, SnapshotMeta, Term,
 };

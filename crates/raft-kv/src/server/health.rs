@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use raft_core::driver::{NodeHandle, NodeStatus};
+use raftline_core::driver::{NodeHandle, NodeStatus};
 use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -85,7 +85,7 @@ pub async fn report_health<R: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_proto::NodeId;
+    use raftline_proto::NodeId;
 
     #[test]
     fn healthy_only_with_a_leader() {

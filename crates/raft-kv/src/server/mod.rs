@@ -44,9 +44,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use raft_core::driver::{NodeError, NodeHandle};
-use raft_core::MembershipChange;
-use raft_proto::{Membership, NodeId};
+use raftline_core::driver::{NodeError, NodeHandle};
+use raftline_core::MembershipChange;
+use raftline_proto::{Membership, NodeId};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

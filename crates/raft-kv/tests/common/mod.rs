@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use raft_kv::proto::etcdserverpb::cluster_client::ClusterClient;
-use raft_kv::proto::etcdserverpb::kv_client::KvClient;
-use raft_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use raft_kv::proto::etcdserverpb::{
+use raftline_kv::proto::etcdserverpb::cluster_client::ClusterClient;
+use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
+use raftline_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use raftline_kv::proto::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
 };
 use tempfile::TempDir;

@@ -1,9 +1,9 @@
-//! [`LogFileBackend`]: raft-core's driver simulator with every server's log in a [`LogFile`],
+//! [`LogFileBackend`]: raftline-core's driver simulator with every server's log in a [`LogFile`],
 //! written through its real async path (`impl LogStore for LogFile`) and recovered after
 //! every crash from a [crash image](super::crash_image) of what the crash left on disk.
 //!
 //! Each store runs with [`SyncWorker::Manual`]: no thread is started, and the simulator
-//! decides when the queued writes run. A `persist` is timed like raft-core's in-memory
+//! decides when the queued writes run. A `persist` is timed like raftline-core's in-memory
 //! `SimLog`: it joins the next group commit, which completes after a random latency with an
 //! [`Event::DiskDone`]; at that event the store's queued jobs of the completed syncs run.
 //! `compact` and `install_snapshot` run in the call, after every queued job, as the store
@@ -27,13 +27,13 @@ use std::sync::{Arc, Weak};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
-use raft_core::driver::LogStore;
-use raft_core::testing::driver_sim::{
+use raftline_core::driver::LogStore;
+use raftline_core::testing::driver_sim::{
     run_driver_seed_with, DriverSimConfig, DriverSimFailure, DriverSimReport, Event, LogBackend,
     World, WrittenView,
 };
-use raft_core::{InitialState, MemStorage, Rng, Storage, StorageError, StorageMut};
-use raft_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
+use raftline_core::{InitialState, MemStorage, Rng, Storage, StorageError, StorageMut};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, NodeId, Term};
 
 use super::image::{crash_image_counted, durable, write_image, Files};
 use crate::store::Inner;
@@ -587,7 +587,7 @@ impl SimLogFile {
         &self.log
     }
 
-    /// When a write submitted now completes: with the next group commit, as raft-core's
+    /// When a write submitted now completes: with the next group commit, as raftline-core's
     /// `SimLog` times it, scheduling an [`Event::DiskDone`] for each new sync.
     fn group_commit(&self, state: &mut NodeState) -> u64 {
         let mut world = self.world.lock();
@@ -743,7 +743,7 @@ impl LogStore for SimLogFile {
     }
 }
 
-/// Runs one seed of raft-core's driver simulator (its test workload and fault profile) with
+/// Runs one seed of raftline-core's driver simulator (its test workload and fault profile) with
 /// every server's log in a [`LogFile`] under a fresh temporary directory, removed afterwards.
 pub fn run_driver_seed_on_files(cfg: DriverSimConfig) -> Result<DriverSimReport, DriverSimFailure> {
     let backend = LogFileBackend::in_temp_dir().map_err(|e| DriverSimFailure {

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use raft_core::Rng;
+use raftline_core::Rng;
 
 use crate::Op;
 

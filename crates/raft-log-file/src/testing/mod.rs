@@ -1,6 +1,6 @@
 //! Test support (feature `testing`):
-//! - [`LogFileFactory`]: raft-core's core simulator with each node's log in a [`LogFile`];
-//! - [`LogFileBackend`]: raft-core's driver simulator with each server's log in a [`LogFile`]
+//! - [`LogFileFactory`]: raftline-core's core simulator with each node's log in a [`LogFile`];
+//! - [`LogFileBackend`]: raftline-core's driver simulator with each server's log in a [`LogFile`]
 //!   written through its async path, and machine crashes that lose unsynced writes
 //!   ([`run_driver_seed_on_files`]);
 //! - crash images: the files a crash may leave after recorded file operations
@@ -17,8 +17,8 @@ pub use image::{
 
 use std::path::PathBuf;
 
-use raft_core::testing::sim::StoreFactory;
-use raft_proto::{Membership, NodeId};
+use raftline_core::testing::sim::StoreFactory;
+use raftline_proto::{Membership, NodeId};
 
 use crate::{LogFile, Options};
 

@@ -1,14 +1,14 @@
 //! Where simulated servers keep their logs: the [`LogBackend`] trait, and [`MemBackend`]
 //! (a [`SimLog`] over an in-memory [`Disk`] per server).
 //!
-//! Another crate plugs in its own log store (raft-log-file does, with its real async path)
+//! Another crate plugs in its own log store (raftline-log does, with its real async path)
 //! by implementing [`LogBackend`]; the simulator only goes through this trait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use raft_proto::{Entry, LogIndex, Membership, NodeId, Term};
+use raftline_proto::{Entry, LogIndex, Membership, NodeId, Term};
 
 use super::world::{Disk, SharedDisk, SharedWorld, SimLog};
 use crate::driver::LogStore;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::rc::Rc;
 
 use futures::future::{select, Either};
-use raft_proto::NodeId;
+use raftline_proto::NodeId;
 
 use super::executor::Clock;
 use super::machine::{Route, Workload};

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use parking_lot::Mutex;
-use raft_proto::{Entry, EntryPayload, LogIndex, NodeId};
+use raftline_proto::{Entry, EntryPayload, LogIndex, NodeId};
 
 use super::executor::Clock;
 use crate::driver::{SnapshotSink, SnapshotSource, StateMachine};

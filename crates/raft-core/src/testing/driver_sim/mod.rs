@@ -98,7 +98,7 @@ impl DriverSimConfig {
     /// The fault mix for `seed`; seeds cycle through four profiles: mixed, churn (crashes
     /// and partitions), a lossy slow network, and membership changes with snapshots.
     pub fn new(seed: u64) -> DriverSimConfig {
-        let mut node = Config::new(raft_proto::NodeId(1));
+        let mut node = Config::new(raftline_proto::NodeId(1));
         node.election_ticks = 10;
         node.heartbeat_ticks = 2;
         node.append_entries_max = 8;
@@ -246,7 +246,7 @@ impl std::fmt::Display for DriverSimFailure {
 }
 
 /// The checker for a run of a workload whose state machine follows [`command_digest`].
-fn checker(membership: &raft_proto::Membership) -> Checker {
+fn checker(membership: &raftline_proto::Membership) -> Checker {
     Checker::new(membership).with_digest(command_digest)
 }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::channel::mpsc;
 use parking_lot::Mutex;
-use raft_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+use raftline_proto::{EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use super::backend::{LogBackend, MemBackend, WrittenView};
 use super::clients::{
@@ -328,7 +328,7 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
 
     fn deliver(&mut self, m: Message) {
         // Every byte of every message delivered goes into the trace digest.
-        let bytes = raft_proto::encode(&m);
+        let bytes = raftline_proto::encode(&m);
         let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });

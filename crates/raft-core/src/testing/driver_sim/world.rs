@@ -12,7 +12,7 @@ use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
-use raft_proto::{Entry, HardState, LogIndex, Membership, Message, MessageBody, NodeId, Term};
+use raftline_proto::{Entry, HardState, LogIndex, Membership, Message, MessageBody, NodeId, Term};
 
 use super::executor::Clock;
 use crate::driver::{LogStore, Transport};
