@@ -556,9 +556,14 @@ async fn watch_removed(
     removed: watch::Sender<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut watch = shared.node.watch();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(shared.config.tick) => {}
+            seen = watch.wait_for(|s| s.removed) => {
+                if seen.is_err() {
+                    return; // the node stopped
+                }
+            }
             _ = stopped.wait_for(|s| *s) => return,
         }
         if shared.node.status().removed {

@@ -83,6 +83,7 @@ impl Shared {
     /// Where a Cluster request goes: here if this member leads, else to the leader (waiting
     /// for one until `deadline`). A forwarded request is never forwarded again.
     pub(crate) async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
+        let mut watch = self.node.watch();
         loop {
             let status = self.node.status();
             if status.is_leader {
@@ -97,7 +98,14 @@ impl Shared {
             if Instant::now() + NO_LEADER_RETRY >= deadline {
                 return Err(Status::unavailable("etcdserver: no leader"));
             }
-            tokio::time::sleep(NO_LEADER_RETRY).await;
+            // Again as soon as the leader changes (or after a pause: its address may come
+            // with the member records).
+            let seen = status.leader;
+            let changed = watch.wait_for(|s| s.leader != seen || s.is_leader);
+            if let Ok(Err(_)) = tokio::time::timeout(NO_LEADER_RETRY, changed).await {
+                // The node stopped: no change will come; pause as before.
+                tokio::time::sleep(NO_LEADER_RETRY).await;
+            }
         }
     }
 

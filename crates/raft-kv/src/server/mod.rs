@@ -205,7 +205,7 @@ impl Shared {
                     Unreached::LeaderUnreachable => ETCD_CONNECTION_LOST,
                 }));
             }
-            tokio::time::sleep(NO_LEADER_RETRY).await;
+            self.leader_change_or_pause().await;
         }
     }
 
@@ -268,6 +268,18 @@ impl Shared {
         })
     }
 
+    /// Waits until the leader this member knows changes, or `NO_LEADER_RETRY` passes: what a
+    /// request that found no reachable leader waits for before it tries again.
+    async fn leader_change_or_pause(&self) {
+        let mut watch = self.node.watch();
+        let seen = watch.current().leader;
+        let changed = watch.wait_for(|s| s.leader != seen);
+        if let Ok(Err(_)) = tokio::time::timeout(NO_LEADER_RETRY, changed).await {
+            // The node stopped: no change will come; pause as before.
+            tokio::time::sleep(NO_LEADER_RETRY).await;
+        }
+    }
+
     /// Waits for a linearizable read point to be applied here.
     async fn read_barrier(&self) -> Result<(), Status> {
         let deadline = self.deadline();
@@ -278,7 +290,7 @@ impl Shared {
                 Ok(Err(NodeError::ReadUnavailable))
                     if Instant::now() + NO_LEADER_RETRY < deadline =>
                 {
-                    tokio::time::sleep(NO_LEADER_RETRY).await;
+                    self.leader_change_or_pause().await;
                 }
                 Ok(Err(e)) => return Err(node_error_status(e)),
             }
