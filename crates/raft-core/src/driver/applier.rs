@@ -67,9 +67,13 @@ impl<M: StateMachine, P: SnapshotStore> Applier<M, P> {
     async fn apply(&mut self, entries: Vec<Entry>) -> Vec<(LogIndex, Term, Option<M::Response>)> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            if entry.index <= self.applied {
-                continue; // covered by a snapshot restored since it was queued
-            }
+            // The driver queues each index once, and none a queued restore covers.
+            assert!(
+                entry.index > self.applied,
+                "State Machine Safety: applying {} after {} was applied",
+                entry.index,
+                self.applied
+            );
             let response = match &entry.payload {
                 EntryPayload::Normal(command) => {
                     Some(self.state_machine.apply(entry.index, command).await)

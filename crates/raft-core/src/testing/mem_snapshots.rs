@@ -118,7 +118,7 @@ impl SnapshotStore for MemSnapshotStore {
         let Some((m, data)) = partial.filter(|(m, _)| m == meta) else {
             return Err(SnapshotError::NotFound(meta.last_index));
         };
-        if data.len() as u64 != m.size_bytes || crc32c::crc32c(&data) != m.checksum {
+        if !data_matches(&m, &data) {
             return Err(SnapshotError::Corrupt(format!(
                 "received snapshot at {} does not match its checksum",
                 m.last_index
@@ -127,6 +127,12 @@ impl SnapshotStore for MemSnapshotStore {
         self.keep(m, Bytes::from(data));
         Ok(())
     }
+}
+
+/// Whether `data` is the whole snapshot `meta` describes: its size and its CRC-32C. The
+/// simulators and the transcript harness verify received snapshots with it too.
+pub fn data_matches(meta: &SnapshotMeta, data: &[u8]) -> bool {
+    data.len() as u64 == meta.size_bytes && crc32c::crc32c(data) == meta.checksum
 }
 
 /// Collects a state machine's snapshot in memory.

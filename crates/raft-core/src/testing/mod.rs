@@ -8,4 +8,4 @@ pub mod linearizability;
 mod mem_snapshots;
 pub mod sim;
 
-pub use mem_snapshots::MemSnapshotStore;
+pub use mem_snapshots::{data_matches, MemSnapshotStore};

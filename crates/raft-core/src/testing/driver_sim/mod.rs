@@ -29,8 +29,6 @@ pub use run::{run_driver_seed, run_driver_seed_with, run_workload, DriverSim};
 pub use world::{Disk, Event, NetFaults, SimLog, SimTransport, World};
 
 use crate::driver::DriverConfig;
-use crate::testing::checker::Checker;
-use crate::testing::MemSnapshotStore;
 use crate::Config;
 
 /// Virtual time units per tick.
@@ -152,6 +150,8 @@ impl DriverSimConfig {
                 self.down_ticks_max = 20;
                 self.snapshot_ticks = 4;
                 self.apply_ticks = 1;
+                // Slow applies fill the applier's queue: the Ready loop must wait for room.
+                self.driver.apply_queue_max = 2;
             }
             2 => {
                 self.net.drop_rate = 0.2;
@@ -206,7 +206,11 @@ pub struct DriverSimReport {
     pub committed: u64,
     /// Terms that had a leader.
     pub leaders: usize,
-    /// Client operations in the checked history, and how many of them had an unknown outcome.
+    /// Messages sent, and lost to drops, partitions, full queues or crashed receivers.
+    pub messages_sent: u64,
+    /// See `messages_sent`.
+    pub messages_lost: u64,
+    /// Client operations in the checked history.
     pub ops_checked: u64,
     /// Operations whose outcome the client never learned.
     pub ops_unknown: u64,
@@ -243,14 +247,4 @@ impl std::fmt::Display for DriverSimFailure {
             self.seed, self.step, self.tick, self.reason
         )
     }
-}
-
-/// The checker for a run of a workload whose state machine follows [`command_digest`].
-fn checker(membership: &raftline_proto::Membership) -> Checker {
-    Checker::new(membership).with_digest(command_digest)
-}
-
-/// A node's snapshot store in the simulator.
-fn snapshot_store() -> MemSnapshotStore {
-    MemSnapshotStore::new()
 }

@@ -19,8 +19,8 @@ use super::executor::{Clock, Executor, TaskId};
 use super::machine::Workload;
 use super::world::{Event, SharedWorld, SimTransport, World};
 use super::{
-    checker, snapshot_store, DriverSimConfig, DriverSimFailure, DriverSimReport, CHECK_STEPS_MAX,
-    INBOUND_QUEUE_MAX, TICKS_QUEUED_MAX, UNITS_PER_TICK,
+    DriverSimConfig, DriverSimFailure, DriverSimReport, CHECK_STEPS_MAX, INBOUND_QUEUE_MAX,
+    TICKS_QUEUED_MAX, UNITS_PER_TICK,
 };
 use crate::driver::{Node, SnapshotSink, SnapshotSource, SnapshotStore, StateMachine};
 use crate::testing::checker::{Checker, NodeView};
@@ -144,7 +144,7 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
             observations: std::collections::VecDeque::new(),
             task_errors: Rc::default(),
             admin: Rc::default(),
-            checker: checker(&membership),
+            checker: Checker::new(&membership).with_digest(super::command_digest),
             report: DriverSimReport {
                 seed: cfg.seed,
                 ..DriverSimReport::default()
@@ -164,7 +164,7 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
                 Server {
                     log: None,
                     incarnation: 0,
-                    snapshots: snapshot_store(),
+                    snapshots: MemSnapshotStore::new(),
                     task: None,
                     inbound: None,
                     ticks: None,
@@ -796,6 +796,9 @@ impl<W: Workload, B: LogBackend> DriverSim<W, B> {
         self.report.ticks = self.clock.now() / UNITS_PER_TICK;
         self.report.committed = self.checker.committed_index().0;
         self.report.leaders = self.checker.leader_terms();
+        let world = self.world.lock();
+        (self.report.messages_sent, self.report.messages_lost) = (world.sent, world.lost);
+        drop(world);
         self.report.admin = self.admin.borrow().clone();
         let history_len = self.report.ops_checked;
         self.fold(history_len);

@@ -65,7 +65,7 @@ pub struct World {
     pub net: NetFaults,
     /// A disk write takes 1 to this many units.
     pub disk_units_max: u64,
-    /// Messages sent and lost.
+    /// Messages sent.
     pub sent: u64,
     /// Messages lost to drops and partitions.
     pub lost: u64,
