@@ -4,10 +4,10 @@
 //! Each simulated server is one `Node` task with a simulated transport ([`SimTransport`]:
 //! drops, duplicates, reordering, latency, symmetric and one-way partitions), log store
 //! ([`SimLog`]: writes durable after a latency, in order; a crash loses what was not
-//! durable), snapshot store ([`MemSnapshotStore`]: a crash loses a partial transfer) and
+//! durable), snapshot store ([`MemSnapshotStore`](crate::testing::MemSnapshotStore): a crash loses a partial transfer) and
 //! state machine (a [`Workload`]'s). Clients call the public [`NodeHandle`] API with
 //! timeouts; an operator changes the configuration and moves leadership. After every poll of
-//! a task the [`Checker`] verifies Raft's safety properties from what the nodes show (their
+//! a task the [`Checker`](crate::testing::checker::Checker) verifies Raft's safety properties from what the nodes show (their
 //! status, logs, snapshots and applied commands); at the end the clients' history is checked
 //! for linearizability, and once faults stop the cluster must commit and apply again.
 //! The same seed gives the same run, event for event: [`DriverSimReport::trace_digest`].
