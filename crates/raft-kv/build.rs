@@ -4,12 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(
-        [
-            "proto/kv.proto",
-            "proto/auth.proto",
-            "proto/rpc.proto",
-            "proto/internal.proto",
-        ],
+        ["proto/kv.proto", "proto/auth.proto", "proto/rpc.proto"],
         ["proto"],
     )?;
     tonic_prost_build::configure()

@@ -2,7 +2,7 @@
 
 use raftline_proto::{LogIndex, NodeId};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Everything that tunes one node. Times are in ticks: the caller decides how long a tick is.
 #[derive(Clone, Debug)]
@@ -48,7 +48,11 @@ pub struct Config {
     /// The index the application's state machine has already applied. Entries up to it are
     /// not handed out for applying again after a restart.
     pub applied: LogIndex,
-    /// The seed of the node's random source (election timeouts). Give each node its own.
+    /// The seed of the node's random source (election timeouts, and where the driver's ids
+    /// for forwarded proposals start). Give each node its own, and a new one each time it
+    /// starts (from the process id or the clock): a node restarted with the same seed could
+    /// take a late answer to a proposal it forwarded before the restart for the answer to
+    /// one it forwarded after.
     pub seed: u64,
 }
 
@@ -78,36 +82,30 @@ impl Config {
 
     /// Checks the bounds that the rest of the core relies on.
     pub fn validate(&self) -> Result<()> {
-        let fail = |why: &str| Err(Error::Config(why.to_string()));
         if self.id == NodeId(0) {
-            return fail("id must not be 0");
+            return Err(Error::Config(ConfigError::ZeroId));
         }
-        if self.heartbeat_ticks == 0 {
-            return fail("heartbeat_ticks must be at least 1");
+        let counts = [
+            ("heartbeat_ticks", self.heartbeat_ticks as u64),
+            ("inflight_msgs_max", self.inflight_msgs_max as u64),
+            ("append_entries_max", self.append_entries_max as u64),
+            ("apply_entries_max", self.apply_entries_max as u64),
+            (
+                "snapshot_chunk_bytes_max",
+                self.snapshot_chunk_bytes_max as u64,
+            ),
+            (
+                "snapshot_chunks_inflight_max",
+                self.snapshot_chunks_inflight_max as u64,
+            ),
+            ("catch_up_rounds_max", self.catch_up_rounds_max as u64),
+            ("uncommitted_entries_max", self.uncommitted_entries_max),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return Err(Error::Config(ConfigError::Zero(name)));
         }
         if self.election_ticks <= self.heartbeat_ticks {
-            return fail("election_ticks must be greater than heartbeat_ticks");
-        }
-        if self.inflight_msgs_max == 0 {
-            return fail("inflight_msgs_max must be at least 1");
-        }
-        if self.append_entries_max == 0 {
-            return fail("append_entries_max must be at least 1");
-        }
-        if self.apply_entries_max == 0 {
-            return fail("apply_entries_max must be at least 1");
-        }
-        if self.snapshot_chunk_bytes_max == 0 {
-            return fail("snapshot_chunk_bytes_max must be at least 1");
-        }
-        if self.snapshot_chunks_inflight_max == 0 {
-            return fail("snapshot_chunks_inflight_max must be at least 1");
-        }
-        if self.catch_up_rounds_max == 0 {
-            return fail("catch_up_rounds_max must be at least 1");
-        }
-        if self.uncommitted_entries_max == 0 {
-            return fail("uncommitted_entries_max must be at least 1");
+            return Err(Error::Config(ConfigError::ElectionNotAboveHeartbeat));
         }
         Ok(())
     }

@@ -73,8 +73,8 @@ mod storage;
 pub mod testing;
 
 pub use config::Config;
-pub use error::{Error, Result, SnapshotError, StorageError};
-pub use membership::{MembershipChange, MembershipError, MembershipResult};
+pub use error::{ConfigError, Error, Result, SnapshotError, StorageError};
+pub use membership::{ChangeBlocked, MembershipChange, MembershipError, MembershipResult, Refusal};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
 pub use progress::{Progress, ProgressState, SnapshotTransfer};
 pub use raft::{ReadState, Role};

@@ -69,31 +69,78 @@ pub enum MembershipError {
     LeadershipLost,
 }
 
+/// Why a configuration change cannot start yet. Retry once the condition passes (a few
+/// heartbeats at most, unless a learner is still catching up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeBlocked {
+    /// Another configuration change is in progress (or the joint configuration of the last
+    /// one has not been left yet).
+    #[error("another configuration change is in progress; retry once it is done")]
+    ChangeInProgress,
+    /// This leader has not committed an entry of its term yet, so it may not know the latest
+    /// committed configuration (the bug in the dissertation's single-server changes).
+    #[error("this leader has not committed an entry of its term yet; retry shortly")]
+    LeaderNotSettled,
+}
+
+/// Why a configuration change, or a leadership transfer, was refused: as asked, it cannot
+/// succeed in the current configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The server to add is already a member.
+    #[error("{0} is already a member")]
+    AlreadyMember(NodeId),
+    /// The server to promote is not a learner.
+    #[error("{0} is not a learner")]
+    NotALearner(NodeId),
+    /// The server to remove is not a member.
+    #[error("{0} is not a member")]
+    NotAMember(NodeId),
+    /// The new configuration names a server as both voter and learner.
+    #[error("{0} cannot be both a voter and a learner")]
+    VoterAndLearner(NodeId),
+    /// A new voter is not a member yet: add it as a learner first, so that it catches up
+    /// before it votes.
+    #[error(
+        "{0} is not a member yet: add it as a learner first, so that it catches up before it votes"
+    )]
+    NewVoter(NodeId),
+    /// A voter cannot become a learner in one step: remove it first.
+    #[error("{0} is a voter: remove it before adding it back as a learner")]
+    VoterToLearner(NodeId),
+    /// The configuration would have no voter.
+    #[error("the configuration must keep at least one voter")]
+    NoVoters,
+    /// Leadership goes to voters only, and the target is not one.
+    #[error("{0} is not a voter of the configuration; leadership goes to voters only")]
+    NotAVoter(NodeId),
+}
+
 /// The next configuration on the way to `target` from `current`, and whether it is the last
-/// step. `Err` explains why the change is refused.
+/// step. `Err` says why the change is refused.
 pub(crate) fn plan(
     current: &Membership,
     change: &MembershipChange,
-) -> Result<(Membership, bool), String> {
+) -> Result<(Membership, bool), Refusal> {
     let mut voters = current.voters.clone();
     let mut learners = current.learners.clone();
     match change {
         MembershipChange::AddLearner(id) | MembershipChange::AddVoter(id) => {
             if current.members().contains(id) {
-                return Err(format!("{id} is already a member"));
+                return Err(Refusal::AlreadyMember(*id));
             }
             learners.insert(*id);
         }
         MembershipChange::Promote(id) => {
             if !current.learners.contains(id) {
-                return Err(format!("{id} is not a learner"));
+                return Err(Refusal::NotALearner(*id));
             }
             learners.remove(id);
             voters.insert(*id);
         }
         MembershipChange::Remove(id) => {
             if !current.members().contains(id) {
-                return Err(format!("{id} is not a member"));
+                return Err(Refusal::NotAMember(*id));
             }
             voters.remove(id);
             learners.remove(id);
@@ -103,24 +150,20 @@ pub(crate) fn plan(
             learners: l,
         } => {
             if let Some(id) = v.intersection(l).next() {
-                return Err(format!("{id} cannot be both a voter and a learner"));
+                return Err(Refusal::VoterAndLearner(*id));
             }
             if let Some(id) = v.iter().find(|id| !current.members().contains(id)) {
-                return Err(format!(
-                    "{id} is not a member yet: add it as a learner first, so that it catches up before it votes"
-                ));
+                return Err(Refusal::NewVoter(*id));
             }
             if let Some(id) = l.iter().find(|id| current.voters.contains(id)) {
-                return Err(format!(
-                    "{id} is a voter: remove it before adding it back as a learner"
-                ));
+                return Err(Refusal::VoterToLearner(*id));
             }
             voters = v.clone();
             learners = l.clone();
         }
     }
     if voters.is_empty() {
-        return Err("the configuration must keep at least one voter".into());
+        return Err(Refusal::NoVoters);
     }
     let changed = voters.symmetric_difference(&current.voters).count();
     if changed <= 1 {
@@ -249,18 +292,32 @@ mod tests {
             ..voters(&[1, 2, 3])
         };
         let refused = |c: MembershipChange| plan(&m, &c).unwrap_err();
-        assert!(refused(MembershipChange::AddLearner(NodeId(2))).contains("already a member"));
-        assert!(refused(MembershipChange::Promote(NodeId(3))).contains("not a learner"));
-        assert!(refused(MembershipChange::Remove(NodeId(9))).contains("not a member"));
+        let n = NodeId;
+        assert_eq!(
+            refused(MembershipChange::AddLearner(n(2))),
+            Refusal::AlreadyMember(n(2))
+        );
+        assert_eq!(
+            refused(MembershipChange::Promote(n(3))),
+            Refusal::NotALearner(n(3))
+        );
+        assert_eq!(
+            refused(MembershipChange::Remove(n(9))),
+            Refusal::NotAMember(n(9))
+        );
         let unknown_voter = MembershipChange::Replace {
             voters: ids(&[1, 2, 9]),
             learners: ids(&[]),
         };
-        assert!(refused(unknown_voter).contains("add it as a learner first"));
+        assert_eq!(refused(unknown_voter), Refusal::NewVoter(n(9)));
+        assert!(Refusal::NewVoter(n(9))
+            .to_string()
+            .contains("add it as a learner first"));
         let one = voters(&[1]);
-        assert!(plan(&one, &MembershipChange::Remove(NodeId(1)))
-            .unwrap_err()
-            .contains("at least one voter"));
+        assert_eq!(
+            plan(&one, &MembershipChange::Remove(n(1))),
+            Err(Refusal::NoVoters)
+        );
     }
 
     #[test]

@@ -47,8 +47,11 @@ pub struct SoftState {
 ///    [`RawNode::on_applied`] with the last one's index.
 ///
 /// Several Readies may be outstanding at once, as long as each one's steps 2 to 4 complete in
-/// the order the Readies were handed out. A synchronous application does 1 to 4 and then calls
-/// [`RawNode::advance`], which is steps 3 and 4's acknowledgements in one.
+/// the order the Readies were handed out. A synchronous application does 1 to 6 but, instead of
+/// the two acknowledgements of steps 5 and 6, sends `persisted_messages` and calls
+/// [`RawNode::advance`] once, with the Ready whole: `advance` reads `entries` and
+/// `committed_entries` to know what to acknowledge, so take nothing out of the Ready but the
+/// message lists.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be persisted, sent, applied and acknowledged"]
 pub struct Ready {
@@ -156,7 +159,10 @@ impl<S: Storage> RawNode<S> {
     /// Hands the node a message from a peer. Messages from older terms, duplicates and
     /// reordered messages are all safe to deliver.
     pub fn step(&mut self, message: Message) {
-        self.raft.step(message);
+        // Forwarded proposals are traffic between drivers; the core takes no part in them.
+        if !message.body.is_forwarding() {
+            self.raft.step(message);
+        }
     }
 
     /// Proposes a command. On the leader, returns the index the entry will have; elsewhere,

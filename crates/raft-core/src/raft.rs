@@ -19,7 +19,9 @@ use raftline_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
-use crate::membership::{self, ConfigLog, MembershipChange, MembershipError, MembershipResult};
+use crate::membership::{
+    self, ChangeBlocked, ConfigLog, MembershipChange, MembershipError, MembershipResult, Refusal,
+};
 use crate::outbox::Outbox;
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
@@ -1379,18 +1381,18 @@ impl<S: Storage> Raft<S> {
             || self.membership.is_joint()
         {
             return Err(Error::MembershipChangePending(
-                "another configuration change is in progress; retry once it is done".into(),
+                ChangeBlocked::ChangeInProgress,
             ));
         }
         if self.log.term(self.log.committed) != Some(self.term) {
             // Until an entry of its term commits, a new leader may not know the latest
             // committed configuration (the bug in the dissertation's single-server changes).
             return Err(Error::MembershipChangePending(
-                "this leader has not committed an entry of its term yet; retry shortly".into(),
+                ChangeBlocked::LeaderNotSettled,
             ));
         }
         let (next, last) =
-            membership::plan(&self.membership, &change).map_err(Error::MembershipChange)?;
+            membership::plan(&self.membership, &change).map_err(Error::MembershipRefused)?;
         if let MembershipChange::Promote(id) = change {
             self.start_catch_up(request_id, id);
             return Ok(());
@@ -1492,9 +1494,7 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         if !self.membership.voters.contains(&to) || !self.progress.contains_key(&to) {
-            return Err(Error::MembershipChange(format!(
-                "{to} is not a voter of the configuration; leadership goes to voters only"
-            )));
+            return Err(Error::MembershipRefused(Refusal::NotAVoter(to)));
         }
         self.transfer = Some(Transfer { to, elapsed: 0 });
         self.maybe_send_timeout_now(to);

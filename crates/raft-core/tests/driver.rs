@@ -15,8 +15,8 @@ use futures::task::LocalSpawnExt;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use raftline_core::driver::{
-    DriverConfig, Node, NodeError, NodeHandle, SnapshotSink, SnapshotSource, StateMachine,
-    Transport,
+    Busy, DriverConfig, Node, NodeError, NodeHandle, SnapshotSink, SnapshotSource, StateMachine,
+    Transport, Unknown,
 };
 use raftline_core::testing::MemSnapshotStore;
 use raftline_core::{Config, MemStorage};
@@ -263,8 +263,12 @@ fn proposals_resolve_with_the_state_machine_response_on_every_node() {
 }
 
 #[test]
-fn a_follower_refuses_proposals_naming_the_leader_and_its_address() {
-    let mut c = Cluster::new();
+fn without_forwarding_a_follower_refuses_proposals_naming_the_leader_and_its_address() {
+    let driver = DriverConfig {
+        forward_proposals: false,
+        ..DriverConfig::default()
+    };
+    let mut c = Cluster::with(Config::new(NodeId(1)), driver);
     let leader = c.elect();
     c.tick(2);
     let follower = (leader + 1) % 3;
@@ -277,6 +281,81 @@ fn a_follower_refuses_proposals_naming_the_leader_and_its_address() {
             leader: Some(leader_id),
             address: Some(format!("node-{leader_id}")),
         })
+    );
+}
+
+#[test]
+fn a_follower_forwards_proposals_and_resolves_them_with_the_leaders_response() {
+    let mut c = Cluster::new();
+    let leader = c.elect();
+    c.tick(2);
+    let follower = (leader + 1) % 3;
+    let h = c.handles[follower].clone();
+    let first = c.spawn(async move { h.propose(Bytes::from_static(b"f1")).await });
+    let h = c.handles[leader].clone();
+    let second = c.spawn(async move { h.propose(Bytes::from_static(b"l2")).await });
+    c.tick(3);
+    // The leader's state machine answers: the length of its list when each applied.
+    assert_eq!(*first.borrow(), Some(Ok(1)));
+    assert_eq!(*second.borrow(), Some(Ok(2)));
+    for applied in &c.applied {
+        let commands: Vec<Bytes> = applied.lock().iter().map(|(_, b)| b.clone()).collect();
+        assert_eq!(
+            commands,
+            vec![Bytes::from_static(b"f1"), Bytes::from_static(b"l2")]
+        );
+    }
+}
+
+#[test]
+fn a_forward_the_leader_never_answers_fails_as_unknown_after_its_timeout() {
+    let driver = DriverConfig {
+        forward_timeout_ticks: 5,
+        ..DriverConfig::default()
+    };
+    let mut c = Cluster::with(Config::new(NodeId(1)), driver);
+    let leader = c.elect();
+    c.tick(2);
+    let follower = (leader + 1) % 3;
+    let leader_id = NodeId(leader as u64 + 1);
+    // The leader is cut off: the forward is lost on the way.
+    c.net.cut.lock().insert(leader_id);
+    let h = c.handles[follower].clone();
+    let result = c.spawn(async move { h.propose(Bytes::from_static(b"x")).await });
+    c.tick(4);
+    assert_eq!(*result.borrow(), None, "still waiting before the deadline");
+    c.tick(1);
+    assert_eq!(
+        *result.borrow(),
+        Some(Err(NodeError::OutcomeUnknown(Unknown::ForwardUnanswered {
+            leader: leader_id
+        })))
+    );
+}
+
+#[test]
+fn forwards_beyond_the_bound_are_refused_as_busy() {
+    let driver = DriverConfig {
+        forwards_pending_max: 2,
+        ..DriverConfig::default()
+    };
+    let mut c = Cluster::with(Config::new(NodeId(1)), driver);
+    let leader = c.elect();
+    c.tick(2);
+    let leader_id = NodeId(leader as u64 + 1);
+    c.net.cut.lock().insert(leader_id);
+    let follower = (leader + 1) % 3;
+    let results: Vec<_> = (0..3)
+        .map(|_| {
+            let h = c.handles[follower].clone();
+            c.spawn(async move { h.propose(Bytes::from_static(b"x")).await })
+        })
+        .collect();
+    assert_eq!(*results[0].borrow(), None);
+    assert_eq!(*results[1].borrow(), None);
+    assert_eq!(
+        *results[2].borrow(),
+        Some(Err(NodeError::Busy(Busy::Forwards { max: 2 })))
     );
 }
 

@@ -46,10 +46,6 @@ pub mod proto {
     pub mod authpb {
         tonic::include_proto!("authpb");
     }
-    /// raft-kv's internal service.
-    pub mod raftkv {
-        tonic::include_proto!("raftkv");
-    }
 }
 
 // The README's examples, compiled and run as doctests.

@@ -24,13 +24,12 @@ use crate::config::{ClusterState, ServerConfig};
 use crate::proto::etcdserverpb::{
     auth_server, cluster_server, kv_server, lease_server, maintenance_server, watch_server,
 };
-use crate::proto::raftkv::internal_server;
 use crate::server::authority::AuthorityFix;
 use crate::server::health::{is_healthy, report_health, set_health};
 use crate::server::paths::NameUnservedLayer;
 use crate::server::{
-    AuthService, ClusterService, InternalService, KvService, LeaseService, MaintenanceService,
-    Shared, WatchService, PROMOTE_INTERVAL,
+    AuthService, ClusterService, KvService, LeaseService, MaintenanceService, Shared, WatchService,
+    PROMOTE_INTERVAL,
 };
 use crate::snapshot::{read_store_snapshot, write_store_snapshot};
 use crate::store::{Command, MemberInfo, Outcome, Store};
@@ -402,6 +401,9 @@ fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
     let driver = DriverConfig {
         snapshot_entries: config.flags.snapshot_count,
         snapshot_trailing_entries: config.flags.snapshot_catchup_entries,
+        // A forwarded write waits as long as the client's request does: the request's own
+        // deadline answers first, with etcd's "request timed out".
+        forward_timeout_ticks: forward_timeout_ticks(config),
         addresses: config
             .members
             .iter()
@@ -410,6 +412,12 @@ fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
         ..DriverConfig::default()
     };
     (raft, driver)
+}
+
+/// Ticks in a request timeout, plus one.
+fn forward_timeout_ticks(config: &ServerConfig) -> u64 {
+    let tick = config.tick.as_millis().max(1);
+    (config.request_timeout.as_millis() / tick + 1) as u64
 }
 
 /// Runs the raft node with a tick every `tick`; a storage failure stops the process
@@ -516,8 +524,7 @@ async fn serve_clients(shared: &Arc<Shared>, tasks: &mut Tasks) -> Result<(), St
         .add_service(maintenance_server::MaintenanceServer::new(
             MaintenanceService(s()),
         ))
-        .add_service(cluster_server::ClusterServer::new(ClusterService(s())))
-        .add_service(internal_server::InternalServer::new(InternalService(s())));
+        .add_service(cluster_server::ClusterServer::new(ClusterService(s())));
     let mut stopped = stopped;
     tasks.spawn(async move {
         let shutdown = async move {

@@ -82,7 +82,7 @@ pub(crate) fn run_job(job: Job, inner: &Weak<Inner>) -> Ran {
             Some(hs) => log.set_hard_state(hs),
             None => Ok(()),
         })
-        .map_err(|e| StorageError::Other(e.to_string()));
+        .map_err(StorageError::other);
     // Let go of the store before answering: a caller that drops its last handle once the
     // write resolves must find the directory unlocked.
     drop(log);
@@ -107,7 +107,7 @@ fn start_syncer(inner: Weak<Inner>) -> std::io::Result<mpsc::Sender<Job>> {
 }
 
 fn stopped() -> StorageError {
-    StorageError::Other("the sync thread stopped".into())
+    StorageError::other("the sync thread stopped")
 }
 
 impl LogStore for LogFile {
@@ -118,9 +118,7 @@ impl LogStore for LogFile {
     ) -> BoxFuture<'static, Result<(), StorageError>> {
         let ticket = match self.submit(&entries) {
             Ok(t) => t,
-            Err(e) => {
-                return futures::future::ready(Err(StorageError::Other(e.to_string()))).boxed()
-            }
+            Err(e) => return futures::future::ready(Err(StorageError::other(e))).boxed(),
         };
         let (done, result) = oneshot::channel();
         let job = Job::Persist {
@@ -129,7 +127,7 @@ impl LogStore for LogFile {
             done,
         };
         if let Err(e) = self.queue(job) {
-            return futures::future::ready(Err(StorageError::Other(e))).boxed();
+            return futures::future::ready(Err(StorageError::other(e))).boxed();
         }
         result.map(|r| r.unwrap_or_else(|_| Err(stopped()))).boxed()
     }
@@ -137,9 +135,9 @@ impl LogStore for LogFile {
     /// Runs [`LogFile::compact`] inside the call, once every write queued before is durable
     /// (see [the crate documentation](crate#the-async-interface)). Blocks for those writes.
     fn compact(&self, up_to: LogIndex) -> BoxFuture<'static, Result<(), StorageError>> {
-        let result = self.wait_for_queued_jobs().and_then(|()| {
-            LogFile::compact(self, up_to).map_err(|e| StorageError::Other(e.to_string()))
-        });
+        let result = self
+            .wait_for_queued_jobs()
+            .and_then(|()| LogFile::compact(self, up_to).map_err(StorageError::other));
         futures::future::ready(result).boxed()
     }
 
@@ -153,8 +151,7 @@ impl LogStore for LogFile {
         membership: Membership,
     ) -> BoxFuture<'static, Result<(), StorageError>> {
         let result = self.wait_for_queued_jobs().and_then(|()| {
-            LogFile::install_snapshot(self, index, term, &membership)
-                .map_err(|e| StorageError::Other(e.to_string()))
+            LogFile::install_snapshot(self, index, term, &membership).map_err(StorageError::other)
         });
         futures::future::ready(result).boxed()
     }

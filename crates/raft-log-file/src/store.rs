@@ -596,7 +596,7 @@ impl LogFile {
             let start = pos.offset as usize;
             let payload = mmap::slice(map, start, start + pos.len as usize);
             let entry =
-                format::decode_entry(LogIndex(i), pos, payload).map_err(StorageError::Other)?;
+                format::decode_entry(LogIndex(i), pos, payload).map_err(StorageError::other)?;
             total += entry.size_bytes();
             if total > bytes_max && !out.is_empty() {
                 break;
@@ -773,7 +773,7 @@ impl LogFile {
 }
 
 fn to_storage_error(e: Error) -> StorageError {
-    StorageError::Other(e.to_string())
+    StorageError::other(e)
 }
 
 impl Storage for LogFile {

@@ -52,6 +52,11 @@ pub enum MessageBody {
     ReadIndex(ReadIndexRequest),
     /// The answer to a [`MessageBody::ReadIndex`].
     ReadIndexResponse(ReadIndexResponse),
+    /// A proposal a follower passes to the leader it knows, for the leader to propose and
+    /// answer (the driver's forwarding; the core never sees it).
+    Forward(ForwardRequest),
+    /// The leader's answer to a [`MessageBody::Forward`].
+    ForwardResponse(ForwardResponse),
 }
 
 impl MessageBody {
@@ -71,7 +76,18 @@ impl MessageBody {
             MessageBody::TimeoutNow => "timeout-now",
             MessageBody::ReadIndex(_) => "read-index",
             MessageBody::ReadIndexResponse(_) => "read-index-resp",
+            MessageBody::Forward(_) => "forward",
+            MessageBody::ForwardResponse(_) => "forward-resp",
         }
+    }
+
+    /// Whether this is a forwarded proposal or its answer: traffic between drivers that the
+    /// Raft core does not take part in.
+    pub fn is_forwarding(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::Forward(_) | MessageBody::ForwardResponse(_)
+        )
     }
 }
 
@@ -206,4 +222,59 @@ pub struct ReadIndexResponse {
     pub request_id: u64,
     /// The commit index to wait for before reading, or `None` if leadership was not confirmed.
     pub read_index: Option<LogIndex>,
+}
+
+/// A proposal forwarded to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// An id chosen by the follower to match the answer.
+    pub request_id: u64,
+    /// The command, as the follower's caller proposed it.
+    #[serde(deserialize_with = "crate::wire::shared_bytes")]
+    pub command: Bytes,
+}
+
+/// The leader's answer to a [`ForwardRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardResponse {
+    /// The id of the request.
+    pub request_id: u64,
+    /// What became of the command.
+    pub outcome: ForwardOutcome,
+}
+
+/// What became of a forwarded command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardOutcome {
+    /// Committed and applied on the leader: the state machine's response, encoded by the
+    /// driver.
+    Applied(#[serde(deserialize_with = "crate::wire::shared_bytes")] Bytes),
+    /// Not applied: the leader refused it, or lost leadership before it committed. The
+    /// follower's caller may propose it again.
+    Refused(ForwardRefusal),
+    /// It may or may not have been applied (the leader stopped, or a snapshot covered the
+    /// entry before the leader learned its outcome).
+    Unknown,
+}
+
+/// Why the leader did not apply a forwarded command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRefusal {
+    /// The receiver does not lead (any more); `leader` is the one it knows of.
+    NotLeader {
+        /// The leader the receiver knows of.
+        leader: Option<NodeId>,
+    },
+    /// The leader holds its maximum of uncommitted entries.
+    Busy {
+        /// How many entries wait for commit.
+        uncommitted: u64,
+    },
+    /// The leader is handing leadership to `to` and takes no proposals until it ends.
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+    /// The leader lost leadership before the entry committed, and another entry replaced it.
+    LeadershipLost,
 }

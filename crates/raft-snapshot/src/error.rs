@@ -47,7 +47,7 @@ impl From<Error> for SnapshotError {
             Error::Corrupt { path, reason } => {
                 SnapshotError::Corrupt(format!("{}: {reason}", path.display()))
             }
-            e => SnapshotError::Io(e.to_string()),
+            e => SnapshotError::io(e),
         }
     }
 }

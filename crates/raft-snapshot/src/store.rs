@@ -359,10 +359,10 @@ async fn run_blocking<T: Send + 'static>(
         .spawn(move || {
             let _ = tx.send(work());
         })
-        .map_err(|e| SnapshotError::Io(format!("spawn snapshot thread: {e}")))?;
+        .map_err(SnapshotError::io)?;
     let result = rx
         .await
-        .map_err(|_| SnapshotError::Io("the snapshot thread panicked".into()))?;
+        .map_err(|_| SnapshotError::io("the snapshot thread panicked"))?;
     Ok(result?)
 }
 

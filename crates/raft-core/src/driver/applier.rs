@@ -12,6 +12,7 @@ use futures::StreamExt;
 use raftline_proto::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, Term};
 
 use super::traits::{SnapshotStore, StateMachine};
+use crate::error::SnapshotError;
 
 /// Work the driver queues for the applier, done in order.
 pub(crate) enum Work {
@@ -29,9 +30,9 @@ pub(crate) enum Done<R> {
     Applied(Vec<(LogIndex, Term, Option<R>)>),
     /// A snapshot was taken (`true`), or the newest one already covers the applied index
     /// (`false`); or why not.
-    Snapshot(Result<(SnapshotMeta, bool), String>),
+    Snapshot(Result<(SnapshotMeta, bool), SnapshotError>),
     /// A received snapshot was restored (or the error that stops the node).
-    Restored(Result<SnapshotMeta, String>),
+    Restored(Result<SnapshotMeta, (SnapshotMeta, SnapshotError)>),
 }
 
 /// The state machine and what it has applied.
@@ -92,40 +93,37 @@ impl<M: StateMachine, P: SnapshotStore> Applier<M, P> {
     }
 
     /// Snapshots the state machine at the applied index and makes it the newest snapshot.
-    async fn snapshot(&mut self) -> Result<(SnapshotMeta, bool), String> {
+    async fn snapshot(&mut self) -> Result<(SnapshotMeta, bool), SnapshotError> {
         if let Some(meta) = self.snapshots.latest() {
             if meta.last_index >= self.applied {
                 return Ok((meta, false));
             }
         }
         if self.applied == LogIndex(0) {
-            return Err("nothing applied yet".into());
+            return Err(SnapshotError::NothingApplied);
         }
-        let mut writer = self.snapshots.begin().await.map_err(|e| e.to_string())?;
-        self.state_machine
-            .snapshot(&mut writer)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut writer = self.snapshots.begin().await?;
+        self.state_machine.snapshot(&mut writer).await?;
         let membership = self.applied_membership.clone();
         let meta = writer
             .finish(self.applied, self.applied_term, membership)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok((meta, true))
     }
 
-    /// Restores a received snapshot.
-    async fn restore(&mut self, meta: SnapshotMeta) -> Result<SnapshotMeta, String> {
-        let fail = |e: String| format!("installing the snapshot at {}: {e}", meta.last_index);
-        let mut source = self
-            .snapshots
-            .open(&meta)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        self.state_machine
-            .restore(&mut source)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+    /// Restores a received snapshot; on failure, names it beside the error.
+    async fn restore(
+        &mut self,
+        meta: SnapshotMeta,
+    ) -> Result<SnapshotMeta, (SnapshotMeta, SnapshotError)> {
+        let restored = async {
+            let mut source = self.snapshots.open(&meta).await?;
+            self.state_machine.restore(&mut source).await?;
+            Ok::<_, SnapshotError>(())
+        };
+        if let Err(e) = restored.await {
+            return Err((meta, e));
+        }
         self.applied = meta.last_index;
         self.applied_term = meta.last_term;
         self.applied_membership = meta.membership.clone();

@@ -13,11 +13,14 @@
 //! with the state machine's response.
 
 mod applier;
+mod error;
+mod forward;
 mod node;
 mod status;
 mod traits;
 
-pub use node::{DriverConfig, Node, NodeError, NodeHandle, NodeStatus, SnapshotStats, Started};
+pub use error::{Busy, NodeError, TransferFailure, Unknown};
+pub use node::{DriverConfig, Node, NodeHandle, NodeStatus, SnapshotStats, Started};
 pub use status::StatusWatch;
 pub use traits::{
     LogStore, SnapshotSink, SnapshotSource, SnapshotStore, SnapshotWriter, StateMachine, Transport,

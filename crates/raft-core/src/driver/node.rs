@@ -8,11 +8,15 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::BoxFuture;
 use futures::stream::{FusedStream, FuturesOrdered};
 use futures::{FutureExt, SinkExt, StreamExt};
-use raftline_proto::{Entry, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
+use raftline_proto::{
+    Entry, LogIndex, Membership, Message, MessageBody, NodeId, SnapshotMeta, Term,
+};
 
-use crate::membership::{MembershipChange, MembershipError};
+use crate::membership::{MembershipChange, MembershipError, Refusal};
 
 use super::applier::{Applier, Done, Work};
+use super::error::{Busy, NodeError, TransferFailure, Unknown};
+use super::forward::{self, Forwarder, Reply, Seen};
 use super::status::{StatusCell, StatusWatch};
 use super::traits::{LogStore, SnapshotStore, StateMachine, Transport};
 use crate::error::{Error, SnapshotError, StorageError};
@@ -35,6 +39,20 @@ pub struct DriverConfig {
     /// applier and not done yet; the driver stops taking new `Ready`s while this many are
     /// queued.
     pub apply_queue_max: usize,
+    /// Pass proposals made on a follower to the leader over the transport, and resolve them
+    /// with the leader's answer. Off, a follower refuses them with
+    /// [`NodeError::NotLeader`].
+    pub forward_proposals: bool,
+    /// Forwarded proposals waiting for the leader's answer; more fail with
+    /// [`Busy::Forwards`].
+    pub forwards_pending_max: usize,
+    /// Forwarded requests the leader remembers having taken, to drop duplicates a transport
+    /// delivers (a duplicate of an older one would be proposed again).
+    pub forwards_remembered_max: usize,
+    /// How long a forwarded proposal waits for the leader's answer, in ticks, before it
+    /// fails with [`Unknown::ForwardUnanswered`] (0: four times
+    /// [`Config::election_ticks`](crate::Config::election_ticks)).
+    pub forward_timeout_ticks: u64,
     /// Peer addresses, to name the leader's address in [`NodeError::NotLeader`].
     pub addresses: BTreeMap<NodeId, String>,
     /// Take a snapshot whenever the applied index reaches a multiple of this (0: only on
@@ -54,56 +72,15 @@ impl Default for DriverConfig {
             persist_inflight_max: 64,
             reads_waiting_max: 4096,
             apply_queue_max: 64,
+            forward_proposals: true,
+            forwards_pending_max: 4096,
+            forwards_remembered_max: 16_384,
+            forward_timeout_ticks: 0,
             addresses: BTreeMap::new(),
             snapshot_entries: 10_000,
             snapshot_trailing_entries: 5_000,
         }
     }
-}
-
-/// Why a request failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
-    /// This node is not the leader. Retry on `leader` (at `address`) if known.
-    #[error("not the leader; leader is {leader:?} at {address:?}")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
-        /// Its address, if the driver was told.
-        address: Option<String>,
-    },
-    /// The proposal was accepted but leadership was lost before it committed, and another
-    /// entry took its place. It was not applied.
-    #[error("leadership lost before the proposal committed")]
-    LeadershipLost,
-    /// The node could not confirm a read point (no leader, or leadership changed).
-    #[error("no read point: leadership could not be confirmed")]
-    ReadUnavailable,
-    /// The leader's queue of uncommitted entries, or a driver queue, is full.
-    #[error("busy: {0}")]
-    Busy(String),
-    /// The node is shutting down or has stopped.
-    #[error("the node is shutting down")]
-    ShuttingDown,
-    /// The entry may or may not have been applied: this node installed a snapshot that
-    /// covers its index, and a snapshot does not carry responses.
-    #[error("outcome unknown: a snapshot covered the proposal's entry")]
-    OutcomeUnknown,
-    /// Taking a snapshot failed.
-    #[error("snapshot failed: {0}")]
-    Snapshot(String),
-    /// The configuration change was refused before it started; the message says why.
-    #[error("membership change refused: {0}")]
-    MembershipRefused(String),
-    /// The learner could not keep up with the leader; it stays a learner.
-    #[error("{0}")]
-    CatchUpFailed(String),
-    /// The leadership transfer did not happen within an election timeout.
-    #[error("leadership transfer failed: {0}")]
-    TransferFailed(String),
-    /// The log store failed; the node stopped (fail-stop).
-    #[error("storage failed: {0}")]
-    Storage(String),
 }
 
 /// A summary the driver refreshes after every event.
@@ -204,7 +181,9 @@ impl<R: Send + 'static> NodeHandle<R> {
     }
 
     /// Proposes `command`; resolves with the state machine's response once it is committed
-    /// and applied on this node (which must be the leader).
+    /// and applied on this node. On a follower that knows the leader (and
+    /// [`DriverConfig::forward_proposals`]), the command goes to the leader over the
+    /// transport and the response is the leader's.
     pub async fn propose(&self, command: Bytes) -> Result<R, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.request(Request::Propose(command, tx)).await?;
@@ -294,7 +273,20 @@ impl Persisted {
 /// A proposal waiting for its entry to be applied.
 struct Waiter<R> {
     term: Term,
-    reply: oneshot::Sender<Result<R, NodeError>>,
+    reply: WaiterReply<R>,
+}
+
+/// Who waits for a proposal's outcome.
+enum WaiterReply<R> {
+    /// A caller on this node.
+    Local(Reply<R>),
+    /// A follower that forwarded it: the answer goes back as a message.
+    Forwarded {
+        /// The follower.
+        from: NodeId,
+        /// Its id for the request.
+        request_id: u64,
+    },
 }
 
 /// A new driver and the first handle to it.
@@ -338,6 +330,12 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotS
     changes: HashMap<u64, oneshot::Sender<Result<Membership, NodeError>>>,
     /// A leadership transfer the caller waits for.
     transfer: Option<(NodeId, oneshot::Sender<Result<(), NodeError>>)>,
+    /// Proposals this node forwarded to the leader.
+    forwarder: Forwarder<M::Response>,
+    /// Forwarded requests this node took as leader (to drop duplicates).
+    forwards_seen: Seen,
+    /// Answers to forwarded proposals, sent with the next batch of messages.
+    forward_answers: Vec<Message>,
 }
 
 impl<L, M, T, P> Node<L, M, T, P>
@@ -377,6 +375,12 @@ where
             applied_membership = meta.membership.clone();
         }
         let applied = config.applied;
+        let forward_timeout = match driver.forward_timeout_ticks {
+            0 => 4 * u64::from(config.election_ticks),
+            ticks => ticks,
+        };
+        let forwarder = Forwarder::new(config.seed, forward_timeout, driver.forwards_pending_max);
+        let forwards_remembered = driver.forwards_remembered_max;
         let mut raw = RawNode::new(config, log.clone())?;
         let mut stats = SnapshotStats::default();
         if let Some(meta) = latest {
@@ -421,6 +425,9 @@ where
             next_change_id: 0,
             changes: HashMap::new(),
             transfer: None,
+            forwarder,
+            forwards_seen: Seen::new(forwards_remembered),
+            forward_answers: Vec::new(),
         };
         node.publish_status();
         Ok((
@@ -478,19 +485,21 @@ where
             if let Err(e) = self.handle_ready().await {
                 break Err(e);
             }
+            self.send_forward_answers();
             futures::select_biased! {
                 done = self.persisting.select_next_some() => match done {
                     Ok(p) => self.on_persisted(p),
-                    Err(e) => break Err(NodeError::Storage(e.to_string())),
+                    Err(e) => break Err(NodeError::Storage(e)),
                 },
                 done = self.done.select_next_some() => {
                     if let Err(e) = self.on_done(done) {
                         break Err(e);
                     }
                 },
-                msg = inbound.select_next_some() => self.raw.step(msg),
+                msg = inbound.select_next_some() => self.on_message(msg),
                 () = ticks.select_next_some() => {
                     self.raw.tick();
+                    self.forwarder.tick();
                     if self.raw.is_removed() != self.status.read(|s| s.removed) {
                         self.publish_status();
                     }
@@ -510,20 +519,13 @@ where
 
     fn handle_request(&mut self, req: Request<M::Response>) -> bool {
         match req {
-            Request::Propose(command, reply) => match self.raw.propose(command) {
-                Ok(index) => {
-                    let term = self.raw.term();
-                    self.waiters.insert(index, Waiter { term, reply });
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(self.map_error(e)));
-                }
-            },
+            Request::Propose(command, reply) => self.propose(command, reply),
             Request::Read(reply) => {
                 if self.reads_pending.len() + self.reads_waiting.len()
                     >= self.config.reads_waiting_max
                 {
-                    let _ = reply.send(Err(NodeError::Busy("too many reads waiting".into())));
+                    let max = self.config.reads_waiting_max;
+                    let _ = reply.send(Err(NodeError::Busy(Busy::Reads { max })));
                 } else {
                     self.next_read_id += 1;
                     self.reads_pending.insert(self.next_read_id, reply);
@@ -548,9 +550,8 @@ where
                 }
                 Ok(()) => {
                     if let Some((_, old)) = self.transfer.replace((to, reply)) {
-                        let _ = old.send(Err(NodeError::TransferFailed(
-                            "another transfer was asked for".into(),
-                        )));
+                        let _ =
+                            old.send(Err(NodeError::TransferFailed(TransferFailure::Superseded)));
                     }
                 }
                 Err(e) => {
@@ -563,21 +564,97 @@ where
         true
     }
 
+    /// Proposes here if this node leads; forwards to the leader if it knows one (and
+    /// forwarding is on); else refuses.
+    fn propose(&mut self, command: Bytes, reply: Reply<M::Response>) {
+        let leader = match self.raw.propose(command.clone()) {
+            Ok(index) => {
+                let term = self.raw.term();
+                let reply = WaiterReply::Local(reply);
+                self.waiters.insert(index, Waiter { term, reply });
+                return;
+            }
+            Err(Error::NotLeader {
+                leader: Some(leader),
+            }) if self.config.forward_proposals && leader != self.raw.id() => leader,
+            Err(e) => {
+                let _ = reply.send(Err(self.map_error(e)));
+                return;
+            }
+        };
+        let me = (self.raw.id(), self.raw.term());
+        if let Some(message) = self.forwarder.forward(me, leader, command, reply) {
+            self.transport.send(vec![message]);
+        }
+    }
+
+    /// A message from a peer: forwarding is the driver's; the rest goes to the core.
+    fn on_message(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::Forward(request) => {
+                if !self.forwards_seen.first_time(msg.from, request.request_id) {
+                    return;
+                }
+                let outcome = match self.raw.propose(request.command) {
+                    Ok(index) => {
+                        let term = self.raw.term();
+                        let reply = WaiterReply::Forwarded {
+                            from: msg.from,
+                            request_id: request.request_id,
+                        };
+                        self.waiters.insert(index, Waiter { term, reply });
+                        return;
+                    }
+                    Err(e) => forward::refusal(&e),
+                };
+                let me = (self.raw.id(), self.raw.term());
+                let answer = forward::response(me, msg.from, request.request_id, outcome);
+                self.forward_answers.push(answer);
+            }
+            MessageBody::ForwardResponse(response) => {
+                let addresses = &self.config.addresses;
+                self.forwarder.answered(msg.from, response, addresses);
+            }
+            _ => self.raw.step(msg),
+        }
+    }
+
+    /// Resolves a proposal: its caller here, or the follower that forwarded it.
+    fn resolve(&mut self, reply: WaiterReply<M::Response>, result: Result<M::Response, NodeError>) {
+        match reply {
+            WaiterReply::Local(reply) => {
+                let _ = reply.send(result);
+            }
+            WaiterReply::Forwarded { from, request_id } => {
+                let me = (self.raw.id(), self.raw.term());
+                let outcome = forward::outcome(result);
+                let answer = forward::response(me, from, request_id, outcome);
+                self.forward_answers.push(answer);
+            }
+        }
+    }
+
+    /// Sends the answers to forwarded proposals gathered since the last call, together.
+    fn send_forward_answers(&mut self) {
+        if !self.forward_answers.is_empty() {
+            self.transport
+                .send(std::mem::take(&mut self.forward_answers));
+        }
+    }
+
     fn map_error(&self, e: Error) -> NodeError {
         match e {
             Error::NotLeader { leader } => NodeError::NotLeader {
                 leader,
                 address: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
             },
-            Error::Busy { uncommitted } => {
-                NodeError::Busy(format!("{uncommitted} entries wait for commit"))
-            }
-            Error::TransferInProgress { to } => {
-                NodeError::Busy(format!("leadership is being transferred to {to}"))
-            }
-            Error::MembershipChange(why) => NodeError::MembershipRefused(why),
-            Error::MembershipChangePending(why) => NodeError::Busy(why),
-            other => NodeError::Storage(other.to_string()),
+            Error::Busy { uncommitted } => NodeError::Busy(Busy::Uncommitted { uncommitted }),
+            Error::TransferInProgress { to } => NodeError::Busy(Busy::TransferInProgress { to }),
+            Error::MembershipRefused(why) => NodeError::MembershipRefused(why),
+            Error::MembershipChangePending(why) => NodeError::MembershipPending(why),
+            Error::Config(e) => NodeError::Config(e),
+            Error::Storage(e) => NodeError::Storage(e),
+            Error::Snapshot(e) => NodeError::Snapshot(e),
         }
     }
 
@@ -599,11 +676,11 @@ where
                 if let Some(reply) = self.changes.remove(&r.request_id) {
                     let _ = reply.send(r.result.map_err(|e| match e {
                         MembershipError::LeadershipLost => NodeError::LeadershipLost,
-                        e @ MembershipError::CatchUpFailed { .. } => {
-                            NodeError::CatchUpFailed(e.to_string())
+                        MembershipError::CatchUpFailed { id, rounds } => {
+                            NodeError::CatchUpFailed { id, rounds }
                         }
-                        e @ MembershipError::NotALearner { .. } => {
-                            NodeError::MembershipRefused(e.to_string())
+                        MembershipError::NotALearner { id } => {
+                            NodeError::MembershipRefused(Refusal::NotALearner(id))
                         }
                     }));
                 }
@@ -650,12 +727,12 @@ where
         let outcome = match self.raw.leader() {
             Some(leader) if leader == to => Some(Ok(())),
             _ if self.raw.role() == Role::Leader && self.raw.transfer_target() != Some(to) => {
-                Some(Err(NodeError::TransferFailed(format!(
-                    "{to} did not take over within an election timeout"
-                ))))
+                Some(Err(NodeError::TransferFailed(TransferFailure::TimedOut {
+                    to,
+                })))
             }
             Some(leader) if self.raw.role() != Role::Leader => Some(Err(
-                NodeError::TransferFailed(format!("{leader} leads instead of {to}")),
+                NodeError::TransferFailed(TransferFailure::OtherLeader { leader, to }),
             )),
             _ => None,
         };
@@ -799,14 +876,19 @@ where
                 let Some(&(last, _, _)) = applied.last() else {
                     return Ok(());
                 };
+                // The status shows the index applied before its proposers hear of it.
+                self.applied = self.applied.max(last);
+                self.raw.on_applied(last);
+                self.publish_status();
                 for (index, term, response) in applied {
                     self.complete(index, term, response);
                 }
-                self.applied = self.applied.max(last);
-                self.raw.on_applied(last);
             }
             Done::Snapshot(result) => self.on_snapshot_taken(result),
-            Done::Restored(Err(e)) => return Err(NodeError::Storage(e)),
+            Done::Restored(Err((meta, source))) => {
+                let index = meta.last_index;
+                return Err(NodeError::Restore { index, source });
+            }
             Done::Restored(Ok(meta)) => self.on_restored(meta),
         }
         self.serve_reads();
@@ -824,7 +906,8 @@ where
             .collect();
         for index in covered {
             let waiter = self.waiters.remove(&index).expect("listed above");
-            let _ = waiter.reply.send(Err(NodeError::OutcomeUnknown));
+            let unknown = NodeError::OutcomeUnknown(Unknown::SnapshotCovered);
+            self.resolve(waiter.reply, Err(unknown));
         }
         self.applied = self.applied.max(meta.last_index);
         self.stats.installed += 1;
@@ -832,7 +915,7 @@ where
 
     /// A snapshot is stored: tell the core, compact the log behind it (keeping
     /// `snapshot_trailing_entries`), answer the caller who asked for it.
-    fn on_snapshot_taken(&mut self, result: Result<(SnapshotMeta, bool), String>) {
+    fn on_snapshot_taken(&mut self, result: Result<(SnapshotMeta, bool), SnapshotError>) {
         let reply = self.snapshot_replies.pop_front().flatten();
         let result = match result {
             Ok((meta, fresh)) => {
@@ -892,7 +975,7 @@ where
                     Err(NodeError::LeadershipLost)
                 }
             };
-            let _ = waiter.reply.send(result);
+            self.resolve(waiter.reply, result);
         }
     }
 
@@ -931,8 +1014,10 @@ where
 
     fn fail_all(&mut self, error: NodeError) {
         for (_, w) in std::mem::take(&mut self.waiters) {
-            let _ = w.reply.send(Err(error.clone()));
+            self.resolve(w.reply, Err(error.clone()));
         }
+        self.send_forward_answers();
+        self.forwarder.fail_all(&error);
         for (_, r) in self.changes.drain() {
             let _ = r.send(Err(error.clone()));
         }

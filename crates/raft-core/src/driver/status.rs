@@ -9,7 +9,8 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 use raftline_proto::{LogIndex, Membership, NodeId};
 
-use super::node::{NodeError, NodeStatus};
+use super::error::NodeError;
+use super::node::NodeStatus;
 
 /// The status the driver publishes after every event, and the watchers waiting for it to
 /// change.

@@ -12,8 +12,9 @@ use crate::storage::{Storage, StorageMut};
 
 /// Sends messages to peers.
 ///
-/// Inbound messages reach the node through the stream given to
-/// [`Node::new`](crate::driver::Node::new); a transport typically owns the sending half of a
+/// Inbound messages reach the node through the `inbound` stream given to
+/// [`Node::run`](crate::driver::Node::run) or [`Node::into_tasks`](crate::driver::Node::into_tasks),
+/// not through this trait; a transport typically owns the sending half of a
 /// bounded channel and pushes every message it decodes into it.
 pub trait Transport: Send + Sync + 'static {
     /// Hands `messages` (each names its peer in `to`) to the network and returns at once:
@@ -61,8 +62,10 @@ pub type SnapshotSource<'a> = dyn AsyncRead + Send + Unpin + 'a;
 /// restores its whole state as a snapshot.
 #[async_trait]
 pub trait StateMachine: Send + 'static {
-    /// What applying a command returns to the client that proposed it.
-    type Response: Send + 'static;
+    /// What applying a command returns to the client that proposed it. It travels from the
+    /// leader to a follower that forwarded the command (encoded with postcard), so it is
+    /// serializable.
+    type Response: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;
 
     /// Applies the command committed at `index`. Must be deterministic: every node applies the
     /// same commands in the same order and must reach the same state.

@@ -594,7 +594,7 @@ impl fmt::Debug for KvInput {
 }
 
 /// An answer from [`KvModel`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KvOutput {
     /// A put or delete was applied.
     Ok,

@@ -1801,6 +1801,10 @@ pub fn format_message(m: &Message) -> String {
             r.request_id,
             r.read_index.map_or("none".into(), |i| i.0.to_string())
         ),
+        MessageBody::Forward(r) => format!("forward req={} {}B", r.request_id, r.command.len()),
+        MessageBody::ForwardResponse(r) => {
+            format!("forward-resp req={} {:?}", r.request_id, r.outcome)
+        }
     };
     format!("{}->{} {} {body}", m.from.0, m.to.0, m.term)
 }

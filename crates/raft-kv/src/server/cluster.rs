@@ -377,9 +377,10 @@ impl Shared {
                 Ok(_) => {
                     tracing::info!(member = %format!("{id:x}"), "promoted the learner to a voter")
                 }
-                Err(NodeError::CatchUpFailed(why)) => tracing::info!(
+                Err(NodeError::CatchUpFailed { rounds, .. }) => tracing::info!(
                     member = %format!("{id:x}"),
-                    "the learner has not caught up yet; retrying in {PROMOTE_INTERVAL:?}: {why}"
+                    rounds,
+                    "the learner has not caught up yet; retrying in {PROMOTE_INTERVAL:?}"
                 ),
                 Err(e) => tracing::info!(
                     member = %format!("{id:x}"),

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use raftline_core::driver::{NodeError, NodeHandle};
+use raftline_core::driver::{NodeError, NodeHandle, Unknown};
 use raftline_core::MembershipChange;
 use raftline_proto::{Membership, NodeId};
 use tokio::time::Instant;
@@ -54,15 +54,10 @@ use tonic::{Request, Response, Status};
 use crate::config::{member_id, parse_url, ServerConfig};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
-use crate::proto::raftkv;
 use crate::store::{Command, Outcome, Store, PEER_URL_EXISTS};
 
 /// The largest request accepted (etcd's default limit), in bytes of key plus value.
 pub const REQUEST_BYTES_MAX: usize = 3 * 512 * 1024;
-
-/// The largest answer a follower accepts from the leader when forwarding (a delete with
-/// `prev_kv` returns every removed pair).
-pub const FORWARD_RESPONSE_BYTES_MAX: usize = 256 << 20;
 
 /// How long to wait before retrying while no leader is known.
 const NO_LEADER_RETRY: Duration = Duration::from_millis(50);
@@ -184,88 +179,30 @@ impl Shared {
             .and_then(|m| m.client_urls.first().cloned())
     }
 
-    /// Runs a command through raft: proposes it here if this member leads, or forwards it to
-    /// the leader; waits for the result until the request deadline. Every failure is etcd's:
-    /// `Unavailable` with etcd's message when the command may not have been applied (no
-    /// leader, a leader change, a lost connection to the leader, the deadline).
+    /// Runs a command through raft: the driver proposes it here if this member leads, or
+    /// forwards it to the leader over the raft transport; waits for the result until the
+    /// request deadline. Every failure is etcd's: `Unavailable` with etcd's message when the
+    /// command may not have been applied (no leader, a leader change, the deadline).
     pub async fn execute(&self, command: Command) -> Result<Outcome, Status> {
         let deadline = self.deadline();
         let encoded = Bytes::from(
             postcard::to_allocvec(&command).map_err(|e| Status::internal(e.to_string()))?,
         );
         loop {
-            let unreached = match self.attempt(&encoded, deadline).await {
-                Attempt::Done(result) => return result,
-                Attempt::Unreached(why) => why,
-            };
-            // No leader (or its address, or a connection to it) yet: an election is under way.
+            let proposed = tokio::time::timeout_at(deadline, self.node.propose(encoded.clone()));
+            match proposed.await {
+                Err(_) => return Err(Status::unavailable(ETCD_TIMED_OUT)),
+                Ok(Ok(outcome)) => return Ok(outcome),
+                // Not applied: no leader is known, or the member it was passed to no longer
+                // leads. An election is under way; try again once it is over.
+                Ok(Err(NodeError::NotLeader { .. })) => {}
+                Ok(Err(e)) => return Err(node_error_status(e)),
+            }
             if Instant::now() + NO_LEADER_RETRY >= deadline {
-                return Err(Status::unavailable(match unreached {
-                    Unreached::NoLeader => ETCD_NO_LEADER,
-                    Unreached::LeaderUnreachable => ETCD_CONNECTION_LOST,
-                }));
+                return Err(Status::unavailable(ETCD_NO_LEADER));
             }
             self.leader_change_or_pause().await;
         }
-    }
-
-    /// One try of [`Shared::execute`]: propose here, or forward to the leader this member
-    /// knows.
-    async fn attempt(&self, encoded: &Bytes, deadline: Instant) -> Attempt {
-        let proposed = tokio::time::timeout_at(deadline, self.node.propose(encoded.clone())).await;
-        let error = match proposed {
-            Err(_) => return Attempt::Done(Err(Status::unavailable(ETCD_TIMED_OUT))),
-            Ok(Ok(outcome)) => return Attempt::Done(Ok(outcome)),
-            Ok(Err(e)) => e,
-        };
-        match error {
-            NodeError::NotLeader {
-                leader: Some(leader),
-                ..
-            } => {
-                let Some(url) = self.leader_client_url(leader) else {
-                    return Attempt::Unreached(Unreached::NoLeader);
-                };
-                match self.forward(&url, encoded.clone(), deadline).await {
-                    Ok(outcome) => Attempt::Done(Ok(outcome)),
-                    // Never reached the leader, so not applied: wait for one, as when none is
-                    // known.
-                    Err(ForwardError::NotDelivered) => {
-                        Attempt::Unreached(Unreached::LeaderUnreachable)
-                    }
-                    Err(ForwardError::Failed(status)) => Attempt::Done(Err(status)),
-                }
-            }
-            NodeError::NotLeader { leader: None, .. } => Attempt::Unreached(Unreached::NoLeader),
-            other => Attempt::Done(Err(node_error_status(other))),
-        }
-    }
-
-    /// Forwards a command to the leader at client URL `url` (`raftkv.Internal.Forward`).
-    async fn forward(
-        &self,
-        url: &str,
-        command: Bytes,
-        deadline: Instant,
-    ) -> Result<Outcome, ForwardError> {
-        let channel = self.channel(url).map_err(|status| {
-            tracing::warn!(url, "cannot forward to the leader: {}", status.message());
-            ForwardError::NotDelivered
-        })?;
-        let mut client = raftkv::internal_client::InternalClient::new(channel)
-            .max_decoding_message_size(FORWARD_RESPONSE_BYTES_MAX);
-        let request = raftkv::ForwardRequest {
-            command: command.to_vec(),
-        };
-        let response = tokio::time::timeout_at(deadline, client.forward(request))
-            .await
-            .map_err(|_| ForwardError::Failed(Status::unavailable(ETCD_TIMED_OUT)))?
-            .map_err(forward_error)?;
-        postcard::from_bytes(&response.into_inner().outcome).map_err(|e| {
-            ForwardError::Failed(Status::internal(format!(
-                "undecodable answer from the leader: {e}"
-            )))
-        })
     }
 
     /// Waits until the leader this member knows changes, or `NO_LEADER_RETRY` passes: what a
@@ -316,34 +253,6 @@ pub const ETCD_CONNECTION_LOST: &str =
 /// been applied.
 pub const ETCD_LEADER_FAIL: &str =
     "etcdserver: request timed out, possibly due to previous leader failure";
-
-/// How one try of [`Shared::execute`] ended.
-enum Attempt {
-    /// With the client's answer.
-    Done(Result<Outcome, Status>),
-    /// Without reaching a leader: the command was not applied, and may be tried again.
-    Unreached(Unreached),
-}
-
-/// Why a try did not reach a leader.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Unreached {
-    /// None is known (or not its client URL).
-    NoLeader,
-    /// The known leader could not be reached.
-    LeaderUnreachable,
-}
-
-/// How forwarding a command to the leader failed.
-#[derive(Debug)]
-enum ForwardError {
-    /// The command never reached the leader (no connection could be made, or the leader
-    /// refused the request unprocessed): it was not applied and may be sent again.
-    NotDelivered,
-    /// The client's answer: the leader's own, or etcd's `Unavailable` when the command may
-    /// have reached the leader but its outcome is unknown.
-    Failed(Status),
-}
 
 /// Whether a request that failed in transport reached the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,20 +313,6 @@ fn delivery_of(error: &(dyn std::error::Error + 'static)) -> Option<Delivery> {
     None
 }
 
-/// The failure of a forwarded request, in etcd's terms: a transport failure before the
-/// leader got the command is [`ForwardError::NotDelivered`]; one after it may have is etcd's
-/// `Unavailable` "request timed out, possibly due to connection lost"; the leader's own
-/// answer passes unchanged.
-fn forward_error(status: Status) -> ForwardError {
-    match transport_delivery(&status) {
-        Some(Delivery::NotSent) => ForwardError::NotDelivered,
-        Some(Delivery::MaybeSent) => {
-            ForwardError::Failed(Status::unavailable(ETCD_CONNECTION_LOST))
-        }
-        None => ForwardError::Failed(status),
-    }
-}
-
 /// The client's answer when a call passed on to the leader (a Cluster or Lease request)
 /// failed: a transport failure, whether or not the request reached the leader, is etcd's
 /// `Unavailable` "request timed out, possibly due to connection lost"; the leader's own
@@ -443,52 +338,38 @@ fn node_error_status(e: NodeError) -> Status {
         NodeError::Busy(why) => {
             Status::unavailable(format!("etcdserver: too many requests ({why})"))
         }
+        NodeError::MembershipPending(why) => {
+            Status::unavailable(format!("etcdserver: too many requests ({why})"))
+        }
         NodeError::ShuttingDown => Status::unavailable("etcdserver: server stopped"),
-        // etcd's answer when it cannot tell whether a proposal was applied (here: this
-        // member lost leadership, and a snapshot from the next leader covered the entry).
-        NodeError::OutcomeUnknown => Status::unavailable(ETCD_LEADER_FAIL),
-        NodeError::Snapshot(why) => Status::internal(format!("etcdserver: snapshot failed: {why}")),
+        // The leader got no answer back to this member in time: etcd's follower times out.
+        NodeError::OutcomeUnknown(Unknown::ForwardUnanswered { .. }) => {
+            Status::unavailable(ETCD_TIMED_OUT)
+        }
+        NodeError::OutcomeUnknown(Unknown::UndecodableResponse { leader }) => {
+            Status::internal(format!(
+                "etcdserver: the leader ({:x}) answered in a format this member cannot read",
+                leader.0
+            ))
+        }
+        // etcd's answer when it cannot tell whether a proposal was applied (the leader lost
+        // leadership, and a snapshot from the next leader covered the entry).
+        NodeError::OutcomeUnknown(_) => Status::unavailable(ETCD_LEADER_FAIL),
         NodeError::MembershipRefused(why) => {
             Status::failed_precondition(format!("etcdserver: {why}"))
         }
         // etcd's messages exactly: etcd's client library maps them to typed errors.
-        NodeError::CatchUpFailed(why) => {
-            tracing::info!("promotion refused: {why}");
+        NodeError::CatchUpFailed { id, rounds } => {
+            tracing::info!(member = %format!("{:x}", id.0), rounds, "promotion refused: the learner has not caught up");
             Status::failed_precondition(LEARNER_NOT_READY)
         }
         NodeError::TransferFailed(why) => {
             tracing::info!("leadership transfer failed: {why}");
             Status::unavailable(LEADER_TRANSFER_TIMEOUT)
         }
-        NodeError::Storage(why) => Status::internal(format!("etcdserver: storage failed: {why}")),
-    }
-}
-
-/// `raftkv.Internal`: the leader's side of forwarding.
-pub struct InternalService(pub Arc<Shared>);
-
-#[tonic::async_trait]
-impl raftkv::internal_server::Internal for InternalService {
-    async fn forward(
-        &self,
-        request: Request<raftkv::ForwardRequest>,
-    ) -> Result<Response<raftkv::ForwardResponse>, Status> {
-        let command = Bytes::from(request.into_inner().command);
-        if postcard::from_bytes::<Command>(&command).is_err() {
-            return Err(Status::invalid_argument("undecodable command"));
-        }
-        // Propose here only: forwarding again could loop between two members that each think
-        // the other leads.
-        let outcome =
-            tokio::time::timeout(self.0.config.request_timeout, self.0.node.propose(command))
-                .await
-                .map_err(|_| Status::unavailable("etcdserver: request timed out"))?
-                .map_err(node_error_status)?;
-        let outcome =
-            postcard::to_allocvec(&outcome).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(raftkv::ForwardResponse {
-            outcome,
-            raft_term: self.0.node.status().term.0,
-        }))
+        e @ (NodeError::Snapshot(_)
+        | NodeError::Storage(_)
+        | NodeError::Restore { .. }
+        | NodeError::Config(_)) => Status::internal(format!("etcdserver: {e}")),
     }
 }

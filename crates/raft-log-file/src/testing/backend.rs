@@ -558,7 +558,7 @@ fn apply_persist(
     if let Some(e) = entries.first() {
         let (first, last) = (store.first_index()?, store.last_index()?);
         if e.index < first || e.index > last.next() {
-            return Err(StorageError::Other(format!(
+            return Err(StorageError::other(format!(
                 "the shadow log {first}..={last} cannot take an append at {}",
                 e.index
             )));
@@ -625,8 +625,8 @@ impl SimLogFile {
         }
         self.run_queued(&mut state);
         let Some(result) = op(&self.log).now_or_never() else {
-            return futures::future::ready(Err(StorageError::Other(
-                "the store did not finish the operation in the call".into(),
+            return futures::future::ready(Err(StorageError::other(
+                "the store did not finish the operation in the call",
             )))
             .boxed();
         };
@@ -648,7 +648,7 @@ impl SimLogFile {
 /// A write refused because the shadows no longer follow the store.
 fn broken(why: &str) -> BoxFuture<'static, Result<(), StorageError>> {
     let e = format!("the simulator's shadow of the log is broken: {why}");
-    futures::future::ready(Err(StorageError::Other(e))).boxed()
+    futures::future::ready(Err(StorageError::other(e))).boxed()
 }
 
 /// Every read goes to the [`LogFile`], unchanged.
@@ -721,7 +721,7 @@ impl LogStore for SimLogFile {
 
     fn compact(&self, up_to: LogIndex) -> BoxFuture<'static, Result<(), StorageError>> {
         let shadow = |s: &mut MemStorage| match s.last_index()? {
-            last if up_to > last => Err(StorageError::Other(format!(
+            last if up_to > last => Err(StorageError::other(format!(
                 "the store compacted to {up_to}, past the shadow log's last entry {last}"
             ))),
             _ => StorageMut::compact(s, up_to),

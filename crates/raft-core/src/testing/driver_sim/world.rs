@@ -292,7 +292,7 @@ impl SimLog {
             end
         };
         disk.pending.push_back((op, done_at, tx));
-        rx.map(|r| r.unwrap_or_else(|_| Err(StorageError::Other("the node crashed".into()))))
+        rx.map(|r| r.unwrap_or_else(|_| Err(StorageError::other("the node crashed"))))
             .boxed()
     }
 }

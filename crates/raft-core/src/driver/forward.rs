@@ -1,0 +1,237 @@
+//! Forwarding: a follower passes a proposal to the leader over the raft transport and
+//! resolves its caller with the leader's answer (cornerstone's `send_msg_to_leader`).
+//!
+//! The follower's side is [`Forwarder`]: the proposals it sent and waits for, each with a
+//! deadline in ticks. The leader's side is [`outcome`] and [`refusal`]: a forwarded
+//! proposal is proposed like a local one, and whatever resolves it goes back as a
+//! [`ForwardResponse`].
+//!
+//! Invariants: a forwarded proposal is answered at most once, and every one is answered:
+//! by the leader, by the deadline, or when the node stops. The leader proposes each
+//! forwarded request once, however often the transport delivers it ([`Seen`], over the
+//! last `forwards_remembered_max` requests).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use raftline_proto::{
+    ForwardOutcome, ForwardRefusal, ForwardRequest, ForwardResponse, Message, MessageBody, NodeId,
+    Term,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::{Busy, NodeError, Unknown};
+use crate::error::Error;
+use crate::rng::Rng;
+
+/// Where the answer to a proposal goes.
+pub(super) type Reply<R> = oneshot::Sender<Result<R, NodeError>>;
+
+/// A forwarded proposal waiting for the leader's answer.
+struct Pending<R> {
+    leader: NodeId,
+    deadline: u64,
+    reply: Reply<R>,
+}
+
+/// The follower's side: proposals forwarded and not answered yet.
+pub(super) struct Forwarder<R> {
+    /// By request id; ids grow with time, so the first has the earliest deadline.
+    pending: BTreeMap<u64, Pending<R>>,
+    next_id: u64,
+    /// Ticks seen.
+    now: u64,
+    timeout_ticks: u64,
+    pending_max: usize,
+}
+
+impl<R: DeserializeOwned> Forwarder<R> {
+    /// A forwarder whose request ids start at a point drawn from `seed`: a node restarted
+    /// with another seed does not take an answer meant for its previous run for one of its
+    /// own.
+    pub(super) fn new(seed: u64, timeout_ticks: u64, pending_max: usize) -> Self {
+        Forwarder {
+            pending: BTreeMap::new(),
+            next_id: Rng::new(seed ^ 0xF0_4A4D).next_u64() >> 1,
+            now: 0,
+            timeout_ticks,
+            pending_max,
+        }
+    }
+
+    /// The message that forwards `command` from `from` (in `term`) to `leader`, or the
+    /// caller's reply back when too many forwards wait already.
+    pub(super) fn forward(
+        &mut self,
+        (from, term): (NodeId, Term),
+        leader: NodeId,
+        command: Bytes,
+        reply: Reply<R>,
+    ) -> Option<Message> {
+        if self.pending.len() >= self.pending_max {
+            let max = self.pending_max;
+            let _ = reply.send(Err(NodeError::Busy(Busy::Forwards { max })));
+            return None;
+        }
+        self.next_id += 1;
+        let deadline = self.now + self.timeout_ticks;
+        let pending = Pending {
+            leader,
+            deadline,
+            reply,
+        };
+        self.pending.insert(self.next_id, pending);
+        let body = MessageBody::Forward(ForwardRequest {
+            request_id: self.next_id,
+            command,
+        });
+        Some(Message {
+            from,
+            to: leader,
+            term,
+            body,
+        })
+    }
+
+    /// A tick: forwards past their deadline resolve as unanswered (their outcome is unknown).
+    pub(super) fn tick(&mut self) {
+        self.now += 1;
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().deadline > self.now {
+                break;
+            }
+            let p = entry.remove();
+            let leader = p.leader;
+            let _ = p
+                .reply
+                .send(Err(NodeError::OutcomeUnknown(Unknown::ForwardUnanswered {
+                    leader,
+                })));
+        }
+    }
+
+    /// The leader's answer. One from another node than the one asked is ignored.
+    pub(super) fn answered(
+        &mut self,
+        from: NodeId,
+        response: ForwardResponse,
+        addresses: &BTreeMap<NodeId, String>,
+    ) {
+        let id = response.request_id;
+        if self.pending.get(&id).is_none_or(|p| p.leader != from) {
+            return;
+        }
+        let p = self.pending.remove(&id).expect("checked above");
+        let leader = p.leader;
+        let result = match response.outcome {
+            ForwardOutcome::Applied(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|_| NodeError::OutcomeUnknown(Unknown::UndecodableResponse { leader })),
+            ForwardOutcome::Refused(refusal) => Err(refused(refusal, addresses)),
+            ForwardOutcome::Unknown => Err(NodeError::OutcomeUnknown(Unknown::AtLeader { leader })),
+        };
+        let _ = p.reply.send(result);
+    }
+
+    /// Answers every waiting caller with `error` (the node stops).
+    pub(super) fn fail_all(&mut self, error: &NodeError) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// The leader's memory of the forwarded proposals it took, so that a duplicated message is
+/// not proposed twice (a transport may deliver a message more than once).
+pub(super) struct Seen {
+    set: HashSet<(NodeId, u64)>,
+    /// Oldest first; the oldest is forgotten past `max`.
+    order: VecDeque<(NodeId, u64)>,
+    max: usize,
+}
+
+impl Seen {
+    pub(super) fn new(max: usize) -> Seen {
+        Seen {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    /// Whether request `id` from `from` is new; remembers it.
+    pub(super) fn first_time(&mut self, from: NodeId, id: u64) -> bool {
+        if !self.set.insert((from, id)) {
+            return false;
+        }
+        self.order.push_back((from, id));
+        if self.order.len() > self.max {
+            let oldest = self.order.pop_front().expect("longer than max");
+            self.set.remove(&oldest);
+        }
+        true
+    }
+}
+
+/// The caller's error for the leader's refusal.
+fn refused(refusal: ForwardRefusal, addresses: &BTreeMap<NodeId, String>) -> NodeError {
+    match refusal {
+        ForwardRefusal::NotLeader { leader } => NodeError::NotLeader {
+            leader,
+            address: leader.and_then(|id| addresses.get(&id).cloned()),
+        },
+        ForwardRefusal::Busy { uncommitted } => NodeError::Busy(Busy::Uncommitted { uncommitted }),
+        ForwardRefusal::TransferInProgress { to } => {
+            NodeError::Busy(Busy::TransferInProgress { to })
+        }
+        ForwardRefusal::LeadershipLost => NodeError::LeadershipLost,
+    }
+}
+
+/// The leader's answer for a forwarded proposal that resolved with `result`.
+pub(super) fn outcome<R: Serialize>(result: Result<R, NodeError>) -> ForwardOutcome {
+    match result {
+        Ok(response) => match postcard::to_allocvec(&response) {
+            Ok(bytes) => ForwardOutcome::Applied(Bytes::from(bytes)),
+            // Applied, but the response cannot travel: the follower cannot know it.
+            Err(_) => ForwardOutcome::Unknown,
+        },
+        Err(NodeError::LeadershipLost) => ForwardOutcome::Refused(ForwardRefusal::LeadershipLost),
+        Err(_) => ForwardOutcome::Unknown,
+    }
+}
+
+/// The leader's answer for a forwarded proposal its core refused.
+pub(super) fn refusal(error: &Error) -> ForwardOutcome {
+    match *error {
+        Error::NotLeader { leader } => {
+            ForwardOutcome::Refused(ForwardRefusal::NotLeader { leader })
+        }
+        Error::Busy { uncommitted } => {
+            ForwardOutcome::Refused(ForwardRefusal::Busy { uncommitted })
+        }
+        Error::TransferInProgress { to } => {
+            ForwardOutcome::Refused(ForwardRefusal::TransferInProgress { to })
+        }
+        _ => ForwardOutcome::Unknown,
+    }
+}
+
+/// A [`ForwardResponse`] message from `from` to `to`.
+pub(super) fn response(
+    (from, term): (NodeId, Term),
+    to: NodeId,
+    request_id: u64,
+    outcome: ForwardOutcome,
+) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: MessageBody::ForwardResponse(ForwardResponse {
+            request_id,
+            outcome,
+        }),
+    }
+}
