@@ -1,5 +1,9 @@
 //! A deterministic, sans-I/O Raft consensus core.
 //!
+//! New here? Read [the guide](guide): it builds a replicated counter from scratch, then
+//! covers the [`Ready`] contract, writing a storage or a transport, snapshots, membership
+//! changes, reads, tuning and the meaning of every error.
+//!
 //! [`RawNode`] holds one server's Raft state and role logic (follower, pre-candidate,
 //! candidate, leader). It does no I/O, reads no clock, starts no thread and uses no global
 //! randomness: time advances with [`RawNode::tick`], randomness comes from
@@ -58,6 +62,7 @@
 mod config;
 pub mod driver;
 mod error;
+pub mod guide;
 mod log;
 mod membership;
 mod node;
