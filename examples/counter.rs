@@ -4,7 +4,7 @@
 //! kill one (even with SIGKILL) and restart it on its `--dir`: it recovers and catches up.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,7 +75,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         snapshot_trailing_entries: 5,
         ..Default::default()
     };
-    let config = raftline_core::Config::new(me);
+    let mut config = raftline_core::Config::new(me);
+    config.seed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64; // new each start
     let (node, handle) = Node::new(config, driver, log, Counter(0), snapshots, transport).await?;
     let ticks = IntervalStream::new(interval(TICK)).map(|_| ()).fuse();
     let running = tokio::spawn(node.run(inbound, ticks));

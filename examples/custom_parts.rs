@@ -138,7 +138,7 @@ impl QueuedLog {
     fn submit(&self, write: Write) -> BoxFuture<'static, Result<(), StorageError>> {
         let (done, result) = oneshot::channel();
         let queued = self.writes.send((write, done));
-        let gone = || StorageError::Other("the writer thread stopped".into());
+        let gone = || StorageError::other("the writer thread stopped");
         async move {
             queued.map_err(|_| gone())?;
             result.await.map_err(|_| gone())?
@@ -163,7 +163,7 @@ impl Log {
                 // Entries first: the hard state's commit index may name them.
                 if let Some(first) = entries.first() {
                     if first.index <= self.base.0 || first.index > self.last_index().next() {
-                        return Err(StorageError::Other(format!("append at {}", first.index)));
+                        return Err(StorageError::other(format!("append at {}", first.index)));
                     }
                     // Raft's conflict rule: the entries replace the log from their first index.
                     let keep = self.position(first.index);

@@ -186,7 +186,8 @@ impl<S: Storage> RawNode<S> {
 
     /// Starts a configuration change; this node must be the leader, with no other change in
     /// progress and an entry of its term committed. Refusals come back at once
-    /// ([`Error::MembershipChange`](crate::Error::MembershipChange), `NotLeader`,
+    /// ([`Error::MembershipRefused`](crate::Error::MembershipRefused),
+    /// [`Error::MembershipChangePending`](crate::Error::MembershipChangePending), `NotLeader`,
     /// `TransferInProgress`); the outcome of an accepted change comes in
     /// [`Ready::membership_results`] under `request_id`, once the final configuration is
     /// committed (a joint change is left automatically) or the change failed.

@@ -334,6 +334,36 @@ fn a_forward_the_leader_never_answers_fails_as_unknown_after_its_timeout() {
 }
 
 #[test]
+fn a_forward_to_a_leader_that_was_replaced_fails_as_unknown_once_the_new_leader_is_known() {
+    let driver = DriverConfig {
+        forward_timeout_ticks: 1000,
+        ..DriverConfig::default()
+    };
+    let mut c = Cluster::with(Config::new(NodeId(1)), driver);
+    let leader = c.elect();
+    c.tick(2);
+    let old = NodeId(leader as u64 + 1);
+    c.net.cut.lock().insert(old);
+    let follower = (leader + 1) % 3;
+    let h = c.handles[follower].clone();
+    let result = c.spawn(async move { h.propose(Bytes::from_static(b"x")).await });
+    for _ in 0..100 {
+        let known = c.handles[follower].status().leader;
+        if known.is_some_and(|l| l != old) {
+            break;
+        }
+        c.tick(1);
+    }
+    assert_ne!(c.handles[follower].status().leader, Some(old));
+    assert_eq!(
+        *result.borrow(),
+        Some(Err(NodeError::OutcomeUnknown(Unknown::LeaderChanged {
+            leader: old
+        })))
+    );
+}
+
+#[test]
 fn forwards_beyond_the_bound_are_refused_as_busy() {
     let driver = DriverConfig {
         forwards_pending_max: 2,

@@ -396,7 +396,10 @@ fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
     let mut raft = Config::new(config.id);
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = 1;
-    raft.seed = config.id.0 ^ std::process::id() as u64;
+    // A new seed at each start (forwarded proposals' ids derive from it): the clock and the pid.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let nanos = now.map_or(0, |d| d.as_nanos() as u64);
+    raft.seed = config.id.0 ^ nanos ^ (u64::from(std::process::id()) << 32);
     raft.snapshot_chunk_bytes_max = config.flags.snapshot_chunk_bytes as usize;
     let driver = DriverConfig {
         snapshot_entries: config.flags.snapshot_count,

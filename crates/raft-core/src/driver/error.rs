@@ -128,13 +128,26 @@ pub enum Unknown {
         /// The leader it was forwarded to.
         leader: NodeId,
     },
+    /// The proposal was forwarded to `leader`, and another leader took over before `leader`
+    /// answered: the proposal may still commit under the new leader, or never.
+    #[error("leadership moved away from {leader} before it answered the forwarded proposal")]
+    LeaderChanged {
+        /// The leader it was forwarded to.
+        leader: NodeId,
+    },
     /// The proposal was forwarded to `leader`, which could not tell its outcome (it stopped,
-    /// or a snapshot covered the entry there).
+    /// or a snapshot covered the entry there), or applied it but could not encode the
+    /// response.
     #[error("{leader} could not tell what became of the forwarded proposal")]
     AtLeader {
         /// The leader it was forwarded to.
         leader: NodeId,
     },
+    /// Leadership was lost before the configuration change finished: its entry may still
+    /// commit under the next leader, or never. Look at the configuration once a leader is
+    /// known.
+    #[error("leadership was lost before the configuration change finished")]
+    ChangeInterrupted,
     /// `leader` applied the forwarded proposal, but its response could not be decoded here
     /// (the nodes run different versions of the state machine).
     #[error("{leader} applied the forwarded proposal, but its response is undecodable")]

@@ -45,6 +45,8 @@ pub(super) struct Forwarder<R> {
     now: u64,
     timeout_ticks: u64,
     pending_max: usize,
+    /// The last leader this node knew of.
+    leader: Option<NodeId>,
 }
 
 impl<R: DeserializeOwned> Forwarder<R> {
@@ -58,6 +60,7 @@ impl<R: DeserializeOwned> Forwarder<R> {
             now: 0,
             timeout_ticks,
             pending_max,
+            leader: None,
         }
     }
 
@@ -109,6 +112,28 @@ impl<R: DeserializeOwned> Forwarder<R> {
                 .send(Err(NodeError::OutcomeUnknown(Unknown::ForwardUnanswered {
                     leader,
                 })));
+        }
+    }
+
+    /// This node now knows `leader` leads (or no leader). Once another leader than the one a
+    /// proposal went to is known, that one's answer is not waited for: the proposal may
+    /// still commit under the new leader, or never; its caller hears that the outcome is
+    /// unknown now rather than at the deadline.
+    pub(super) fn leader_is(&mut self, leader: Option<NodeId>) {
+        if leader.is_none() || leader == self.leader {
+            return;
+        }
+        self.leader = leader;
+        let stale: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| Some(p.leader) != leader)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            let p = self.pending.remove(&id).expect("listed above");
+            let unknown = Unknown::LeaderChanged { leader: p.leader };
+            let _ = p.reply.send(Err(NodeError::OutcomeUnknown(unknown)));
         }
     }
 

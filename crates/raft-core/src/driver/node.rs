@@ -486,6 +486,7 @@ where
                 break Err(e);
             }
             self.send_forward_answers();
+            self.forwarder.leader_is(self.raw.leader());
             futures::select_biased! {
                 done = self.persisting.select_next_some() => match done {
                     Ok(p) => self.on_persisted(p),
@@ -675,7 +676,9 @@ where
             for r in std::mem::take(&mut ready.membership_results) {
                 if let Some(reply) = self.changes.remove(&r.request_id) {
                     let _ = reply.send(r.result.map_err(|e| match e {
-                        MembershipError::LeadershipLost => NodeError::LeadershipLost,
+                        MembershipError::LeadershipLost => {
+                            NodeError::OutcomeUnknown(Unknown::ChangeInterrupted)
+                        }
                         MembershipError::CatchUpFailed { id, rounds } => {
                             NodeError::CatchUpFailed { id, rounds }
                         }
