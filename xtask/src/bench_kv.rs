@@ -239,7 +239,8 @@ pub const VALUE_BYTES: usize = 256;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection's untimed first put may be retried.
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between retries of that put.
+/// Pause between retries of that put. Retrying is the only way to learn that the server (a
+/// separate process, raft-kv or etcd) accepts writes again: it announces no such event.
 const WARM_UP_RETRY: Duration = Duration::from_millis(100);
 /// How long a cluster may take to start and elect a leader.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -150,8 +150,6 @@ const LOG_SEGMENT_BYTES: u64 = 1 << 20;
 const COMMANDS: usize = 8;
 /// The cluster id every transport is configured with.
 const CLUSTER_ID: u64 = 0x5eed_b10b;
-/// How often a wait polls a node's status (the resolution of "installed").
-const POLL: Duration = Duration::from_millis(1);
 /// After `--timeout`, the clean path gets this long to report before a watchdog ends the
 /// process (a task stuck in a blocking call cannot be cancelled).
 const WATCHDOG_GRACE: Duration = Duration::from_secs(15);
@@ -343,16 +341,7 @@ async fn one_run(
     plain_first: bool,
     deadline: Instant,
 ) -> Result<Run, String> {
-    let leader = Member::start(LEADER, dir, s).await?;
-    let bystander = Member::start(BYSTANDER, dir, s).await?;
-    link(&leader, &bystander);
-    leader.handle.campaign().await.map_err(|e| e.to_string())?;
-    wait_for(
-        deadline,
-        || "node 1 to lead".to_string(),
-        || Ok(leader.status().is_leader && bystander.status().leader == Some(NodeId(LEADER))),
-    )
-    .await?;
+    let (leader, bystander) = start_led_pair(s, dir, deadline).await?;
     for _ in 0..COMMANDS {
         within(
             deadline,
@@ -376,10 +365,11 @@ async fn one_run(
         ));
     }
     // The log must be compacted behind the snapshot, or node 2 would get entries instead.
-    wait_for(
+    status_reaches(
+        &leader,
         deadline,
         || "node 1 to compact its log behind the snapshot".to_string(),
-        || Ok(leader.status().first_index > meta.last_index),
+        |st| st.first_index > meta.last_index,
     )
     .await?;
     let source = leader
@@ -411,6 +401,25 @@ async fn one_run(
         plain,
         raft,
     })
+}
+
+/// Starts node 1 and the bystander, linked, and has node 1 lead.
+async fn start_led_pair(
+    s: &Settings,
+    dir: &Path,
+    deadline: Instant,
+) -> Result<(Member, Member), String> {
+    let leader = Member::start(LEADER, dir, s).await?;
+    let bystander = Member::start(BYSTANDER, dir, s).await?;
+    link(&leader, &bystander);
+    leader.handle.campaign().await.map_err(|e| e.to_string())?;
+    let lead = || "node 1 to lead".to_string();
+    status_reaches(&leader, deadline, lead, |st| st.is_leader).await?;
+    status_reaches(&bystander, deadline, lead, |st| {
+        st.leader == Some(NodeId(LEADER))
+    })
+    .await?;
+    Ok((leader, bystander))
 }
 
 /// What the raft transfer measured.
@@ -540,27 +549,7 @@ async fn transfer(
     link(bystander, &receiver);
     link(leader, &receiver);
     let chunks = meta.size_bytes.div_ceil(s.chunk_bytes as u64);
-    wait_for(
-        deadline,
-        || {
-            let st = receiver.status().snapshots;
-            format!(
-                "node 2 to install the snapshot ({} of {chunks} chunks received)",
-                st.chunks_received
-            )
-        },
-        || {
-            let st = receiver.status();
-            if st.snapshots.rejected > 0 {
-                return Err("node 2 rejected the received snapshot".into());
-            }
-            if receiver.task.is_finished() {
-                return Err("node 2 stopped".into());
-            }
-            Ok(st.snapshots.installed > 0)
-        },
-    )
-    .await?;
+    wait_installed(&receiver, chunks, deadline).await?;
     let installed = Instant::now();
     let cpu = CpuSample::now().since(&cpu_before);
 
@@ -609,6 +598,25 @@ async fn transfer(
     Ok(times)
 }
 
+/// Waits until node 2 has installed the snapshot of `chunks` chunks; fails if it rejects it.
+async fn wait_installed(receiver: &Member, chunks: u64, deadline: Instant) -> Result<(), String> {
+    let what = || {
+        let st = receiver.status().snapshots;
+        format!(
+            "node 2 to install the snapshot ({} of {chunks} chunks received)",
+            st.chunks_received
+        )
+    };
+    let st = status_reaches(receiver, deadline, what, |st| {
+        st.snapshots.installed > 0 || st.snapshots.rejected > 0
+    })
+    .await?;
+    if st.snapshots.rejected > 0 {
+        return Err("node 2 rejected the received snapshot".into());
+    }
+    Ok(())
+}
+
 /// Messages a transport lost: dropped for a full queue, oversized, or with a connection.
 /// (Messages to node 2 before it is linked are dropped as unroutable: not counted here.)
 fn lost(transport: &TcpTransport) -> u64 {
@@ -616,20 +624,24 @@ fn lost(transport: &TcpTransport) -> u64 {
     stats.dropped_queue_full + stats.dropped_oversized + stats.dropped_in_flight
 }
 
-/// Polls `done` every [`POLL`] until it says yes; fails past `deadline` naming `what`.
-async fn wait_for(
+/// Waits until `condition` holds of `member`'s status, which its driver publishes at every
+/// change (`NodeHandle::watch`: no polling), and returns that status. Fails past `deadline`
+/// naming `what`, or when the member stops first.
+async fn status_reaches(
+    member: &Member,
     deadline: Instant,
     what: impl Fn() -> String,
-    mut done: impl FnMut() -> Result<bool, String>,
-) -> Result<(), String> {
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("--timeout reached while waiting for {}", what()));
-        }
-        tokio::time::sleep(POLL).await;
+    condition: impl FnMut(&NodeStatus) -> bool,
+) -> Result<NodeStatus, String> {
+    let mut watch = member.handle.watch();
+    match tokio::time::timeout_at(deadline.into(), watch.wait_for(condition)).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(format!(
+            "node {} stopped while waiting for {}: {e}",
+            member.id,
+            what()
+        )),
+        Err(_) => Err(format!("--timeout reached while waiting for {}", what())),
     }
 }
 

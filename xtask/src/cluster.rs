@@ -65,6 +65,8 @@ use rustix::process::{kill_process, Pid, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::child_exit::ExitWatch;
+
 /// Options of `cargo xtask cluster`.
 #[derive(Args)]
 pub struct ClusterArgs {
@@ -130,6 +132,12 @@ const REMOVED_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Lines typed on stdin waiting for the running cluster to read them.
 const STDIN_QUEUE_LINES: usize = 16;
 
+/// How often a wait asks the members over gRPC whether the cluster has settled, or whether an
+/// added member was promoted. Their raft state lives in other processes, and etcd's API has
+/// no stream of leader or membership changes: asking again is the only way. Every such wait
+/// is bounded by a timeout.
+const RPC_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
 /// What the commands read on stdin do.
 const HELP: &str = "commands (one per line on stdin):
   add            add a member: MemberAdd, start it with --initial-cluster-state existing, wait
@@ -180,125 +188,26 @@ async fn serve(
     mut roster: Roster,
 ) -> Result<(), String> {
     // Installed before the members start, so that a Ctrl-C at any point stops them in order.
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let started = Instant::now();
-
+    let mut signals = Signals::install()?;
     let mut cluster = Cluster {
         members: Vec::new(),
         identity: Some(Identity::raft_kv(&roster.token)),
     };
     warn_without_setpriv();
-    let members = roster.members()?;
-    let initial_cluster = initial_cluster(members.iter().map(|(a, _)| a));
-    for (a, joined) in &members {
-        let state = if *joined { "existing" } else { "new" };
-        if let Err(e) = cluster.spawn(server, dir, a, &initial_cluster, state) {
-            cluster.stop(STOP_GRACE);
-            return Err(e);
-        }
+    if let Err(e) = start_members(&mut cluster, args, server, dir, &roster, &mut signals).await {
+        cluster.stop(STOP_GRACE);
+        return Err(e);
     }
-    let settled = tokio::select! {
-        s = cluster.wait_settled(Duration::from_secs_f64(args.start_timeout)) => s,
-        _ = interrupt.recv() => Err("interrupted (SIGINT) while starting".to_string()),
-        _ = terminate.recv() => Err("terminated (SIGTERM) while starting".to_string()),
-    };
-    let settled = match settled {
-        Ok(s) => s,
-        Err(e) => {
-            cluster.stop(STOP_GRACE);
-            return Err(e);
-        }
-    };
-    print_cluster(&cluster, &settled, dir, started.elapsed());
-
     // The scripted changes, in order; a failure or a signal stops the cluster.
-    let mut script: Vec<Change> = vec![Change::Add; usize::from(args.add)];
-    script.extend(args.remove.iter().map(|n| Change::Remove(n.clone())));
-    if args.remove_leader {
-        script.push(Change::Remove("leader".into()));
-    }
-    for change in script {
-        let done = tokio::select! {
-            r = apply_change(&mut cluster, &mut roster, server, dir, &change) => r,
-            _ = interrupt.recv() => Err("interrupted (SIGINT) during a membership change".to_string()),
-            _ = terminate.recv() => Err("terminated (SIGTERM) during a membership change".to_string()),
-        };
-        if let Err(e) = done {
-            eprintln!("\n{e}\nstopping the cluster");
-            for line in cluster.stop(STOP_GRACE) {
-                eprintln!("  {line}");
-            }
-            return Err(e);
+    let scripted = run_script(&mut cluster, args, &mut roster, server, dir, &mut signals).await;
+    if let Err(e) = scripted {
+        eprintln!("\n{e}\nstopping the cluster");
+        for line in cluster.stop(STOP_GRACE) {
+            eprintln!("  {line}");
         }
+        return Err(e);
     }
-    let stop_at = args
-        .run_for
-        .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
-    match stop_at {
-        Some(_) => println!(
-            "Stopping after --run-for {} s (or on Ctrl-C).",
-            args.run_for.unwrap_or_default()
-        ),
-        None => println!("Press Ctrl-C to stop the cluster."),
-    }
-    println!("Membership changes: type `help` (commands: add, remove NAME, list).");
-    let mut stdin = Some(spawn_stdin_reader());
-
-    let until = async {
-        match stop_at {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until);
-    let mut watch = tokio::time::interval(Duration::from_millis(200));
-    let outcome = loop {
-        let line = async {
-            match &mut stdin {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = interrupt.recv() => break Ok("SIGINT"),
-            _ = terminate.recv() => break Ok("SIGTERM"),
-            _ = &mut until => break Ok("--run-for elapsed"),
-            _ = watch.tick() => {
-                if let Err(e) = cluster.check_alive() {
-                    break Err(e);
-                }
-            }
-            line = line => {
-                let Some(line) = line else {
-                    // End of stdin (a script's, or /dev/null): no more commands.
-                    stdin = None;
-                    continue;
-                };
-                let command = match parse_command(&line) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        println!("{e}");
-                        continue;
-                    }
-                };
-                let done = tokio::select! {
-                    r = run_command(&mut cluster, &mut roster, server, dir, command) => r,
-                    _ = interrupt.recv() => break Ok("SIGINT"),
-                    _ = terminate.recv() => break Ok("SIGTERM"),
-                };
-                if let Err(e) = done {
-                    // A refused or failed change leaves the cluster running; a dead member
-                    // is noticed by the next check.
-                    println!("failed: {e}");
-                }
-            }
-        }
-    };
-    match outcome {
+    match watch(&mut cluster, args, &mut roster, server, dir, &mut signals).await {
         Ok(why) => {
             println!("\n{why}: stopping the cluster");
             for line in cluster.stop(STOP_GRACE) {
@@ -312,6 +221,163 @@ async fn serve(
                 eprintln!("  {line}");
             }
             Err("a member died".to_string())
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught while the cluster runs.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot handle SIGINT: {e}"))?,
+            terminate: signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?,
+        })
+    }
+
+    /// The next signal: `"SIGINT"` or `"SIGTERM"`.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// What a signal did, for an error message: `interrupted (SIGINT)`.
+fn caught(signal: &str) -> String {
+    let did = if signal == "SIGINT" {
+        "interrupted"
+    } else {
+        "terminated"
+    };
+    format!("{did} ({signal})")
+}
+
+/// Starts the roster's members, waits until they settle (or a signal), and reports them.
+async fn start_members(
+    cluster: &mut Cluster,
+    args: &ClusterArgs,
+    server: &Server,
+    dir: &Path,
+    roster: &Roster,
+    signals: &mut Signals,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let members = roster.members()?;
+    let initial_cluster = initial_cluster(members.iter().map(|(a, _)| a));
+    for (a, joined) in &members {
+        let state = if *joined { "existing" } else { "new" };
+        cluster.spawn(server, dir, a, &initial_cluster, state)?;
+    }
+    let timeout = Duration::from_secs_f64(args.start_timeout);
+    let settled = tokio::select! {
+        s = cluster.wait_settled(timeout) => s?,
+        signal = signals.next() => return Err(format!("{} while starting", caught(signal))),
+    };
+    print_cluster(cluster, &settled, dir, started.elapsed());
+    Ok(())
+}
+
+/// Makes the membership changes of --add, --remove and --remove-leader, in order.
+async fn run_script(
+    cluster: &mut Cluster,
+    args: &ClusterArgs,
+    roster: &mut Roster,
+    server: &Server,
+    dir: &Path,
+    signals: &mut Signals,
+) -> Result<(), String> {
+    let mut script: Vec<Change> = vec![Change::Add; usize::from(args.add)];
+    script.extend(args.remove.iter().map(|n| Change::Remove(n.clone())));
+    if args.remove_leader {
+        script.push(Change::Remove("leader".into()));
+    }
+    for change in script {
+        tokio::select! {
+            r = apply_change(cluster, roster, server, dir, &change) => r?,
+            signal = signals.next() => {
+                return Err(format!("{} during a membership change", caught(signal)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the cluster, taking commands on stdin, until a signal or the end of --run-for (`Ok`,
+/// saying which) or a member's death (`Err`, saying whose). A member's exit is an event (see
+/// `child_exit`): nothing polls for it.
+async fn watch(
+    cluster: &mut Cluster,
+    args: &ClusterArgs,
+    roster: &mut Roster,
+    server: &Server,
+    dir: &Path,
+    signals: &mut Signals,
+) -> Result<&'static str, String> {
+    let stop_at = args
+        .run_for
+        .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+    match stop_at {
+        Some(_) => println!(
+            "Stopping after --run-for {} s (or on Ctrl-C).",
+            args.run_for.unwrap_or_default()
+        ),
+        None => println!("Press Ctrl-C to stop the cluster."),
+    }
+    println!("Membership changes: type `help` (commands: add, remove NAME, list).");
+    let mut stdin = Some(spawn_stdin_reader());
+    let until = async {
+        match stop_at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
+    loop {
+        let line = async {
+            match &mut stdin {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let line = tokio::select! {
+            signal = signals.next() => return Ok(signal),
+            _ = &mut until => return Ok("--run-for elapsed"),
+            () = cluster.any_ended() => {
+                cluster.check_alive()?;
+                continue;
+            }
+            line = line => line,
+        };
+        let Some(line) = line else {
+            // End of stdin (a script's, or /dev/null): no more commands.
+            stdin = None;
+            continue;
+        };
+        let command = match parse_command(&line) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                println!("{e}");
+                continue;
+            }
+        };
+        tokio::select! {
+            // A refused or failed change leaves the cluster running; a dead member is noticed
+            // next time round.
+            r = run_command(cluster, roster, server, dir, command) => {
+                if let Err(e) = r {
+                    println!("failed: {e}");
+                }
+            }
+            signal = signals.next() => return Ok(signal),
         }
     }
 }
@@ -686,7 +752,7 @@ async fn add_member(
                 log_tail(&dir.join(format!("{}.log", addr.name)))
             ));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(RPC_POLL_INTERVAL).await;
     }
     println!(
         "  {} caught up and was promoted to a voter ({:.1} s); {} members",
@@ -1023,6 +1089,8 @@ pub struct Member {
     /// The file its stdout and stderr go to.
     pub log: PathBuf,
     child: Child,
+    /// Its end, as an event.
+    exit: ExitWatch,
     /// Set once the child has been reaped (its pid may then belong to another process).
     exited: Option<ExitStatus>,
 }
@@ -1142,6 +1210,8 @@ impl Cluster {
             self.members.push(Member {
                 addr: a.clone(),
                 log,
+                exit: ExitWatch::new(&child)
+                    .map_err(|e| format!("cannot watch {} for its exit: {e}", a.name))?,
                 child,
                 exited: None,
             });
@@ -1152,11 +1222,10 @@ impl Cluster {
     /// Takes member `pos` out of the cluster once its process has exited by itself (a
     /// removed member does), stopping it after `grace` if it has not. Says how it ended.
     pub async fn retire(&mut self, pos: usize, grace: Duration) -> String {
-        let deadline = Instant::now() + grace;
         let m = &mut self.members[pos];
-        while m.exited.is_none() && Instant::now() < deadline {
+        let _ = tokio::time::timeout(grace, m.exit.ended()).await;
+        if m.exited.is_none() {
             m.exited = m.child.try_wait().unwrap_or(None);
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let how = match m.exited {
             Some(status) => format!("exited by itself ({status})"),
@@ -1235,8 +1304,22 @@ impl Cluster {
                 }
                 return Err(why);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(RPC_POLL_INTERVAL).await;
         }
+    }
+
+    /// Resolves once a member that has not been reaped yet has ended (never, without one).
+    pub async fn any_ended(&self) {
+        let running: Vec<_> = self
+            .members
+            .iter()
+            .filter(|m| m.exited.is_none())
+            .map(|m| Box::pin(m.exit.ended()))
+            .collect();
+        if running.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        futures::future::select_all(running).await;
     }
 
     /// Every member's `Maintenance.Status`, or why it did not answer.
@@ -1269,29 +1352,18 @@ impl Cluster {
                 how.push(How::AlreadyExited);
             }
         }
+        // Every member got its SIGTERM at once: waiting for each in turn up to one deadline
+        // gives each the same grace.
         let deadline = Instant::now() + grace;
-        loop {
-            let mut running = false;
-            for m in &mut self.members {
-                if m.exited.is_none() {
-                    m.exited = m.child.try_wait().unwrap_or(None);
-                    running |= m.exited.is_none();
-                }
+        for (m, h) in self.members.iter_mut().zip(&mut how) {
+            if m.exited.is_none() && m.exit.wait_until(deadline) {
+                m.exited = m.child.try_wait().unwrap_or(None);
             }
-            if !running {
-                break;
+            if m.exited.is_none() {
+                let _ = m.child.kill();
+                m.exited = m.child.wait().ok();
+                *h = How::Killed;
             }
-            if Instant::now() >= deadline {
-                for (m, h) in self.members.iter_mut().zip(&mut how) {
-                    if m.exited.is_none() {
-                        let _ = m.child.kill();
-                        m.exited = m.child.wait().ok();
-                        *h = How::Killed;
-                    }
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
         self.members
             .iter()

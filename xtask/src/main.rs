@@ -7,8 +7,10 @@ mod bench_kv_ops;
 mod bench_kv_watch;
 mod bench_log;
 mod bench_snapshot;
+mod child_exit;
 mod cluster;
 mod machine;
+mod seeds;
 mod sim;
 mod sim_driver;
 

@@ -1,12 +1,11 @@
-//! `cargo xtask sim`: many seeds in parallel, or one seed replayed step by step.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+//! `cargo xtask sim`: many seeds in parallel (the runner and its progress line are in
+//! `seeds.rs`), or one seed replayed step by step.
 
 use clap::Args;
 use raftline_core::testing::sim::{run_seed, run_seed_with, SimConfig, SimFailure, SimReport};
 use raftline_log::testing::LogFileFactory;
+
+use crate::seeds::{self, SeedRange};
 
 #[derive(Args)]
 pub struct SimArgs {
@@ -41,8 +40,23 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    pub fn seeds(&self) -> (u64, u64) {
-        (self.start, self.seeds)
+    /// The seeds to run and the threads to run them on.
+    pub fn seed_range(&self) -> SeedRange {
+        SeedRange {
+            start: self.start,
+            count: self.seeds,
+            threads: self.threads(),
+        }
+    }
+
+    /// The command that replays one seed of this run, without the seed.
+    pub fn replay_command(&self) -> String {
+        let mode = if self.driver { " --driver" } else { "" };
+        let store = match self.store {
+            Store::Mem => "",
+            Store::File => " --store file",
+        };
+        format!("cargo xtask sim{mode}{store} --seed")
     }
 
     pub fn one_seed(&self) -> Option<u64> {
@@ -53,7 +67,7 @@ impl SimArgs {
         self.verbose
     }
 
-    pub fn threads(&self) -> usize {
+    fn threads(&self) -> usize {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
@@ -87,16 +101,8 @@ pub fn run(args: SimArgs) -> bool {
     if args.driver {
         return crate::sim_driver::run(&args);
     }
-    let configure = |seed: u64| {
-        let mut cfg = SimConfig::new(seed);
-        cfg.verbose = args.verbose;
-        if let Some(t) = args.fault_ticks {
-            cfg.fault_ticks = t;
-        }
-        cfg
-    };
     if let Some(seed) = args.seed {
-        return match run_one(configure(seed), args.store) {
+        return match run_one(configure(&args, seed), args.store) {
             Ok(r) => {
                 print_report(&r);
                 true
@@ -107,60 +113,21 @@ pub fn run(args: SimArgs) -> bool {
             }
         };
     }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let next = AtomicU64::new(args.start);
-    let end = args.start + args.seeds;
-    let failures = Mutex::new(Vec::new());
-    let totals = Mutex::new(SimReport::default());
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    break;
-                }
-                match run_one(configure(seed), args.store) {
-                    Ok(r) => {
-                        let mut t = totals.lock().unwrap();
-                        t.steps += r.steps;
-                        t.leaders += r.leaders;
-                        t.committed += r.committed;
-                        t.proposals += r.proposals;
-                        t.crashes += r.crashes;
-                        t.partitions += r.partitions;
-                        t.delivered += r.delivered;
-                        t.lost += r.lost;
-                        t.reads_ok += r.reads_ok;
-                        t.reads_failed += r.reads_failed;
-                        t.snapshots_taken += r.snapshots_taken;
-                        t.snapshots_installed += r.snapshots_installed;
-                        t.snapshot_resumes += r.snapshot_resumes;
-                        t.snapshots_rejected += r.snapshots_rejected;
-                        t.changes_done += r.changes_done;
-                        t.changes_failed += r.changes_failed;
-                        t.transfers += r.transfers;
-                        t.removed_reported += r.removed_reported;
-                    }
-                    Err(f) => {
-                        eprintln!("FAIL {f}");
-                        failures.lock().unwrap().push(f.seed);
-                    }
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap();
-    let t = totals.into_inner().unwrap();
+    let range = args.seed_range();
+    let outcome = seeds::run(
+        range,
+        |seed| run_one(configure(&args, seed), args.store),
+        add,
+    );
+    let t = &outcome.totals;
     println!(
-        "{} seeds ({}..{}) in {:.1}s on {threads} threads: {} failed",
-        args.seeds,
-        args.start,
-        end,
-        started.elapsed().as_secs_f64(),
-        failures.len()
+        "{} seeds ({}..{}) in {:.1}s on {} threads: {} failed",
+        range.count,
+        range.start,
+        range.end(),
+        outcome.elapsed.as_secs_f64(),
+        range.threads,
+        outcome.failures.len()
     );
     println!(
         "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} messages delivered, {} lost",
@@ -170,20 +137,39 @@ pub fn run(args: SimArgs) -> bool {
         "snapshots: {} taken, {} installed, {} transfers resumed, {} corrupt ones rejected; configuration: {} changes committed, {} failed, {} leadership transfers asked, {} removed servers reported",
         t.snapshots_taken, t.snapshots_installed, t.snapshot_resumes, t.snapshots_rejected, t.changes_done, t.changes_failed, t.transfers, t.removed_reported
     );
-    if !failures.is_empty() {
-        let mut sorted = failures.clone();
-        sorted.sort_unstable();
-        let shown: Vec<u64> = sorted.iter().copied().take(50).collect();
-        println!(
-            "failing seeds ({} in all, first 50): {shown:?}",
-            sorted.len()
-        );
-        println!(
-            "replay one with: cargo xtask sim --seed {} --verbose",
-            sorted[0]
-        );
+    outcome.print_failures(&args.replay_command());
+    outcome.failures.is_empty()
+}
+
+fn configure(args: &SimArgs, seed: u64) -> SimConfig {
+    let mut cfg = SimConfig::new(seed);
+    cfg.verbose = args.verbose;
+    if let Some(t) = args.fault_ticks {
+        cfg.fault_ticks = t;
     }
-    failures.is_empty()
+    cfg
+}
+
+/// Adds one run's counters to the totals.
+fn add(t: &mut SimReport, r: &SimReport) {
+    t.steps += r.steps;
+    t.leaders += r.leaders;
+    t.committed += r.committed;
+    t.proposals += r.proposals;
+    t.crashes += r.crashes;
+    t.partitions += r.partitions;
+    t.delivered += r.delivered;
+    t.lost += r.lost;
+    t.reads_ok += r.reads_ok;
+    t.reads_failed += r.reads_failed;
+    t.snapshots_taken += r.snapshots_taken;
+    t.snapshots_installed += r.snapshots_installed;
+    t.snapshot_resumes += r.snapshot_resumes;
+    t.snapshots_rejected += r.snapshots_rejected;
+    t.changes_done += r.changes_done;
+    t.changes_failed += r.changes_failed;
+    t.transfers += r.transfers;
+    t.removed_reported += r.removed_reported;
 }
 
 fn print_report(r: &SimReport) {

@@ -1,19 +1,13 @@
 //! `cargo xtask sim --driver`: the real driver under the deterministic executor, many seeds
-//! in parallel with a progress line, or one seed replayed.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! in parallel with a progress line (the runner is in `seeds.rs`), or one seed replayed.
 
 use raftline_core::testing::driver_sim::{
     run_driver_seed, DriverSimConfig, DriverSimFailure, DriverSimReport,
 };
 use raftline_log::testing::run_driver_seed_on_files;
 
+use crate::seeds;
 use crate::sim::SimArgs;
-
-/// How often the progress line is refreshed.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs one seed with the logs the arguments ask for.
 fn run_seed(args: &SimArgs, seed: u64) -> Result<DriverSimReport, DriverSimFailure> {
@@ -76,76 +70,18 @@ pub fn run(args: &SimArgs) -> bool {
             }
         };
     }
-    let (start, seeds) = args.seeds();
-    let threads = args.threads();
-    let next = AtomicU64::new(start);
-    let done = AtomicU64::new(0);
-    let end = start + seeds;
-    let failures = Mutex::new(Vec::new());
-    let totals = Mutex::new(DriverSimReport::default());
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    break;
-                }
-                match run_seed(args, seed) {
-                    Ok(r) => add(&mut totals.lock().unwrap(), &r),
-                    Err(f) => {
-                        eprintln!("FAIL {f}");
-                        failures.lock().unwrap().push(f.seed);
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            });
-        }
-        s.spawn(|| progress(&done, seeds, &failures, started));
-    });
-    let failures = failures.into_inner().unwrap();
-    let t = totals.into_inner().unwrap();
+    let range = args.seed_range();
+    let outcome = seeds::run(range, |seed| run_seed(args, seed), add);
     println!(
-        "{seeds} driver seeds ({start}..{end}) in {:.1}s on {threads} threads: {} failed",
-        started.elapsed().as_secs_f64(),
-        failures.len()
+        "{} driver seeds ({}..{}) in {:.1}s on {} threads: {} failed",
+        range.count,
+        range.start,
+        range.end(),
+        outcome.elapsed.as_secs_f64(),
+        range.threads,
+        outcome.failures.len()
     );
-    println!("totals: {}", describe(&t));
-    if !failures.is_empty() {
-        let mut sorted = failures.clone();
-        sorted.sort_unstable();
-        let shown: Vec<u64> = sorted.iter().copied().take(50).collect();
-        println!(
-            "failing seeds ({} in all, first 50): {shown:?}",
-            sorted.len()
-        );
-        println!(
-            "replay one with: cargo xtask sim --driver --seed {} --verbose",
-            sorted[0]
-        );
-    }
-    failures.is_empty()
-}
-
-/// Prints seeds done, failures, seeds/s and the time left, until every seed is done.
-fn progress(done: &AtomicU64, seeds: u64, failures: &Mutex<Vec<u64>>, started: Instant) {
-    let mut last = Instant::now();
-    loop {
-        let n = done.load(Ordering::Relaxed);
-        if n >= seeds {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        if last.elapsed() < PROGRESS_EVERY {
-            continue;
-        }
-        last = Instant::now();
-        let secs = started.elapsed().as_secs_f64();
-        let rate = n as f64 / secs.max(1e-9);
-        let eta = (seeds - n) as f64 / rate.max(1e-9);
-        eprintln!(
-            "progress: {n}/{seeds} seeds, {} failed, {rate:.1} seeds/s, ETA {eta:.0}s",
-            failures.lock().unwrap().len()
-        );
-    }
+    println!("totals: {}", describe(&outcome.totals));
+    outcome.print_failures(&args.replay_command());
+    outcome.failures.is_empty()
 }

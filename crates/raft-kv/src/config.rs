@@ -92,9 +92,11 @@ pub struct Flags {
     /// no metrics listener when not given.
     #[arg(long)]
     pub listen_metrics_urls: Option<String>,
-    /// The size the log's segment files are preallocated to, in bytes (hidden: for tests that
-    /// want many small segments; the default is raftline-log's 64 MiB).
-    #[arg(long, hide = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    /// The largest size the log's segment files are preallocated to, in bytes: segments start
+    /// at raftline-log's `segment_bytes_initial` (1 MiB, or this size if smaller) and double
+    /// up to it. Hidden: for tests that want many small segments; the default is
+    /// raftline-log's 64 MiB.
+    #[arg(long, hide = true, default_value_t = raftline_log::Options::default().segment_bytes_max, value_parser = clap::value_parser!(u64).range(4096..))]
     pub log_segment_bytes: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, default_value = "info")]

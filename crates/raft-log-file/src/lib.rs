@@ -11,9 +11,31 @@
 //! LOCK                         held (flock) while a process has the log open
 //! state                        two 4 KiB slots: hard state, compaction point, membership,
 //!                              first segment of the log
-//! 00000000000000000001.seg     segment files, preallocated to `segment_bytes_max`
-//! 00000000000000000002.seg
+//! 00000000000000000001.seg     segment files, each preallocated when created: the first to
+//! 00000000000000000002.seg     `segment_bytes_initial`, each next one twice the size of the
+//!                              one before, up to `segment_bytes_max`
 //! ```
+//!
+//! # Segment sizes
+//!
+//! A segment file is preallocated to its full size when it is created and keeps that length
+//! (it is mapped whole, so it never grows or shrinks; it is only ever removed whole), and with
+//! [`Options::zero_fill_segments`] it is written with zeros ahead of use. Its size is its
+//! file's length, read back on open, so a log may hold any mix of sizes. The first segment of
+//! a log is [`Options::segment_bytes_initial`] (1 MiB by default); each next one is twice the
+//! size of the one before, up to [`Options::segment_bytes_max`] (64 MiB): a new, empty log
+//! takes one 1 MiB file, and a busy one reaches 64 MiB segments after six rotations. A batch
+//! larger than the next segment gets one of its own, sized to fit.
+//!
+//! The next segment is prepared (created, zero-filled, synced) in the background once the
+//! current one takes its first batch, so an idle log never has more than one segment it does
+//! not use yet. On open, the empty segment after the last one that holds data is kept as the
+//! prepared one; further empty ones are removed.
+//!
+//! The trade-off: larger segments mean fewer segment files to create, fill and sync, and
+//! fewer directory syncs and files; smaller ones take less disk before the log needs it.
+//! Setting `segment_bytes_initial` to `segment_bytes_max` gives every segment the same size
+//! (the behaviour before the option existed).
 //!
 //! # Segment format (little-endian, every structure 8-byte aligned)
 //!
@@ -84,7 +106,9 @@
 //! - A failed write or sync is fatal: the store refuses every later write.
 //! - Hard state and compaction point are written to alternating checksummed slots and synced.
 //! - A snapshot installation is crash-atomic: a crash leaves the old log or the new one.
-//! - New files are synced and their directory is synced before they are relied on.
+//! - New files are synced and their directory is synced before they are relied on; on open,
+//!   the segment the log ends in is synced (a process crash may have left its last batch
+//!   unsynced in the page cache), and so are the directory and the segment kept for later.
 //! - One process per directory (the `LOCK` file).
 
 #![deny(missing_docs)]

@@ -20,7 +20,8 @@ impl SegmentMap {
     pub(crate) fn new(file: &File) -> std::io::Result<SegmentMap> {
         // SAFETY: memmap2 requires that the file is not truncated or modified in ways that
         // break Rust's aliasing rules while mapped. The store never shrinks a segment file
-        // (segments are preallocated at full length and only ever removed whole, which leaves
+        // (each is preallocated at its full length when created, keeps it, and is only ever
+        // removed whole, which leaves
         // existing maps valid on Unix), and it never rewrites bytes that a reader may hold:
         // records are only appended past the durable end, and a truncation of the log appends
         // new records instead of overwriting old ones. One process per directory is enforced

@@ -22,8 +22,22 @@ const LOCK_FILE: &str = "LOCK";
 /// How to open a log directory.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The size every segment file is preallocated to. A batch larger than this gets a segment
-    /// of its own, sized to fit.
+    /// The size of the first segment file of a log. Each later segment is preallocated to
+    /// twice the size of the one before it, up to [`segment_bytes_max`](Self::segment_bytes_max):
+    /// with the defaults, 1, 2, 4, ... 64 MiB. A value above `segment_bytes_max` means
+    /// `segment_bytes_max` (every segment the same size, as before this option existed).
+    ///
+    /// The trade-off: a segment is preallocated (and, with
+    /// [`zero_fill_segments`](Self::zero_fill_segments), written with zeros) when it is
+    /// created, so its whole size is taken on disk before the log needs it. Small segments
+    /// keep an empty or lightly used log small; large ones mean fewer segment files to
+    /// create, fill, sync and sync the directory for, and fewer files in the directory. Growing
+    /// from a small first segment gives a small log the first, and a busy one the second
+    /// after a few rotations.
+    pub segment_bytes_initial: u64,
+    /// The largest size a segment file is preallocated to (see
+    /// [`segment_bytes_initial`](Self::segment_bytes_initial)). A batch larger than the next
+    /// segment would be gets a segment of its own, sized to fit.
     pub segment_bytes_max: u64,
     /// Sync writes (fdatasync). Turn off only for tests that model process crashes, not
     /// machine crashes.
@@ -64,6 +78,7 @@ pub enum SyncWorker {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            segment_bytes_initial: 1 << 20,
             segment_bytes_max: 64 << 20,
             sync: true,
             repair: false,
@@ -72,6 +87,21 @@ impl Default for Options {
             recorder: None,
             sync_worker: SyncWorker::Thread,
         }
+    }
+}
+
+impl Options {
+    /// The size of the first segment of a log.
+    pub(crate) fn first_segment_bytes(&self) -> u64 {
+        self.segment_bytes_initial.min(self.segment_bytes_max)
+    }
+
+    /// The size of the segment that follows one of `len` bytes: twice as large, within
+    /// [`first_segment_bytes`](Self::first_segment_bytes) and `segment_bytes_max`. Segment
+    /// sizes are read back from the files' lengths on open, so any mix of sizes reopens.
+    pub(crate) fn segment_bytes_after(&self, len: u64) -> u64 {
+        len.saturating_mul(2)
+            .clamp(self.first_segment_bytes(), self.segment_bytes_max)
     }
 }
 
@@ -273,28 +303,14 @@ impl LogFile {
                     .keys()
                     .next_back()
                     .map_or(state.record.first_segment.max(1), |id| id + 1);
-                let (handle, seg, len) = create_segment(&io, id, options.segment_bytes_max, false)?;
+                let size = options.first_segment_bytes();
+                let (handle, seg, len) = create_segment(&io, id, size, false)?;
                 index.segments.insert(id, seg);
                 (handle, id, len, SEGMENT_HEADER_BYTES as u64)
             }
         };
         let last = index.last();
-        if state.record.hard_state.commit > last {
-            if options.repair {
-                let mut record = state.record.clone();
-                record.hard_state.commit = last;
-                state.write(&io, record)?;
-            } else {
-                return Err(Error::Corrupt {
-                    path: io.path(STATE_FILE),
-                    offset: 0,
-                    reason: format!(
-                        "the commit index {} is past the last entry {last} in the log: committed entries are missing",
-                        state.record.hard_state.commit
-                    ),
-                });
-            }
-        }
+        check_commit(&io, &mut state, last, options.repair)?;
         let log = LogFile {
             inner: Arc::new(Inner {
                 io,
@@ -320,8 +336,28 @@ impl LogFile {
                 _lock: lock,
             }),
         };
-        log.prepare_next(segment_id + 1);
+        log.resume_preparing(recovered.prepared);
         Ok(log)
+    }
+
+    /// Sets up the next segment after opening: the one recovery found prepared ahead, or,
+    /// if the segment appended to already holds data, a new one. An empty log prepares
+    /// nothing: its next segment is prepared once this one takes its first batch (see
+    /// `write_batch`).
+    fn resume_preparing(&self, prepared: Option<NewSegment>) {
+        let (id, len, offset) = {
+            let w = self.inner.writer.lock();
+            (w.segment_id, w.segment_len, w.offset)
+        };
+        match prepared {
+            Some(prepared) => {
+                *self.inner.preparing.lock() = Some((id + 1, Preparing::Ready(Ok(prepared))));
+            }
+            None if offset > SEGMENT_HEADER_BYTES as u64 => {
+                self.prepare_next(id + 1, self.inner.options.segment_bytes_after(len));
+            }
+            None => {}
+        }
     }
 
     /// What recovery found and did when this store was opened.
@@ -420,6 +456,7 @@ impl LogFile {
         if w.offset + len > w.segment_len {
             self.rotate(w, len)?;
         }
+        let first_in_segment = w.offset == SEGMENT_HEADER_BYTES as u64;
         inner.io.write_at(&w.segment, w.offset, &w.buf)?;
         inner.io.sync(&w.segment)?;
         // Read the record back through the map: what readers will see is what was meant.
@@ -439,7 +476,14 @@ impl LogFile {
         index
             .apply_batch(w.segment_id, view.first_index, &view.entries)
             .map_err(Error::Invalid)?;
+        drop(index);
         w.offset += len;
+        if first_in_segment {
+            // Prepared only once the segment is in use, so that an empty log (and every
+            // reopening of one) takes one segment, not two.
+            let size = inner.options.segment_bytes_after(w.segment_len);
+            self.prepare_next(w.segment_id + 1, size);
+        }
         Ok(())
     }
 
@@ -458,7 +502,7 @@ impl LogFile {
                 }
                 let size = inner
                     .options
-                    .segment_bytes_max
+                    .segment_bytes_after(w.segment_len)
                     .max(SEGMENT_HEADER_BYTES as u64 + need);
                 create_segment(&inner.io, id, size, false)?
             }
@@ -468,7 +512,6 @@ impl LogFile {
         w.segment_id = id;
         w.segment_len = len;
         w.offset = SEGMENT_HEADER_BYTES as u64;
-        self.prepare_next(id + 1);
         Ok(())
     }
 
@@ -525,15 +568,17 @@ impl LogFile {
         result
     }
 
-    /// Starts preparing segment `id` (zero-filled and synced), so that the next rotation
-    /// only swaps files: in the background, or in line with [`SyncWorker::Manual`].
-    fn prepare_next(&self, id: u64) {
+    /// Starts preparing segment `id` of `size` bytes (zero-filled and synced), so that the
+    /// next rotation only swaps files: in the background, or in line with
+    /// [`SyncWorker::Manual`]. Nothing happens if a segment is already prepared or being
+    /// prepared (one kept from before a reopen).
+    fn prepare_next(&self, id: u64, size: u64) {
         let inner = &*self.inner;
-        if !inner.options.zero_fill_segments {
+        let mut slot = inner.preparing.lock();
+        if !inner.options.zero_fill_segments || slot.is_some() {
             return;
         }
         let io = inner.io.clone();
-        let size = inner.options.segment_bytes_max;
         let preparing = match inner.options.sync_worker {
             SyncWorker::Manual => Preparing::Ready(create_segment(&io, id, size, true)),
             SyncWorker::Thread => {
@@ -548,7 +593,7 @@ impl LogFile {
                 }
             }
         };
-        *inner.preparing.lock() = Some((id, preparing));
+        *slot = Some((id, preparing));
     }
 }
 
@@ -739,7 +784,10 @@ impl LogFile {
             })?;
             let (handle, seg, len) = match self.take_prepared(fresh)? {
                 Some(prepared) => prepared,
-                None => create_segment(&inner.io, fresh, inner.options.segment_bytes_max, false)?,
+                None => {
+                    let size = inner.options.segment_bytes_after(w.segment_len);
+                    create_segment(&inner.io, fresh, size, false)?
+                }
             };
             let stale: Vec<String> = {
                 let mut log = inner.index.write();
@@ -760,8 +808,7 @@ impl LogFile {
                 inner.io.remove(name)?;
             }
             inner.io.sync_dir()?;
-            drop(w);
-            self.prepare_next(fresh + 1);
+            // The next segment is prepared once the fresh one takes its first batch.
             Ok(())
         })
     }
@@ -824,6 +871,27 @@ impl StorageMut for LogFile {
     ) -> Result<(), StorageError> {
         LogFile::install_snapshot(self, index, term, membership).map_err(to_storage_error)
     }
+}
+
+/// Refuses a commit index past the last entry of the recovered log (committed entries are
+/// missing), or with `repair` moves it back to that entry.
+fn check_commit(io: &Io, state: &mut StateFile, last: LogIndex, repair: bool) -> Result<()> {
+    if state.record.hard_state.commit <= last {
+        return Ok(());
+    }
+    if !repair {
+        return Err(Error::Corrupt {
+            path: io.path(STATE_FILE),
+            offset: 0,
+            reason: format!(
+                "the commit index {} is past the last entry {last} in the log: committed entries are missing",
+                state.record.hard_state.commit
+            ),
+        });
+    }
+    let mut record = state.record.clone();
+    record.hard_state.commit = last;
+    state.write(io, record)
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {

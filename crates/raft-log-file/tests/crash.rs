@@ -48,10 +48,13 @@ fn snapshot(log: &LogFile) -> Snapshot {
 /// Runs the workload; returns the recorded operations and, for each acknowledged operation,
 /// how many file operations had been recorded when it returned and the log it left. Without
 /// `zero_fill`, no segment is prepared ahead: rotations and snapshot installations create
-/// theirs in line.
+/// theirs in line. Segments grow from 256 bytes to 1 KiB (batches larger than that get one
+/// of their own), so crash states hold segments of mixed sizes; they are reopened with
+/// other options (fixed 1 KiB segments), which must not matter.
 fn run_workload(dir: &Path, seed: u64, zero_fill: bool) -> (Vec<Op>, Vec<(usize, Snapshot)>) {
     let recorder = Recorder::default();
     let options = Options {
+        segment_bytes_initial: 256,
         segment_bytes_max: 1024,
         sync: false,
         zero_fill_segments: zero_fill,
@@ -142,7 +145,16 @@ fn run_workload(dir: &Path, seed: u64, zero_fill: bool) -> (Vec<Op>, Vec<(usize,
         checkpoints.push((recorder.len(), snapshot(&log)));
     }
     assert!(installs > 0, "seed {seed} installs no snapshot");
-    (recorder.ops(), checkpoints)
+    let ops = recorder.ops();
+    let sizes: std::collections::BTreeSet<u64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::SetLen(file, len) if file.ends_with(".seg") => Some(*len),
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.len() >= 3, "seed {seed}: segment sizes {sizes:?}");
+    (ops, checkpoints)
 }
 
 /// The files a crash after `ops` (recorded from an empty directory) may leave, per `variant`.

@@ -90,7 +90,12 @@ proptest! {
     #[test]
     fn matches_the_model(steps in prop::collection::vec(step(), 1..60), segment in 512u64..4096) {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options { segment_bytes_max: segment, sync: false, ..Options::default() };
+        let options = Options {
+            segment_bytes_initial: segment / 4,
+            segment_bytes_max: segment,
+            sync: false,
+            ..Options::default()
+        };
         let mut log = LogFile::open(dir.path(), options.clone()).unwrap();
         let mut model = Model::default();
         for step in steps {

@@ -73,6 +73,8 @@ pub struct LogFileBackend {
     root: PathBuf,
     /// Removed when the backend is dropped.
     _temp: Option<tempfile::TempDir>,
+    /// The first segment's size, smaller still, so that runs have segments of mixed sizes.
+    pub segment_bytes_initial: u64,
     /// The segment size, small so that runs rotate and compact segments.
     pub segment_bytes_max: u64,
     /// Whether the stores call `fdatasync`. The crash model does not need it (it follows the
@@ -230,12 +232,13 @@ impl LogFileBackend {
         Ok(LogFileBackend::new(tempfile::tempdir()?))
     }
 
-    /// Logs under `root`, which the caller owns; 16 KiB segments, crashes that may interrupt
+    /// Logs under `root`, which the caller owns; segments from 4 KiB to 16 KiB, crashes that may interrupt
     /// a write, no `fdatasync`, no planted bug.
     pub fn in_dir(root: impl AsRef<Path>) -> LogFileBackend {
         LogFileBackend {
             root: root.as_ref().to_path_buf(),
             _temp: None,
+            segment_bytes_initial: 4 << 10,
             segment_bytes_max: 16 << 10,
             sync: false,
             crash_mid_write: true,
@@ -260,6 +263,7 @@ impl LogFileBackend {
     /// How a server's store is opened.
     fn options(&self, membership: &Membership, recorder: &Recorder) -> Options {
         Options {
+            segment_bytes_initial: self.segment_bytes_initial,
             segment_bytes_max: self.segment_bytes_max,
             sync: self.sync,
             membership: membership.clone(),

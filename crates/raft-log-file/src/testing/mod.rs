@@ -27,15 +27,18 @@ use crate::{LogFile, Options};
 pub struct LogFileFactory {
     /// The directory holding one sub-directory per node.
     pub root: PathBuf,
+    /// The first segment's size, smaller still, so that runs have segments of mixed sizes.
+    pub segment_bytes_initial: u64,
     /// The segment size, small so that runs rotate and compact segments.
     pub segment_bytes_max: u64,
 }
 
 impl LogFileFactory {
-    /// A factory under `root` with 16 KiB segments.
+    /// A factory under `root` with segments from 4 KiB to 16 KiB.
     pub fn new(root: impl Into<PathBuf>) -> LogFileFactory {
         LogFileFactory {
             root: root.into(),
+            segment_bytes_initial: 4 << 10,
             segment_bytes_max: 16 << 10,
         }
     }
@@ -46,6 +49,7 @@ impl StoreFactory for LogFileFactory {
 
     fn open(&mut self, id: NodeId, membership: &Membership) -> LogFile {
         let options = Options {
+            segment_bytes_initial: self.segment_bytes_initial,
             segment_bytes_max: self.segment_bytes_max,
             // The simulator models process crashes: the page cache survives them.
             sync: false,
