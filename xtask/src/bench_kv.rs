@@ -41,8 +41,8 @@
 //! - `all members`: connections spread over every member's endpoint in turn, as etcd's
 //!   benchmark does with `--endpoints` listing all members (it dials `endpoints[i % n]` for
 //!   connection `i`). The list puts the followers first, so the 1-connection row talks to a
-//!   follower, which forwards each write to the leader (raft-kv forwards over its `Internal`
-//!   gRPC service; etcd forwards the proposal over raft);
+//!   follower, which forwards each write to the leader (both forward the proposal over raft:
+//!   raft-kv's driver sends it in a `Forward` message and gets the outcome back);
 //! - `leader only`: every connection to the member that leads.
 //!
 //! The watch rows run once, watchers on all members.
