@@ -63,6 +63,7 @@ mod config;
 pub mod driver;
 mod error;
 pub mod guide;
+mod leader;
 mod log;
 mod membership;
 mod node;
@@ -70,7 +71,9 @@ mod outbox;
 mod progress;
 pub mod quorum;
 mod raft;
+mod reads;
 mod rng;
+mod role;
 mod snapshot;
 mod storage;
 
@@ -82,8 +85,9 @@ pub use error::{ConfigError, Error, Result, SnapshotError, StorageError};
 pub use membership::{ChangeBlocked, MembershipChange, MembershipError, MembershipResult, Refusal};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};
 pub use progress::{Progress, ProgressState, SnapshotTransfer};
-pub use raft::{ReadState, Role};
+pub use reads::ReadState;
 pub use rng::Rng;
+pub use role::Role;
 pub use snapshot::{SnapshotChunk, SnapshotSend};
 pub use storage::{limit_bytes, InitialState, MemStorage, Storage, StorageMut};
 

@@ -188,6 +188,11 @@ pub(crate) fn plan(
     ))
 }
 
+/// Whether `id` is a voter (of either half) or a learner of `membership`.
+pub(crate) fn is_member(membership: &Membership, id: NodeId) -> bool {
+    membership.is_voter(id) || membership.learners.contains(&id)
+}
+
 /// The configuration leaving a committed joint one: the incoming voters alone.
 pub(crate) fn leave_joint(joint: &Membership) -> Membership {
     Membership {

@@ -8,7 +8,9 @@ use crate::error::Result;
 use crate::membership::{MembershipChange, MembershipResult};
 use crate::outbox::Outbox;
 use crate::progress::Progress;
-use crate::raft::{Raft, ReadState, Role};
+use crate::raft::Raft;
+use crate::reads::ReadState;
+use crate::role::Role;
 use crate::snapshot::{SnapshotChunk, SnapshotSend};
 use crate::storage::Storage;
 
@@ -143,7 +145,7 @@ impl<S: Storage> RawNode<S> {
         let prev_hard = raft.hard_state();
         Ok(RawNode {
             prev_soft: SoftState {
-                role: raft.role,
+                role: raft.role(),
                 leader: raft.leader,
             },
             prev_hard,
@@ -235,7 +237,7 @@ impl<S: Storage> RawNode<S> {
 
     fn soft_state(&self) -> SoftState {
         SoftState {
-            role: self.raft.role,
+            role: self.raft.role(),
             leader: self.raft.leader,
         }
     }
@@ -332,7 +334,7 @@ impl<S: Storage> RawNode<S> {
 
     /// Our role.
     pub fn role(&self) -> Role {
-        self.raft.role
+        self.raft.role()
     }
 
     /// The current term.
@@ -368,7 +370,7 @@ impl<S: Storage> RawNode<S> {
 
     /// The leader's replication progress for `peer` (`None` on non-leaders).
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
-        self.raft.progress.get(&peer)
+        self.raft.progress(peer)
     }
 
     /// A summary of the node.

@@ -10,7 +10,7 @@
 use raftline_proto::{Message, SnapshotMeta};
 
 use crate::membership::MembershipResult;
-use crate::raft::ReadState;
+use crate::reads::ReadState;
 use crate::snapshot::{SnapshotChunk, SnapshotSend};
 
 /// Outputs queued since the last [`Ready`](crate::Ready); each field becomes the Ready field

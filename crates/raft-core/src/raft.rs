@@ -1,12 +1,13 @@
 //! The role logic: follower, pre-candidate, candidate and leader (§5 of the paper).
 //!
 //! Term handling happens once, in [`Raft::step`]; then a per-role function handles the message.
+//! `Raft` keeps what every node keeps (term, vote, log, configuration, election timer, the
+//! snapshot being received); what one role keeps lives in its variant of
+//! [`RoleState`], built fresh by the `become_*` functions (see [`role`](crate::role)).
 //! Every output for the application is queued in one [`Outbox`], which the next
 //! [`Ready`](crate::Ready) takes whole: outgoing messages in two lists (`messages` may be sent
 //! at once, `persisted_messages` only after the entries and hard state produced by the same
 //! step are durable), finished reads and configuration changes, and snapshot work.
-
-use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use raftline_proto::{
@@ -18,99 +19,49 @@ use raftline_proto::{
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::leader::{CatchUp, CatchUpStep, LeaderState, PendingChange, Stage, Then, Transfer};
 use crate::log::RaftLog;
 use crate::membership::{
-    self, ChangeBlocked, ConfigLog, MembershipChange, MembershipError, MembershipResult, Refusal,
+    self, is_member, ChangeBlocked, ConfigLog, MembershipChange, MembershipError, MembershipResult,
+    Refusal,
 };
 use crate::outbox::Outbox;
 use crate::progress::{Progress, ProgressState};
-use crate::quorum::{self, VoteResult};
+use crate::quorum::VoteResult;
+use crate::reads::{PendingRead, ReadState};
 use crate::rng::Rng;
+use crate::role::{CandidateState, FollowerState, Role, RoleState};
 use crate::snapshot::{self, Receiving, SnapshotChunk, SnapshotSend};
 use crate::storage::Storage;
-
-/// The role a node plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Follows a leader; campaigns when it hears from none.
-    Follower,
-    /// Asks whether it could win before raising its term.
-    PreCandidate,
-    /// Campaigns in a new term.
-    Candidate,
-    /// Serves the term.
-    Leader,
-}
-
-/// The outcome of a read-index request (§6.4 of the dissertation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadState {
-    /// The id the caller gave [`RawNode::read_index`](crate::RawNode::read_index).
-    pub request_id: u64,
-    /// Once the state machine has applied this index, a read reflects every write committed
-    /// before the request. `None`: leadership could not be confirmed (no leader, or it lost
-    /// its term); retry.
-    pub index: Option<LogIndex>,
-}
-
-/// A read waiting for the leader to confirm it still leads.
-struct PendingRead {
-    from: NodeId,
-    request_id: u64,
-    index: LogIndex,
-    /// Confirmed once a quorum answered a heartbeat with a context at least this one.
-    context: u64,
-}
 
 pub(crate) struct Raft<S> {
     pub(crate) id: NodeId,
     pub(crate) term: Term,
     pub(crate) vote: Option<NodeId>,
-    pub(crate) role: Role,
+    /// The role, with the state only that role keeps.
+    role: RoleState,
     pub(crate) leader: Option<NodeId>,
     pub(crate) log: RaftLog<S>,
     /// The configuration in force: the latest in `configs`.
     pub(crate) membership: Membership,
     /// The configuration entries of the log, to revert one that is truncated.
     configs: ConfigLog,
-    /// The leader's configuration change in progress.
-    pending_change: Option<PendingChange>,
-    /// The leader's leadership transfer in progress.
-    transfer: Option<Transfer>,
     /// Election timeouts this node spent outside the configuration it knows.
     removed_timeouts: u32,
     /// This node learned a configuration without it and gave up after
     /// `removed_election_timeouts` election timeouts.
     pub(crate) removed: bool,
-    /// The leader's progress for every member but itself.
-    pub(crate) progress: BTreeMap<NodeId, Progress>,
-    /// Votes received in the current (pre-)campaign, including our own once it is durable.
-    votes: BTreeMap<NodeId, bool>,
-    /// A candidate counts its own vote only once the vote is durable (see `on_persisted`).
-    self_vote_pending: bool,
     /// Ticks since the last election timeout reset (follower: since we heard from a leader).
     election_elapsed: u32,
-    heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
     pub(crate) cfg: Config,
     rng: Rng,
     /// Everything queued for the next Ready.
     pub(crate) outbox: Outbox,
-    /// The commit index moved, or a follower acknowledged committed entries, since the last
-    /// Ready: [`Raft::flush_commit_notices`] tells the followers that need it.
-    commit_notices_due: bool,
-    /// Reads the leader is confirming, oldest first. Bounded by `read_requests_max`.
-    reads: VecDeque<PendingRead>,
-    /// Reads that arrived before the leader committed an entry of its term (until then its
-    /// commit index may lag the cluster's). Bounded by `read_requests_max`.
-    reads_before_commit: Vec<(NodeId, u64)>,
-    /// The heartbeat context of the newest read; heartbeats carry it.
+    /// The heartbeat context of the leader's newest read; heartbeats carry it. Numbered over
+    /// the node's life rather than per term (contexts need only grow within a term), so it
+    /// is the one piece of reading state that outlives a leadership.
     read_context: u64,
-    /// The highest read context each peer has answered in this term.
-    read_acked: BTreeMap<NodeId, u64>,
-    /// Reads this node forwarded to the leader of the current term, awaiting an answer. A
-    /// duplicated or stale answer matches nothing here and is dropped.
-    reads_forwarded: std::collections::BTreeSet<u64>,
     /// The newest snapshot in the application's store: what a leader sends.
     pub(crate) snapshot: Option<SnapshotMeta>,
     /// The snapshot this follower is receiving.
@@ -138,30 +89,19 @@ impl<S: Storage> Raft<S> {
             id: cfg.id,
             term: init.hard_state.term,
             vote: init.hard_state.vote,
-            role: Role::Follower,
+            role: RoleState::default(),
             leader: None,
             log,
             membership: configs.current().clone(),
             configs,
-            pending_change: None,
-            transfer: None,
             removed_timeouts: 0,
             removed: false,
-            progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
-            self_vote_pending: false,
             election_elapsed: 0,
-            heartbeat_elapsed: 0,
             randomized_election_ticks: cfg.election_ticks,
             rng: Rng::new(cfg.seed),
             cfg,
             outbox: Outbox::default(),
-            commit_notices_due: false,
-            reads: VecDeque::new(),
-            reads_before_commit: Vec::new(),
             read_context: 0,
-            read_acked: BTreeMap::new(),
-            reads_forwarded: std::collections::BTreeSet::new(),
             snapshot: None,
             receiving: None,
         };
@@ -177,13 +117,27 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The role this node plays.
+    pub(crate) fn role(&self) -> Role {
+        self.role.role()
+    }
+
+    /// The leader's state. Only for paths that run on the leader alone.
+    fn leader_state(&mut self) -> &mut LeaderState {
+        self.role.leader_mut().expect("only the leader gets here")
+    }
+
+    /// The leader's replication progress for `peer` (`None` on non-leaders).
+    pub(crate) fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.role.progress(peer)
+    }
+
     fn is_voter(&self) -> bool {
         self.membership.is_voter(self.id)
     }
 
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
-        self.heartbeat_elapsed = 0;
         let jitter = self.rng.below(u64::from(self.cfg.election_ticks)) as u32;
         self.randomized_election_ticks = self.cfg.election_ticks + jitter;
     }
@@ -202,54 +156,51 @@ impl<S: Storage> Raft<S> {
     }
 
     // ----- role transitions -------------------------------------------------------------
+    //
+    // Each `become_*` builds the new role's state fresh (see `role`): what the old role kept
+    // is dropped here, after `end_role` has failed whatever callers were waiting on.
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
-        self.fail_reads();
-        if let Some(change) = self.pending_change.take() {
-            self.outbox.membership_results.push(MembershipResult {
-                request_id: change.request_id,
-                result: Err(MembershipError::LeadershipLost),
-            });
-        }
-        self.transfer = None;
+        let old = std::mem::take(&mut self.role);
+        self.end_role(old);
         self.set_term(term);
-        self.role = Role::Follower;
         self.leader = leader;
-        self.progress.clear();
-        self.votes.clear();
-        self.self_vote_pending = false;
         self.reset_election_timer();
     }
 
     fn become_pre_candidate(&mut self) {
-        assert_ne!(self.role, Role::Leader, "a leader does not pre-campaign");
-        // A pre-campaign changes neither term nor vote.
-        self.role = Role::PreCandidate;
+        // A pre-campaign changes neither term nor vote: the reads forwarded as a follower of
+        // this term may still be answered.
+        let follower = match std::mem::take(&mut self.role) {
+            RoleState::Follower(f) | RoleState::PreCandidate { follower: f, .. } => f,
+            RoleState::Candidate(_) => FollowerState::default(),
+            RoleState::Leader(_) => panic!("a leader does not pre-campaign"),
+        };
+        self.role = RoleState::PreCandidate {
+            follower,
+            votes: CandidateState::pre_campaign(self.id),
+        };
         self.leader = None;
-        self.votes.clear();
-        self.votes.insert(self.id, true);
-        self.self_vote_pending = false;
         self.reset_election_timer();
     }
 
     fn become_candidate(&mut self) {
-        assert_ne!(self.role, Role::Leader, "a leader does not campaign");
-        self.fail_reads();
+        assert_ne!(self.role(), Role::Leader, "a leader does not campaign");
+        let old = std::mem::take(&mut self.role);
+        self.end_role(old);
         let term = self.term.next();
         self.set_term(term);
         self.vote = Some(self.id);
-        self.role = Role::Candidate;
-        self.leader = None;
-        self.votes.clear();
         // Our own vote counts once it is durable, so that a crash cannot make us vote twice in
         // this term (Election Safety).
-        self.self_vote_pending = true;
+        self.role = RoleState::Candidate(CandidateState::campaign());
+        self.leader = None;
         self.reset_election_timer();
     }
 
     fn become_leader(&mut self) {
         assert_eq!(
-            self.role,
+            self.role(),
             Role::Candidate,
             "only a candidate becomes leader"
         );
@@ -259,32 +210,50 @@ impl<S: Storage> Raft<S> {
             self.log.committed <= self.log.last_index(),
             "Leader Completeness"
         );
-        self.role = Role::Leader;
-        self.leader = Some(self.id);
-        self.votes.clear();
-        self.reset_election_timer();
         let next = self.log.last_index().next();
-        self.progress = self
-            .membership
-            .members()
-            .into_iter()
-            .filter(|&id| id != self.id)
-            .map(|id| {
-                let mut pr = Progress::new(next);
-                pr.recent_active = true;
-                (id, pr)
-            })
-            .collect();
+        let leader = LeaderState::new(self.id, &self.membership, next);
+        self.role = RoleState::Leader(Box::new(leader));
+        self.leader = Some(self.id);
+        self.reset_election_timer();
         // A no-op of our term lets entries of earlier terms commit (§5.4.2, §8).
         self.append_own(vec![EntryPayload::Noop]);
         self.broadcast_append();
+    }
+
+    /// The role `old` ends (in the current term, before any new term is taken): nobody waiting
+    /// on it may wait forever. A leader's pending reads and configuration change fail; so do
+    /// the reads a follower forwarded.
+    fn end_role(&mut self, old: RoleState) {
+        match old {
+            RoleState::Leader(leader) => {
+                let LeaderState { reads, change, .. } = *leader;
+                for (from, request_id) in reads.into_waiting() {
+                    self.answer_read(from, request_id, None);
+                }
+                if let Some(change) = change {
+                    self.outbox.membership_results.push(MembershipResult {
+                        request_id: change.request_id,
+                        result: Err(MembershipError::LeadershipLost),
+                    });
+                }
+            }
+            RoleState::Follower(f) | RoleState::PreCandidate { follower: f, .. } => {
+                for request_id in f.forwarded.into_waiting() {
+                    self.outbox.read_states.push(ReadState {
+                        request_id,
+                        index: None,
+                    });
+                }
+            }
+            RoleState::Candidate(_) => {}
+        }
     }
 
     // ----- inputs -----------------------------------------------------------------------
 
     pub(crate) fn tick(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        match self.role {
+        match self.role() {
             Role::Leader => self.tick_leader(),
             _ => {
                 if self.election_elapsed >= self.randomized_election_ticks {
@@ -306,27 +275,15 @@ impl<S: Storage> Raft<S> {
     }
 
     fn tick_leader(&mut self) {
-        self.heartbeat_elapsed += 1;
+        self.leader_state().heartbeat_elapsed += 1;
         self.tick_catch_up();
-        if let Some(t) = &mut self.transfer {
-            t.elapsed += 1;
-            if t.elapsed >= self.cfg.election_ticks {
-                // The target did not take over within an election timeout: give up.
-                self.transfer = None;
-            }
-        }
-        if self.election_elapsed >= self.cfg.election_ticks {
+        let election_ticks = self.cfg.election_ticks;
+        self.leader_state().tick_transfer(election_ticks);
+        if self.election_elapsed >= election_ticks {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
-                let id = self.id;
-                let progress = &self.progress;
-                let active = quorum::is_quorum(&self.membership, |n| {
-                    n == id || progress.get(&n).is_some_and(|p| p.recent_active)
-                });
-                for pr in self.progress.values_mut() {
-                    pr.recent_active = false;
-                }
-                if !active {
+                let leader = self.role.leader_mut().expect("leader");
+                if !leader.check_quorum(self.id, &self.membership) {
                     // §6.2: a leader that cannot reach a quorum steps down, so clients look
                     // for the leader elsewhere.
                     let term = self.term;
@@ -335,21 +292,23 @@ impl<S: Storage> Raft<S> {
                 }
             }
         }
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
-            self.heartbeat_elapsed = 0;
+        let heartbeat_ticks = self.cfg.heartbeat_ticks;
+        let leader = self.leader_state();
+        if leader.heartbeat_elapsed >= heartbeat_ticks {
+            leader.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
     }
 
     /// Starts an election now (with a pre-vote round first when enabled).
     pub(crate) fn campaign(&mut self) {
-        if self.role == Role::Leader || !self.is_voter() {
+        if self.role() == Role::Leader || !self.is_voter() {
             return;
         }
         if self.cfg.pre_vote {
             self.become_pre_candidate();
             self.check_votes();
-            if self.role == Role::PreCandidate {
+            if self.role() == Role::PreCandidate {
                 self.send_vote_requests(MessageBodyKind::PreVote, false);
             }
         } else {
@@ -394,13 +353,13 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn propose(&mut self, commands: Vec<Bytes>) -> Result<LogIndex> {
-        if self.role != Role::Leader {
+        let Some(leader) = self.role.leader() else {
             return Err(Error::NotLeader {
                 leader: self.leader,
             });
-        }
-        if let Some(t) = &self.transfer {
-            return Err(Error::TransferInProgress { to: t.to });
+        };
+        if let Some(to) = leader.transfer_target() {
+            return Err(Error::TransferInProgress { to });
         }
         let uncommitted = self.log.last_index().0 - self.log.committed.0;
         if uncommitted + commands.len() as u64 > self.cfg.uncommitted_entries_max {
@@ -451,15 +410,16 @@ impl<S: Storage> Raft<S> {
         if let Some((index, term)) = last {
             self.log.stable_to(index, term);
         }
-        if self.self_vote_pending
-            && self.role == Role::Candidate
-            && hard_state.is_some_and(|hs| hs.term == self.term && hs.vote == Some(self.id))
-        {
-            self.self_vote_pending = false;
-            self.votes.insert(self.id, true);
-            self.check_votes();
+        let own_vote_durable =
+            hard_state.is_some_and(|hs| hs.term == self.term && hs.vote == Some(self.id));
+        if own_vote_durable {
+            if let RoleState::Candidate(votes) = &mut self.role {
+                if votes.own_vote_durable(self.id) {
+                    self.check_votes();
+                }
+            }
         }
-        if self.role == Role::Leader {
+        if self.role() == Role::Leader {
             // The leader counts itself toward commit only for what is durable (§10.2.1 of
             // the dissertation).
             self.maybe_commit();
@@ -499,7 +459,7 @@ impl<S: Storage> Raft<S> {
         match m.body {
             MessageBody::PreVote(req) => self.handle_vote_request(m.from, m.term, req, true),
             MessageBody::Vote(req) => self.handle_vote_request(m.from, m.term, req, false),
-            _ => match self.role {
+            _ => match self.role() {
                 Role::Follower => self.step_follower(m),
                 Role::PreCandidate | Role::Candidate => self.step_candidate(m),
                 Role::Leader => self.step_leader(m),
@@ -617,26 +577,33 @@ impl<S: Storage> Raft<S> {
             // Count answers to this pre-campaign (granted ones echo our next term) and
             // refusals.
             MessageBody::PreVoteResponse(r)
-                if self.role == Role::PreCandidate
+                if self.role() == Role::PreCandidate
                     && (m.term == self.term.next() || !r.granted) =>
             {
-                self.votes.entry(m.from).or_insert(r.granted);
-                self.check_votes();
+                self.count_vote(m.from, r.granted);
             }
             MessageBody::ReadIndex(r) => self.answer_read(m.from, r.request_id, None),
             MessageBody::ReadIndexResponse(r) => self.read_answered(r),
-            MessageBody::VoteResponse(r) if self.role == Role::Candidate => {
-                self.votes.entry(m.from).or_insert(r.granted);
-                self.check_votes();
+            MessageBody::VoteResponse(r) if self.role() == Role::Candidate => {
+                self.count_vote(m.from, r.granted);
             }
             _ => {}
         }
     }
 
+    fn count_vote(&mut self, from: NodeId, granted: bool) {
+        if let Some(votes) = self.role.candidate_mut() {
+            votes.record(from, granted);
+        }
+        self.check_votes();
+    }
+
     fn check_votes(&mut self) {
-        let votes = &self.votes;
-        match quorum::joint_vote(&self.membership, |id| votes.get(&id).copied()) {
-            VoteResult::Won => match self.role {
+        let Some(votes) = self.role.candidate() else {
+            return;
+        };
+        match votes.result(&self.membership) {
+            VoteResult::Won => match self.role() {
                 Role::PreCandidate => self.start_election(false),
                 Role::Candidate => self.become_leader(),
                 _ => {}
@@ -715,46 +682,47 @@ impl<S: Storage> Raft<S> {
 
     fn step_leader(&mut self, m: Message) {
         let from = m.from;
-        let Some(pr) = self.progress.get_mut(&from) else {
+        let Some(pr) = self.role.progress_mut(from) else {
             return;
         };
         pr.recent_active = true;
         match m.body {
             MessageBody::AppendResponse(r) => self.handle_append_response(from, r),
             MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(from, r),
-            MessageBody::HeartbeatResponse(r) => {
-                if r.context > 0 {
-                    let acked = self.read_acked.entry(from).or_insert(0);
-                    *acked = (*acked).max(r.context);
-                    self.confirm_reads();
-                }
-                let inflight_max = self.cfg.inflight_msgs_max;
-                let pr = self.progress.get_mut(&from).expect("checked above");
-                if let Some(transfer) = &mut pr.snapshot {
-                    // A transfer without progress for about an election timeout lost chunks
-                    // or answers: probe again and resend from what the follower holds.
-                    let stall = self.cfg.election_ticks / self.cfg.heartbeat_ticks + 1;
-                    transfer.heartbeat_answered(stall);
-                    self.send_snapshot_chunks(from);
-                    return;
-                }
-                pr.probe_sent = false;
-                if pr.state == ProgressState::Replicate && pr.inflight.len() >= inflight_max {
-                    // An ack may have been lost: let one more append through so the window
-                    // cannot stall for good.
-                    pr.inflight.pop_front();
-                }
-                if pr.match_index < self.log.last_index() {
-                    self.send_append(from, true);
-                }
-            }
+            MessageBody::HeartbeatResponse(r) => self.handle_heartbeat_response(from, r),
             MessageBody::ReadIndex(r) => self.handle_read(from, r.request_id),
             _ => {}
         }
     }
 
+    fn handle_heartbeat_response(&mut self, from: NodeId, r: HeartbeatResponse) {
+        if r.context > 0 {
+            self.leader_state().reads.ack(from, r.context);
+            self.confirm_reads();
+        }
+        let inflight_max = self.cfg.inflight_msgs_max;
+        let pr = self.role.progress_mut(from).expect("caller checked");
+        if let Some(transfer) = &mut pr.snapshot {
+            // A transfer without progress for about an election timeout lost chunks or
+            // answers: probe again and resend from what the follower holds.
+            let stall = self.cfg.election_ticks / self.cfg.heartbeat_ticks + 1;
+            transfer.heartbeat_answered(stall);
+            self.send_snapshot_chunks(from);
+            return;
+        }
+        pr.probe_sent = false;
+        if pr.state == ProgressState::Replicate && pr.inflight.len() >= inflight_max {
+            // An ack may have been lost: let one more append through so the window
+            // cannot stall for good.
+            pr.inflight.pop_front();
+        }
+        if pr.match_index < self.log.last_index() {
+            self.send_append(from, true);
+        }
+    }
+
     fn handle_append_response(&mut self, from: NodeId, r: AppendResponse) {
-        let pr = self.progress.get_mut(&from).expect("caller checked");
+        let pr = self.role.progress_mut(from).expect("caller checked");
         if r.success {
             let moved = pr.acked(r.index);
             if pr.state == ProgressState::Probe {
@@ -763,7 +731,7 @@ impl<S: Storage> Raft<S> {
             }
             if moved {
                 self.maybe_commit();
-                if self.role != Role::Leader || self.forget_if_removed(from) {
+                if self.role() != Role::Leader || self.forget_if_removed(from) {
                     return;
                 }
             }
@@ -771,7 +739,7 @@ impl<S: Storage> Raft<S> {
             if moved {
                 // Entries it acknowledged may be committed already (through the others):
                 // tell it with this Ready rather than at the next heartbeat.
-                self.commit_notices_due = true;
+                self.leader_state().commit_notices_due = true;
                 self.maybe_send_timeout_now(from);
             }
             return;
@@ -806,7 +774,7 @@ impl<S: Storage> Raft<S> {
             }) => conflict_index,
             None => r.index,
         };
-        let pr = self.progress.get_mut(&from).expect("caller checked");
+        let pr = self.role.progress_mut(from).expect("caller checked");
         pr.become_probe();
         pr.next_index = next.min(r.index).max(pr.match_index.next());
         self.send_append(from, true);
@@ -815,7 +783,11 @@ impl<S: Storage> Raft<S> {
     // ----- leader sending ---------------------------------------------------------------
 
     fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        let peers = self
+            .role
+            .leader()
+            .map(LeaderState::peers)
+            .unwrap_or_default();
         for id in peers {
             self.send_appends_while_open(id);
         }
@@ -832,7 +804,7 @@ impl<S: Storage> Raft<S> {
     fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let last = self.log.last_index();
         let inflight_max = self.cfg.inflight_msgs_max;
-        let Some(pr) = self.progress.get(&to) else {
+        let Some(pr) = self.role.progress(to) else {
             return false;
         };
         if pr.state == ProgressState::Snapshot {
@@ -867,7 +839,7 @@ impl<S: Storage> Raft<S> {
         };
         let sent_last = entries.last().map_or(prev_log_index, |e| e.index);
         let more = !entries.is_empty() && sent_last < last;
-        let pr = self.progress.get_mut(&to).expect("checked above");
+        let pr = self.role.progress_mut(to).expect("checked above");
         pr.sent(sent_last, inflight_max);
         pr.commit_sent = pr.commit_sent.max(self.log.committed.min(sent_last));
         let body = MessageBody::Append(AppendRequest {
@@ -896,7 +868,7 @@ impl<S: Storage> Raft<S> {
             // rule that compaction follows snapshots. Nothing can bring this follower up.
             return;
         }
-        let pr = self.progress.get_mut(&to).expect("caller checked");
+        let pr = self.role.progress_mut(to).expect("caller checked");
         pr.become_snapshot(meta);
         self.send_snapshot_chunks(to);
     }
@@ -907,7 +879,7 @@ impl<S: Storage> Raft<S> {
         let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
         let window = self.cfg.snapshot_chunks_inflight_max;
         let (from, term) = (self.id, self.term);
-        let Some(t) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
+        let Some(t) = self.role.progress_mut(to).and_then(|p| p.snapshot.as_mut()) else {
             return;
         };
         let send = |offset: u64, len: u64, first: bool| SnapshotSend {
@@ -941,7 +913,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
-        let pr = self.progress.get_mut(&from).expect("caller checked");
+        let pr = self.role.progress_mut(from).expect("caller checked");
         if r.installed {
             // The follower's log covers the snapshot and matches ours up to its end (a
             // snapshot holds committed entries only): continue from the log after it.
@@ -1054,7 +1026,7 @@ impl<S: Storage> Raft<S> {
             return;
         }
         self.receiving = None;
-        let leader = self.leader.filter(|_| self.role == Role::Follower);
+        let leader = self.leader.filter(|_| self.role() == Role::Follower);
         if !valid {
             if let Some(leader) = leader {
                 // Start the transfer over.
@@ -1100,22 +1072,24 @@ impl<S: Storage> Raft<S> {
         self.snapshot = Some(meta.clone());
         // Transfers of an older snapshot start over with this one (the store dropped the
         // old one).
-        let restart: Vec<NodeId> = self
-            .progress
-            .iter()
-            .filter(|(_, p)| p.state == ProgressState::Snapshot)
-            .map(|(&id, _)| id)
-            .collect();
+        let restart = self
+            .role
+            .leader()
+            .map(LeaderState::snapshot_peers)
+            .unwrap_or_default();
         for id in restart {
-            let pr = self.progress.get_mut(&id).expect("listed above");
+            let pr = self.role.progress_mut(id).expect("listed above");
             pr.become_snapshot(meta.clone());
             self.send_snapshot_chunks(id);
         }
     }
 
     fn broadcast_heartbeat(&mut self) {
+        let Some(leader) = self.role.leader() else {
+            return;
+        };
         let commit = self.log.committed;
-        let msgs: Vec<Message> = self
+        let msgs: Vec<Message> = leader
             .progress
             .iter()
             .map(|(&to, pr)| Message {
@@ -1134,23 +1108,20 @@ impl<S: Storage> Raft<S> {
     /// Advances the commit index to what a quorum has durably, if that entry is of the current
     /// term (§5.4.2, Figure 8: entries of older terms commit only indirectly).
     fn maybe_commit(&mut self) {
-        let own = self.log.persisted;
-        let id = self.id;
-        let progress = &self.progress;
-        let index = quorum::joint_index(&self.membership, |n| {
-            if n == id {
-                own
-            } else {
-                progress.get(&n).map_or(LogIndex(0), |p| p.match_index)
-            }
-        });
+        let Some(leader) = self.role.leader() else {
+            return;
+        };
+        let index = leader.quorum_index(self.id, &self.membership, self.log.persisted);
         if index > self.log.committed && self.log.term(index) == Some(self.term) {
             self.log.commit_to(index);
-            for (from, request_id) in std::mem::take(&mut self.reads_before_commit) {
+            for (from, request_id) in self.leader_state().reads.take_deferred() {
                 self.handle_read(from, request_id);
             }
             self.config_committed();
-            self.commit_notices_due = true;
+            // Unless the commit made this leader step down (it left the configuration).
+            if let Some(leader) = self.role.leader_mut() {
+                leader.commit_notices_due = true;
+            }
         }
     }
 
@@ -1163,7 +1134,10 @@ impl<S: Storage> Raft<S> {
     /// correct there); other followers that would learn something get a commit notice
     /// ([`Raft::send_commit_notice`]).
     pub(crate) fn flush_commit_notices(&mut self) {
-        if !std::mem::take(&mut self.commit_notices_due) || self.role != Role::Leader {
+        let Some(leader) = self.role.leader_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut leader.commit_notices_due) {
             return;
         }
         let committed = self.log.committed;
@@ -1172,24 +1146,21 @@ impl<S: Storage> Raft<S> {
             if let MessageBody::Append(a) = &mut m.body {
                 a.leader_commit = committed;
                 let last = a.entries.last().map_or(a.prev_log_index, |e| e.index);
-                if let Some(pr) = self.progress.get_mut(&m.to) {
+                if let Some(pr) = leader.progress.get_mut(&m.to) {
                     pr.commit_sent = pr.commit_sent.max(committed.min(last));
                 }
             }
         }
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for to in peers {
+        for to in leader.peers() {
             self.send_commit_notice(to);
         }
     }
 
     /// Whether [`Raft::flush_commit_notices`] has something to do (for `has_ready`).
     pub(crate) fn commit_notices_wanted(&self) -> bool {
-        self.commit_notices_due
-            && self.role == Role::Leader
-            && self.progress.iter().any(|(id, pr)| {
-                *id != self.id && self.log.committed.min(pr.match_index) > pr.commit_sent
-            })
+        self.role
+            .leader()
+            .is_some_and(|l| l.commit_notices_wanted(self.id, self.log.committed))
     }
 
     /// Sends `to` an empty append at its match index carrying the commit index, if that
@@ -1201,7 +1172,7 @@ impl<S: Storage> Raft<S> {
     fn send_commit_notice(&mut self, to: NodeId) {
         let committed = self.log.committed;
         let inflight_max = self.cfg.inflight_msgs_max;
-        let Some(pr) = self.progress.get_mut(&to) else {
+        let Some(pr) = self.role.progress_mut(to) else {
             return;
         };
         let learns = committed.min(pr.match_index);
@@ -1243,41 +1214,30 @@ impl<S: Storage> Raft<S> {
                 self.removed_timeouts = 0;
             }
         }
-        if self.role == Role::Leader {
-            self.sync_progress();
-        }
+        self.sync_progress();
     }
 
-    /// The leader tracks every member of the configuration, and keeps replicating to members
-    /// the latest configuration removed until they hold it, so that they learn of it.
+    /// On the leader, tracks the members of the configuration in force (see
+    /// [`LeaderState::sync_progress`]).
     fn sync_progress(&mut self) {
         let next = self.log.last_index().next();
-        for id in self.membership.members() {
-            if id != self.id && !self.progress.contains_key(&id) {
-                let mut pr = Progress::new(next);
-                pr.recent_active = true;
-                self.progress.insert(id, pr);
-            }
-        }
         let config_index = self.configs.current_index();
-        if config_index <= self.log.committed {
-            // A removed member is dropped once it holds the configuration that removes it
-            // (so it knows, stops campaigning and reports its removal).
-            let membership = &self.membership;
-            self.progress
-                .retain(|&id, p| is_member(membership, id) || p.match_index < config_index);
+        let committed = config_index <= self.log.committed;
+        if let Some(leader) = self.role.leader_mut() {
+            leader.sync_progress(self.id, &self.membership, next, config_index, committed);
         }
     }
 
     /// Drops `id` if the committed configuration removed it and it now holds that
-    /// configuration (see [`Raft::sync_progress`]): its acknowledgement may arrive after the
-    /// commit, which is the other time the leader checks. Returns whether it was dropped.
+    /// configuration (see [`LeaderState::sync_progress`]): its acknowledgement may arrive
+    /// after the commit, which is the other time the leader checks. Returns whether it was
+    /// dropped.
     fn forget_if_removed(&mut self, id: NodeId) -> bool {
         if is_member(&self.membership, id) {
             return false;
         }
         self.sync_progress();
-        !self.progress.contains_key(&id)
+        self.role.progress(id).is_none()
     }
 
     /// The commit index moved on the leader: finish or continue configuration work.
@@ -1286,69 +1246,70 @@ impl<S: Storage> Raft<S> {
         if self.configs.current_index() > committed {
             return;
         }
+        let Some(leader) = self.role.leader() else {
+            return;
+        };
         // Runs at every commit on the leader: drop removed members' progress only when there
         // is some (no allocation otherwise).
-        let membership = &self.membership;
-        if self.progress.keys().any(|&id| !is_member(membership, id)) {
+        if leader.tracks_removed(&self.membership) {
             self.sync_progress();
         }
-        if let Some(change) = &self.pending_change {
-            if let Stage::Commit { index, then } = &change.stage {
-                if *index <= committed {
-                    let (request_id, then) = (change.request_id, *then);
-                    match then {
-                        Then::Done => {
-                            self.pending_change = None;
-                            self.outbox.membership_results.push(MembershipResult {
-                                request_id,
-                                result: Ok(self.membership.clone()),
-                            });
-                        }
-                        Then::LeaveJoint => {
-                            let index =
-                                self.propose_config(membership::leave_joint(&self.membership));
-                            self.pending_change = Some(PendingChange {
-                                request_id,
-                                stage: Stage::Commit {
-                                    index,
-                                    then: Then::Done,
-                                },
-                            });
-                        }
-                        Then::Promote(id) => self.start_catch_up(request_id, id),
-                    }
-                }
+        let change = self.role.leader().and_then(|l| l.change.as_ref());
+        match change.map(|c| (c.request_id, c.committed(committed))) {
+            Some((request_id, Some(then))) => self.change_committed(request_id, then),
+            Some((_, None)) => {}
+            None if self.membership.is_joint() => {
+                // A joint configuration left behind by an earlier leader: leave it.
+                self.propose_config(membership::leave_joint(&self.membership));
+                return;
             }
-        } else if self.membership.is_joint() {
-            // A joint configuration left behind by an earlier leader: leave it.
-            self.propose_config(membership::leave_joint(&self.membership));
-            return;
+            None => {}
         }
-        if self.role == Role::Leader && !self.is_voter() {
+        if self.role() == Role::Leader && !self.is_voter() {
             self.step_down_removed();
+        }
+    }
+
+    /// The configuration entry of change `request_id` committed: do what follows (`then`).
+    fn change_committed(&mut self, request_id: u64, then: Then) {
+        match then {
+            Then::Done => {
+                self.leader_state().change = None;
+                self.outbox.membership_results.push(MembershipResult {
+                    request_id,
+                    result: Ok(self.membership.clone()),
+                });
+            }
+            Then::LeaveJoint => {
+                let index = self.propose_config(membership::leave_joint(&self.membership));
+                self.leader_state().change = Some(PendingChange {
+                    request_id,
+                    stage: Stage::Commit {
+                        index,
+                        then: Then::Done,
+                    },
+                });
+            }
+            Then::Promote(id) => self.start_catch_up(request_id, id),
         }
     }
 
     /// The leader is not a voter of the committed configuration: hand over and step down.
     fn step_down_removed(&mut self) {
         let last = self.log.last_index();
-        let best = self
-            .progress
-            .iter()
-            .filter(|(id, _)| self.membership.is_voter(**id))
-            .max_by_key(|(_, p)| p.match_index)
-            .map(|(&id, p)| (id, p.match_index));
-        if let Some((id, matched)) = best {
-            if matched == last {
-                // The most up-to-date voter campaigns at once instead of waiting for its
-                // election timeout (§3.10 of the dissertation).
-                self.outbox.messages.push(Message {
-                    from: self.id,
-                    to: id,
-                    term: self.term,
-                    body: MessageBody::TimeoutNow,
-                });
-            }
+        let successor = self
+            .role
+            .leader()
+            .and_then(|l| l.successor(&self.membership, last));
+        if let Some(id) = successor {
+            // The most up-to-date voter campaigns at once instead of waiting for its
+            // election timeout (§3.10 of the dissertation).
+            self.outbox.messages.push(Message {
+                from: self.id,
+                to: id,
+                term: self.term,
+                body: MessageBody::TimeoutNow,
+            });
         }
         let term = self.term;
         self.become_follower(term, None);
@@ -1368,15 +1329,15 @@ impl<S: Storage> Raft<S> {
         request_id: u64,
         change: MembershipChange,
     ) -> Result<()> {
-        if self.role != Role::Leader {
+        let Some(leader) = self.role.leader() else {
             return Err(Error::NotLeader {
                 leader: self.leader,
             });
+        };
+        if let Some(to) = leader.transfer_target() {
+            return Err(Error::TransferInProgress { to });
         }
-        if let Some(t) = &self.transfer {
-            return Err(Error::TransferInProgress { to: t.to });
-        }
-        if self.pending_change.is_some()
+        if leader.change.is_some()
             || self.configs.current_index() > self.log.committed
             || self.membership.is_joint()
         {
@@ -1403,7 +1364,7 @@ impl<S: Storage> Raft<S> {
             _ => Then::LeaveJoint,
         };
         let index = self.propose_config(next);
-        self.pending_change = Some(PendingChange {
+        self.leader_state().change = Some(PendingChange {
             request_id,
             stage: Stage::Commit { index, then },
         });
@@ -1412,91 +1373,76 @@ impl<S: Storage> Raft<S> {
 
     /// Starts the rounds that bring learner `id` up to date before it votes.
     fn start_catch_up(&mut self, request_id: u64, id: NodeId) {
-        self.pending_change = Some(PendingChange {
+        let last = self.log.last_index();
+        self.leader_state().change = Some(PendingChange {
             request_id,
-            stage: Stage::CatchUp(CatchUp {
-                id,
-                round_end: self.log.last_index(),
-                round_ticks: 0,
-                rounds: 1,
-            }),
+            stage: Stage::CatchUp(CatchUp::new(id, last)),
         });
         self.send_append(id, true);
     }
 
-    /// One tick of a learner's catch-up: a round ends when the learner holds the leader's last
-    /// index of the round's start. A round within an election timeout means it keeps up:
-    /// promote it. A slower round starts the next one; after `catch_up_rounds_max`, give up.
+    /// One tick of a learner's catch-up (see [`CatchUp::tick`]): promote it once it keeps up,
+    /// or report that it could not.
     fn tick_catch_up(&mut self) {
+        let last = self.log.last_index();
+        let (election_ticks, rounds_max) = (self.cfg.election_ticks, self.cfg.catch_up_rounds_max);
+        let leader = self.leader_state();
         let Some(PendingChange {
             request_id,
             stage: Stage::CatchUp(c),
-        }) = &mut self.pending_change
+        }) = &mut leader.change
         else {
             return;
         };
-        let request_id = *request_id;
-        c.round_ticks += 1;
-        let matched = self
+        let (request_id, id) = (*request_id, c.id);
+        let matched = leader
             .progress
-            .get(&c.id)
+            .get(&id)
             .map_or(LogIndex(0), |p| p.match_index);
-        let id = c.id;
-        if matched >= c.round_end && c.round_ticks <= self.cfg.election_ticks {
-            if !self.membership.learners.contains(&id) {
-                // No longer a learner (cannot happen while this change is the one in
-                // progress, but the caller must hear an outcome either way).
-                self.pending_change = None;
-                self.outbox.membership_results.push(MembershipResult {
+        let result = match c.tick(matched, last, election_ticks, rounds_max) {
+            CatchUpStep::Wait => return,
+            CatchUpStep::Failed { rounds } => Err(MembershipError::CatchUpFailed { id, rounds }),
+            // No longer a learner (cannot happen while this change is the one in progress,
+            // but the caller must hear an outcome either way).
+            CatchUpStep::Promote if !self.membership.learners.contains(&id) => {
+                Err(MembershipError::NotALearner { id })
+            }
+            CatchUpStep::Promote => {
+                let (next, _) = membership::plan(&self.membership, &MembershipChange::Promote(id))
+                    .expect("a learner can be promoted");
+                let index = self.propose_config(next);
+                self.leader_state().change = Some(PendingChange {
                     request_id,
-                    result: Err(MembershipError::NotALearner { id }),
+                    stage: Stage::Commit {
+                        index,
+                        then: Then::Done,
+                    },
                 });
                 return;
             }
-            let (next, _) = membership::plan(&self.membership, &MembershipChange::Promote(id))
-                .expect("a learner can be promoted");
-            let index = self.propose_config(next);
-            self.pending_change = Some(PendingChange {
-                request_id,
-                stage: Stage::Commit {
-                    index,
-                    then: Then::Done,
-                },
-            });
-            return;
-        }
-        if matched >= c.round_end || c.round_ticks > self.cfg.election_ticks {
-            c.rounds += 1;
-            if c.rounds > self.cfg.catch_up_rounds_max {
-                let rounds = c.rounds - 1;
-                self.pending_change = None;
-                self.outbox.membership_results.push(MembershipResult {
-                    request_id,
-                    result: Err(MembershipError::CatchUpFailed { id, rounds }),
-                });
-                return;
-            }
-            c.round_end = self.log.last_index();
-            c.round_ticks = 0;
-        }
+        };
+        self.leader_state().change = None;
+        self.outbox
+            .membership_results
+            .push(MembershipResult { request_id, result });
     }
 
     // ----- leadership transfer (§3.10 of the dissertation) --------------------------------
 
     /// Hands leadership to `to`: no more proposals, bring `to` up to date, then TimeoutNow.
     pub(crate) fn transfer_leadership(&mut self, to: NodeId) -> Result<()> {
-        if self.role != Role::Leader {
+        let Some(leader) = self.role.leader_mut() else {
             return Err(Error::NotLeader {
                 leader: self.leader,
             });
-        }
+        };
         if to == self.id {
             return Ok(());
         }
-        if !self.membership.voters.contains(&to) || !self.progress.contains_key(&to) {
+        if !self.membership.voters.contains(&to) || !leader.progress.contains_key(&to) {
             return Err(Error::MembershipRefused(Refusal::NotAVoter(to)));
         }
-        self.transfer = Some(Transfer { to, elapsed: 0 });
+        leader.transfer = Some(Transfer { to, elapsed: 0 });
         self.maybe_send_timeout_now(to);
         Ok(())
     }
@@ -1508,20 +1454,16 @@ impl<S: Storage> Raft<S> {
 
     /// The transfer target, if one is in progress.
     pub(crate) fn transfer_target(&self) -> Option<NodeId> {
-        self.transfer.as_ref().map(|t| t.to)
+        self.role.leader().and_then(LeaderState::transfer_target)
     }
 
     /// Sends TimeoutNow to the transfer target once it holds the whole log; else replicates.
     fn maybe_send_timeout_now(&mut self, to: NodeId) {
-        if self.transfer.as_ref().map(|t| t.to) != Some(to) {
+        if self.transfer_target() != Some(to) {
             return;
         }
         let last = self.log.last_index();
-        let caught_up = self
-            .progress
-            .get(&to)
-            .is_some_and(|p| p.match_index == last);
-        if caught_up {
+        if self.leader_state().caught_up(to, last) {
             self.outbox.messages.push(Message {
                 from: self.id,
                 to,
@@ -1538,16 +1480,15 @@ impl<S: Storage> Raft<S> {
     /// Starts a read-index request: on the leader, confirm leadership with a heartbeat round;
     /// elsewhere, ask the leader.
     pub(crate) fn read_index(&mut self, request_id: u64) {
-        match (self.role, self.leader) {
-            (Role::Leader, _) => self.handle_read(self.id, request_id),
-            (_, Some(_)) if self.reads_forwarded.len() >= self.cfg.read_requests_max => {
-                self.outbox.read_states.push(ReadState {
-                    request_id,
-                    index: None,
-                });
-            }
-            (_, Some(leader)) => {
-                self.reads_forwarded.insert(request_id);
+        if self.role() == Role::Leader {
+            self.handle_read(self.id, request_id);
+            return;
+        }
+        let max = self.cfg.read_requests_max;
+        // Only a follower knows a leader: a (pre-)candidate forgot it.
+        match (self.leader, self.role.forwarded_mut()) {
+            (Some(leader), Some(forwarded)) if forwarded.len() < max => {
+                forwarded.insert(request_id);
                 let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
                 self.outbox.messages.push(Message {
                     from: self.id,
@@ -1556,7 +1497,7 @@ impl<S: Storage> Raft<S> {
                     body,
                 });
             }
-            (_, None) => self.outbox.read_states.push(ReadState {
+            _ => self.outbox.read_states.push(ReadState {
                 request_id,
                 index: None,
             }),
@@ -1564,43 +1505,36 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_read(&mut self, from: NodeId, request_id: u64) {
-        debug_assert_eq!(self.role, Role::Leader);
-        let queued = self.reads.len() + self.reads_before_commit.len();
-        if queued >= self.cfg.read_requests_max {
+        let (read_requests_max, committed) = (self.cfg.read_requests_max, self.log.committed);
+        let settled = self.log.term(committed) == Some(self.term);
+        let reads = &mut self.role.leader_mut().expect("only the leader reads").reads;
+        if reads.len() >= read_requests_max {
             self.answer_read(from, request_id, None);
             return;
         }
-        if self.log.term(self.log.committed) != Some(self.term) {
+        if !settled {
             // Until an entry of our term commits, our commit index may be behind what an
             // earlier leader committed.
-            self.reads_before_commit.push((from, request_id));
+            reads.defer(from, request_id);
             return;
         }
         self.read_context += 1;
-        self.reads.push_back(PendingRead {
+        reads.push(PendingRead {
             from,
             request_id,
-            index: self.log.committed,
+            index: committed,
             context: self.read_context,
         });
         self.confirm_reads();
-        if !self.reads.is_empty() {
+        if self.leader_state().reads.confirming() {
             self.broadcast_heartbeat();
         }
     }
 
     /// Answers every read whose heartbeat context a quorum has acknowledged.
     fn confirm_reads(&mut self) {
-        while let Some(front) = self.reads.front() {
-            let context = front.context;
-            let (id, acked) = (self.id, &self.read_acked);
-            let confirmed = quorum::is_quorum(&self.membership, |n| {
-                n == id || acked.get(&n).is_some_and(|&c| c >= context)
-            });
-            if !confirmed {
-                break;
-            }
-            let read = self.reads.pop_front().expect("front exists");
+        let leader = self.role.leader_mut().expect("only the leader reads");
+        for read in leader.reads.take_confirmed(&self.membership, self.id) {
             self.answer_read(read.from, read.request_id, Some(read.index));
         }
     }
@@ -1624,29 +1558,13 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Leadership is lost or a new term begins: no pending read can be confirmed any more.
-    fn fail_reads(&mut self) {
-        let pending: Vec<(NodeId, u64)> = self
-            .reads
-            .drain(..)
-            .map(|r| (r.from, r.request_id))
-            .chain(self.reads_before_commit.drain(..))
-            .collect();
-        for (from, request_id) in pending {
-            self.answer_read(from, request_id, None);
-        }
-        self.read_acked.clear();
-        for request_id in std::mem::take(&mut self.reads_forwarded) {
-            self.outbox.read_states.push(ReadState {
-                request_id,
-                index: None,
-            });
-        }
-    }
-
     /// The leader answered a read this node forwarded.
     fn read_answered(&mut self, r: ReadIndexResponse) {
-        if self.reads_forwarded.remove(&r.request_id) {
+        let waited = self
+            .role
+            .forwarded_mut()
+            .is_some_and(|f| f.remove(r.request_id));
+        if waited {
             self.outbox.read_states.push(ReadState {
                 request_id: r.request_id,
                 index: r.read_index,
@@ -1676,43 +1594,4 @@ fn append_ok(index: LogIndex) -> MessageBody {
         index,
         hint: None,
     })
-}
-
-/// Whether `id` is a voter (of either half) or a learner of `membership`.
-fn is_member(membership: &Membership, id: NodeId) -> bool {
-    membership.is_voter(id) || membership.learners.contains(&id)
-}
-
-/// A configuration change the leader is carrying out.
-struct PendingChange {
-    request_id: u64,
-    stage: Stage,
-}
-
-enum Stage {
-    /// Waiting for the configuration entry at `index` to commit.
-    Commit { index: LogIndex, then: Then },
-    /// Bringing a learner up to date before it is promoted.
-    CatchUp(CatchUp),
-}
-
-/// What follows once a configuration entry commits.
-#[derive(Clone, Copy)]
-enum Then {
-    Done,
-    LeaveJoint,
-    Promote(NodeId),
-}
-
-struct CatchUp {
-    id: NodeId,
-    /// The round ends when the learner holds this index.
-    round_end: LogIndex,
-    round_ticks: u32,
-    rounds: u32,
-}
-
-struct Transfer {
-    to: NodeId,
-    elapsed: u32,
 }

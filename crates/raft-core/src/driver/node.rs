@@ -21,7 +21,7 @@ use super::status::{StatusCell, StatusWatch};
 use super::traits::{LogStore, SnapshotStore, StateMachine, Transport};
 use crate::error::{Error, SnapshotError, StorageError};
 use crate::node::{PersistAck, RawNode, Ready};
-use crate::raft::Role;
+use crate::role::Role;
 use crate::snapshot::SnapshotSend;
 use crate::Config;
 
