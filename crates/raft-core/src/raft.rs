@@ -256,6 +256,7 @@ impl<S: Storage> Raft<S> {
         match self.role() {
             Role::Leader => self.tick_leader(),
             _ => {
+                self.resend_forwarded_reads();
                 if self.election_elapsed >= self.randomized_election_ticks {
                     self.election_elapsed = 0;
                     let excluded =
@@ -1501,6 +1502,24 @@ impl<S: Storage> Raft<S> {
                 request_id,
                 index: None,
             }),
+        }
+    }
+
+    /// Asks the leader again for reads it has not answered within an election timeout (the
+    /// request or the answer was lost).
+    fn resend_forwarded_reads(&mut self) {
+        let every = self.cfg.election_ticks;
+        let (Some(leader), Some(forwarded)) = (self.leader, self.role.forwarded_mut()) else {
+            return;
+        };
+        for request_id in forwarded.tick(every) {
+            let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
+            self.outbox.messages.push(Message {
+                from: self.id,
+                to: leader,
+                term: self.term,
+                body,
+            });
         }
     }
 

@@ -113,27 +113,51 @@ impl LeaderReads {
 
 /// Reads a follower forwarded to the leader of the current term, awaiting an answer. A
 /// duplicated or stale answer matches nothing here and is dropped. Bounded by
-/// `read_requests_max`.
+/// `read_requests_max`. A request or answer the network lost is asked again after an
+/// election timeout ([`ForwardedReads::tick`]), so a lost message costs a read some delay,
+/// never the read itself or its slot in the bound.
 #[derive(Default)]
-pub(crate) struct ForwardedReads(BTreeSet<u64>);
+pub(crate) struct ForwardedReads {
+    waiting: BTreeSet<u64>,
+    /// Ticks since the waiting reads were last (re)sent.
+    ticks: u32,
+}
 
 impl ForwardedReads {
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.waiting.len()
     }
 
     pub(crate) fn insert(&mut self, request_id: u64) {
-        self.0.insert(request_id);
+        if self.waiting.is_empty() {
+            self.ticks = 0;
+        }
+        self.waiting.insert(request_id);
     }
 
     /// Whether `request_id` was waiting (it no longer is).
     pub(crate) fn remove(&mut self, request_id: u64) -> bool {
-        self.0.remove(&request_id)
+        self.waiting.remove(&request_id)
+    }
+
+    /// A tick: every `every` ticks while reads wait, the ones to ask the leader again. Asking
+    /// twice is safe: the leader confirms each request anew, and the second answer matches
+    /// nothing here.
+    pub(crate) fn tick(&mut self, every: u32) -> Vec<u64> {
+        if self.waiting.is_empty() {
+            return Vec::new();
+        }
+        self.ticks += 1;
+        if self.ticks < every {
+            return Vec::new();
+        }
+        self.ticks = 0;
+        self.waiting.iter().copied().collect()
     }
 
     /// The reads still waiting, by request id: none will be answered any more.
     pub(crate) fn into_waiting(self) -> impl Iterator<Item = u64> {
-        self.0.into_iter()
+        self.waiting.into_iter()
     }
 }
 
@@ -165,6 +189,24 @@ mod tests {
         reads.ack(NodeId(3), 1);
         assert_eq!(reads.take_confirmed(&m, NodeId(1)).len(), 1);
         assert!(!reads.confirming());
+    }
+
+    #[test]
+    fn forwarded_reads_are_asked_again_every_election_timeout_while_they_wait() {
+        let mut reads = ForwardedReads::default();
+        assert!(reads.tick(3).is_empty());
+        reads.insert(7);
+        reads.insert(9);
+        assert!(reads.tick(3).is_empty());
+        assert!(reads.tick(3).is_empty());
+        assert_eq!(reads.tick(3), [7, 9]);
+        assert!(reads.remove(7));
+        assert!(!reads.remove(7), "a second answer matches nothing");
+        assert!(reads.tick(3).is_empty());
+        assert!(reads.tick(3).is_empty());
+        assert_eq!(reads.tick(3), [9]);
+        assert!(reads.remove(9));
+        assert!(reads.tick(1).is_empty());
     }
 
     #[test]
