@@ -169,21 +169,137 @@ pub fn cluster_id(token: &str) -> u64 {
     stable_id(&[token])
 }
 
-/// Parses `http://host:port` into a socket address.
-pub fn parse_url(flag: &str, url: &str) -> Result<SocketAddr, String> {
+/// Why the flags do not describe a member that can start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--listen-*-urls` flag gives more than one URL.
+    #[error("only one URL in {flag} is supported, not {urls:?}")]
+    ManyUrls {
+        /// The flag.
+        flag: &'static str,
+        /// What it gives.
+        urls: String,
+    },
+    /// A URL is not `http://` (TLS is not supported).
+    #[error("{flag}: {url:?} must start with http:// (TLS is not supported)")]
+    NotHttp {
+        /// The flag (or request field) giving the URL.
+        flag: &'static str,
+        /// The URL.
+        url: String,
+    },
+    /// A URL is not `http://ip:port`.
+    #[error("{flag}: {url:?} is not http://ip:port")]
+    NotIpPort {
+        /// The flag (or request field) giving the URL.
+        flag: &'static str,
+        /// The URL.
+        url: String,
+        /// Why its address does not parse.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// An `--initial-cluster` entry is not `name=url`.
+    #[error("--initial-cluster: {entry:?} is not name=url")]
+    NotNameUrl {
+        /// The entry.
+        entry: String,
+    },
+    /// `--initial-cluster` names a member twice.
+    #[error("--initial-cluster names {name:?} twice")]
+    NameTwice {
+        /// The name.
+        name: String,
+    },
+    /// `--initial-cluster` gives a peer URL twice.
+    #[error("--initial-cluster gives the peer URL {url} twice")]
+    PeerUrlTwice {
+        /// The URL.
+        url: String,
+    },
+    /// `--name` is not in `--initial-cluster`.
+    #[error("--name {name:?} does not appear in --initial-cluster {initial_cluster:?}")]
+    NameNotInCluster {
+        /// `--name`.
+        name: String,
+        /// `--initial-cluster`.
+        initial_cluster: String,
+    },
+    /// `--initial-cluster` gives this member another peer URL than the one it advertises.
+    #[error(
+        "--initial-cluster gives {name} the peer URL {listed}, but it advertises {advertised}"
+    )]
+    AdvertisedPeerUrl {
+        /// This member's name.
+        name: String,
+        /// Its peer URL in `--initial-cluster`.
+        listed: String,
+        /// `--initial-advertise-peer-urls` (or `--listen-peer-urls`).
+        advertised: String,
+    },
+    /// `--log-level` is not a level.
+    #[error("--log-level {level:?}: use error, warn, info, debug or trace")]
+    LogLevel {
+        /// What was given.
+        level: String,
+    },
+    /// `--request-timeout 0`.
+    #[error("--request-timeout must be above 0")]
+    RequestTimeout,
+    /// The election timeout is under 5 heartbeats (or one of them is 0).
+    #[error(
+        "--election-timeout must be at least 5 times --heartbeat-interval (and both above 0): \
+         --election-timeout {election_timeout}, --heartbeat-interval {heartbeat_interval}"
+    )]
+    ElectionTimeout {
+        /// `--election-timeout`, in ms.
+        election_timeout: u64,
+        /// `--heartbeat-interval`, in ms.
+        heartbeat_interval: u64,
+    },
+    /// `--auto-compaction-retention` is not what `--auto-compaction-mode` takes.
+    #[error(
+        "invalid --auto-compaction-retention {text:?} for --auto-compaction-mode {mode} \
+         (it takes {})",
+        mode.retention_syntax()
+    )]
+    Retention {
+        /// The mode.
+        mode: CompactionMode,
+        /// `--auto-compaction-retention`.
+        text: String,
+    },
+}
+
+/// Parses `http://host:port` into a socket address; `flag` names where the URL comes from.
+pub fn parse_url(flag: &'static str, url: &str) -> Result<SocketAddr, ConfigError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{flag}: {url:?} must start with http:// (TLS is not supported)"))?;
+        .ok_or_else(|| ConfigError::NotHttp {
+            flag,
+            url: url.to_string(),
+        })?;
     let rest = rest.trim_end_matches('/');
-    rest.parse()
-        .map_err(|e| format!("{flag}: {url:?} is not http://ip:port ({e})"))
+    rest.parse().map_err(|source| ConfigError::NotIpPort {
+        flag,
+        url: url.to_string(),
+        source,
+    })
 }
 
 impl ServerConfig {
     /// Checks the flags and derives ids and addresses.
-    pub fn from_flags(flags: Flags) -> Result<ServerConfig, String> {
-        if flags.listen_peer_urls.contains(',') || flags.listen_client_urls.contains(',') {
-            return Err("only one URL per --listen-*-urls flag is supported".to_string());
+    pub fn from_flags(flags: Flags) -> Result<ServerConfig, ConfigError> {
+        for (flag, urls) in [
+            ("--listen-peer-urls", &flags.listen_peer_urls),
+            ("--listen-client-urls", &flags.listen_client_urls),
+        ] {
+            if urls.contains(',') {
+                return Err(ConfigError::ManyUrls {
+                    flag,
+                    urls: urls.clone(),
+                });
+            }
         }
         let peer_addr = parse_url("--listen-peer-urls", &flags.listen_peer_urls)?;
         let client_addr = parse_url("--listen-client-urls", &flags.listen_client_urls)?;
@@ -194,7 +310,10 @@ impl ServerConfig {
         parse_url("--advertise-client-urls", &client_url)?;
         let metrics_addr = match &flags.listen_metrics_urls {
             Some(url) if url.contains(',') => {
-                return Err("only one URL in --listen-metrics-urls is supported".to_string())
+                return Err(ConfigError::ManyUrls {
+                    flag: "--listen-metrics-urls",
+                    urls: url.clone(),
+                })
             }
             Some(url) => Some(parse_url("--listen-metrics-urls", url)?),
             None => None,
@@ -203,14 +322,20 @@ impl ServerConfig {
         for part in flags.initial_cluster.split(',').filter(|p| !p.is_empty()) {
             let (name, url) = part
                 .split_once('=')
-                .ok_or_else(|| format!("--initial-cluster: {part:?} is not name=url"))?;
+                .ok_or_else(|| ConfigError::NotNameUrl {
+                    entry: part.to_string(),
+                })?;
             parse_url("--initial-cluster", url)?;
             // etcdctl's `member add` prints unstarted members with an empty name: allow those.
             if !name.is_empty() && members.iter().any(|m: &InitialMember| m.name == name) {
-                return Err(format!("--initial-cluster names {name:?} twice"));
+                return Err(ConfigError::NameTwice {
+                    name: name.to_string(),
+                });
             }
             if members.iter().any(|m: &InitialMember| m.peer_url == url) {
-                return Err(format!("--initial-cluster gives the peer URL {url} twice"));
+                return Err(ConfigError::PeerUrlTwice {
+                    url: url.to_string(),
+                });
             }
             members.push(InitialMember {
                 id: member_id(url, &flags.initial_cluster_token),
@@ -221,33 +346,34 @@ impl ServerConfig {
         let me = members
             .iter()
             .find(|m| m.name == flags.name)
-            .ok_or_else(|| {
-                format!(
-                    "--name {:?} does not appear in --initial-cluster {:?}",
-                    flags.name, flags.initial_cluster
-                )
+            .ok_or_else(|| ConfigError::NameNotInCluster {
+                name: flags.name.clone(),
+                initial_cluster: flags.initial_cluster.clone(),
             })?;
         let advertised = flags
             .initial_advertise_peer_urls
             .clone()
             .unwrap_or_else(|| flags.listen_peer_urls.clone());
         if advertised != me.peer_url {
-            return Err(format!(
-                "--initial-cluster gives {} the peer URL {}, but it advertises {advertised}",
-                me.name, me.peer_url
-            ));
+            return Err(ConfigError::AdvertisedPeerUrl {
+                name: me.name.clone(),
+                listed: me.peer_url.clone(),
+                advertised,
+            });
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&flags.log_level.as_str()) {
-            return Err(format!(
-                "--log-level {:?}: use error, warn, info, debug or trace",
-                flags.log_level
-            ));
+            return Err(ConfigError::LogLevel {
+                level: flags.log_level.clone(),
+            });
         }
         if flags.request_timeout == 0 {
-            return Err("--request-timeout must be above 0".to_string());
+            return Err(ConfigError::RequestTimeout);
         }
         if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
-            return Err("--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".to_string());
+            return Err(ConfigError::ElectionTimeout {
+                election_timeout: flags.election_timeout,
+                heartbeat_interval: flags.heartbeat_interval,
+            });
         }
         let retention =
             parse_retention(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
@@ -297,21 +423,59 @@ mod tests {
 
     #[test]
     fn bad_flags_are_explained() {
-        let f = flags(&["--name", "x"]);
-        assert!(ServerConfig::from_flags(f)
-            .unwrap_err()
-            .contains("does not appear"));
-        let f = flags(&["--listen-client-urls", "https://127.0.0.1:1"]);
-        assert!(ServerConfig::from_flags(f).unwrap_err().contains("TLS"));
-        let f = flags(&["--initial-cluster", "default"]);
-        assert!(ServerConfig::from_flags(f)
-            .unwrap_err()
-            .contains("name=url"));
+        let err = |args: &[&str]| ServerConfig::from_flags(flags(args)).unwrap_err();
+        let e = err(&["--name", "x"]);
+        assert!(matches!(&e, ConfigError::NameNotInCluster { name, .. } if name == "x"));
+        assert!(e.to_string().contains("does not appear"));
+        let e = err(&["--listen-client-urls", "https://127.0.0.1:1"]);
+        assert!(matches!(
+            e,
+            ConfigError::NotHttp {
+                flag: "--listen-client-urls",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("TLS"));
+        let e = err(&["--initial-cluster", "default"]);
+        assert!(matches!(&e, ConfigError::NotNameUrl { entry } if entry == "default"));
+        assert!(e.to_string().contains("name=url"));
         assert!(Flags::try_parse_from(["raft-kv", "--no-such-flag"]).is_err());
-        let f = flags(&["--listen-metrics-urls", "127.0.0.1:2381"]);
-        assert!(ServerConfig::from_flags(f)
-            .unwrap_err()
-            .contains("--listen-metrics-urls"));
+        let e = err(&["--listen-metrics-urls", "127.0.0.1:2381"]);
+        assert!(e.to_string().contains("--listen-metrics-urls"));
+        // The address's own error is the source, not flattened into the message.
+        let e = err(&["--listen-peer-urls", "http://localhost:2380"]);
+        assert!(matches!(
+            e,
+            ConfigError::NotIpPort {
+                flag: "--listen-peer-urls",
+                ..
+            }
+        ));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            crate::error_chain(&e),
+            "--listen-peer-urls: \"http://localhost:2380\" is not http://ip:port: \
+             invalid socket address syntax"
+        );
+        let e = err(&[
+            "--listen-peer-urls",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+        ]);
+        assert!(matches!(
+            e,
+            ConfigError::ManyUrls {
+                flag: "--listen-peer-urls",
+                ..
+            }
+        ));
+        let e = err(&["--heartbeat-interval", "50", "--election-timeout", "100"]);
+        assert_eq!(
+            e,
+            ConfigError::ElectionTimeout {
+                election_timeout: 100,
+                heartbeat_interval: 50
+            }
+        );
     }
 
     #[test]
@@ -369,26 +533,32 @@ mod tests {
     #[test]
     fn the_initial_cluster_must_be_consistent() {
         let err = |args: &[&str]| ServerConfig::from_flags(flags(args)).unwrap_err();
-        assert!(err(&[
-            "--initial-cluster",
-            "default=http://127.0.0.1:2380,other=http://127.0.0.1:2380",
-        ])
-        .contains("twice"));
-        assert!(err(&[
+        assert!(matches!(
+            err(&[
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380,other=http://127.0.0.1:2380",
+            ]),
+            ConfigError::PeerUrlTwice { url } if url == "http://127.0.0.1:2380"
+        ));
+        let e = err(&[
             "--initial-cluster",
             "default=http://127.0.0.1:2380,default=http://127.0.0.1:3380",
-        ])
-        .contains("names \"default\" twice"));
+        ]);
+        assert!(e.to_string().contains("names \"default\" twice"));
         // The member's own entry must be the URL it advertises.
         assert!(err(&["--initial-cluster", "default=http://127.0.0.1:3380"])
+            .to_string()
             .contains("but it advertises http://127.0.0.1:2380"));
-        assert!(err(&[
-            "--initial-cluster",
-            "default=http://127.0.0.1:3380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:4380",
-        ])
-        .contains("but it advertises http://127.0.0.1:4380"));
+        assert!(matches!(
+            err(&[
+                "--initial-cluster",
+                "default=http://127.0.0.1:3380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:4380",
+            ]),
+            ConfigError::AdvertisedPeerUrl { listed, advertised, .. }
+                if listed == "http://127.0.0.1:3380" && advertised == "http://127.0.0.1:4380"
+        ));
     }
 
     #[test]
@@ -410,6 +580,25 @@ pub enum CompactionMode {
     Revision,
 }
 
+impl CompactionMode {
+    /// What `--auto-compaction-retention` takes in this mode.
+    fn retention_syntax(self) -> &'static str {
+        match self {
+            CompactionMode::Periodic => "a duration such as 90s, 30m or 2h, or a number of hours",
+            CompactionMode::Revision => "a number of revisions",
+        }
+    }
+}
+
+impl std::fmt::Display for CompactionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CompactionMode::Periodic => "periodic",
+            CompactionMode::Revision => "revision",
+        })
+    }
+}
+
 /// What automatic compaction keeps, from `--auto-compaction-mode` and
 /// `--auto-compaction-retention`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,9 +613,12 @@ pub enum Retention {
 
 /// Parses `--auto-compaction-retention` for a mode, as etcd does: a bare number means hours
 /// in periodic mode and revisions in revision mode; periodic also takes `90s`, `30m`, `2h`.
-pub fn parse_retention(mode: CompactionMode, text: &str) -> Result<Retention, String> {
+pub fn parse_retention(mode: CompactionMode, text: &str) -> Result<Retention, ConfigError> {
+    let bad = || ConfigError::Retention {
+        mode,
+        text: text.to_string(),
+    };
     let text = text.trim();
-    let bad = || format!("invalid --auto-compaction-retention {text:?}");
     if mode == CompactionMode::Revision {
         let n: i64 = text.parse().map_err(|_| bad())?;
         return Ok(if n <= 0 {
@@ -471,6 +663,12 @@ mod retention_tests {
         let r = |t| parse_retention(CompactionMode::Revision, t);
         assert_eq!(r("1000"), Ok(Retention::Revisions(1000)));
         assert_eq!(r("0"), Ok(Retention::Off));
-        assert!(r("10m").is_err());
+        assert_eq!(
+            r("10m"),
+            Err(ConfigError::Retention {
+                mode: CompactionMode::Revision,
+                text: "10m".into()
+            })
+        );
     }
 }

@@ -29,7 +29,24 @@ pub mod store;
 
 mod run;
 
-pub use run::{run, KvStateMachine, Running};
+pub use run::{run, KvStateMachine, Running, StartError};
+
+/// An error and its chain of sources on one line, `error: source: source's source...`, as
+/// `raft-kv` prints why it did not start. A source whose text the line already holds (errors
+/// that repeat their source in their own message) is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = source.source();
+    }
+    line
+}
 
 /// Code generated from `proto/` (etcd's API and raft-kv's internal forwarding service).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

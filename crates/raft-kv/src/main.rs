@@ -19,6 +19,7 @@ fn main() {
     let config = match ServerConfig::from_flags(flags) {
         Ok(c) => c,
         Err(e) => {
+            let e = raftline_kv::error_chain(&e);
             eprintln!("raft-kv: {e}\n\nRun raft-kv --help for the flags.");
             std::process::exit(2);
         }
@@ -31,7 +32,7 @@ fn main() {
         let running = match raftline_kv::run(config).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("raft-kv: {e}");
+                eprintln!("raft-kv: {}", raftline_kv::error_chain(&e));
                 std::process::exit(1);
             }
         };

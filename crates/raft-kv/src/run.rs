@@ -1,7 +1,9 @@
 //! Starting a member: the log, the transport, the raft driver, the gRPC server.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,14 +193,109 @@ impl StateMachine for KvStateMachine {
     }
 }
 
+/// Why a member did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {}", dir.display())]
+    CreateDataDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The member id file could not be read.
+    #[error("cannot read the member id in {}", file.display())]
+    ReadMemberId {
+        /// The member id file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The member id file does not hold a member id (hex).
+    #[error("{}: not a member id", file.display())]
+    NotMemberId {
+        /// The member id file.
+        file: PathBuf,
+        /// What it holds (trimmed).
+        text: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// The member id file could not be written.
+    #[error("cannot write the member id to {}", file.display())]
+    WriteMemberId {
+        /// The member id file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The log could not be opened (or recovered).
+    #[error("cannot open the log in {}", dir.display())]
+    OpenLog {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: raftline_log::Error,
+    },
+    /// The snapshot store could not be opened.
+    #[error("cannot open the snapshot store in {}", dir.display())]
+    OpenSnapshots {
+        /// The snapshot store's directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: raftline_snapshot::Error,
+    },
+    /// The peer transport could not listen.
+    #[error("cannot listen for peers on {addr}")]
+    ListenPeers {
+        /// The address of `--listen-peer-urls`.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The raft node did not start (its log, snapshot or state machine failed).
+    #[error("cannot start raft")]
+    Node(#[source] raftline_core::Error),
+    /// The metrics listener could not listen.
+    #[error("cannot listen for metrics on {addr}")]
+    ListenMetrics {
+        /// The address of `--listen-metrics-urls`.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The client listener could not listen.
+    #[error("cannot listen for clients on {addr}")]
+    ListenClients {
+        /// The address of `--listen-client-urls`.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// This member's id: the one kept in the data directory ([`MEMBER_ID_FILE`]), else the one
 /// the flags give, which is then kept there.
-fn adopt_member_id(config: &mut ServerConfig, data_dir: &Path) -> Result<(), String> {
+fn adopt_member_id(config: &mut ServerConfig, data_dir: &Path) -> Result<(), StartError> {
     let file = data_dir.join(MEMBER_ID_FILE);
     match std::fs::read_to_string(&file) {
         Ok(text) => {
-            let kept = u64::from_str_radix(text.trim(), 16)
-                .map_err(|e| format!("{}: not a member id ({e})", file.display()))?;
+            let text = text.trim();
+            let kept = u64::from_str_radix(text, 16).map_err(|source| StartError::NotMemberId {
+                file: file.clone(),
+                text: text.to_string(),
+                source,
+            })?;
             if kept != config.id.0 {
                 tracing::info!(
                     id = %format!("{kept:x}"),
@@ -213,19 +310,21 @@ fn adopt_member_id(config: &mut ServerConfig, data_dir: &Path) -> Result<(), Str
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            std::fs::create_dir_all(data_dir).map_err(|source| StartError::CreateDataDir {
+                dir: data_dir.to_path_buf(),
+                source,
+            })?;
             let tmp = data_dir.join(format!("{MEMBER_ID_FILE}.tmp"));
-            let write = || -> std::io::Result<()> {
+            let write = || -> io::Result<()> {
                 let mut f = std::fs::File::create(&tmp)?;
                 std::io::Write::write_all(&mut f, format!("{:x}\n", config.id.0).as_bytes())?;
                 f.sync_all()?;
                 std::fs::rename(&tmp, &file)?;
                 std::fs::File::open(data_dir)?.sync_all()
             };
-            write().map_err(|e| format!("cannot write {}: {e}", file.display()))
+            write().map_err(|source| StartError::WriteMemberId { file, source })
         }
-        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+        Err(source) => Err(StartError::ReadMemberId { file, source }),
     }
 }
 
@@ -285,7 +384,7 @@ impl Tasks {
 /// cluster that already lists it (`MemberAdd`): it starts with an empty configuration, knows
 /// the peers of `--initial-cluster`, and waits for the leader to send it the log (or a
 /// snapshot).
-pub async fn run(config: ServerConfig) -> Result<Running, String> {
+pub async fn run(config: ServerConfig) -> Result<Running, StartError> {
     let mut config = config;
     let (log, snapshots) = open_storage(&mut config)?;
     let (transport, inbound, known) = start_transport(&config).await?;
@@ -304,7 +403,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
     let (raft, driver) = raft_configs(&config);
     let (node, handle) = Node::new(raft, driver, log, machine, snapshots, transport.clone())
         .await
-        .map_err(|e| format!("cannot start raft: {e}"))?;
+        .map_err(StartError::Node)?;
     let shared = Arc::new(Shared::new(handle, store, config.clone(), revisions));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Tasks {
@@ -335,7 +434,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, String> {
 
 /// Opens the log (a new member joining a running cluster starts with an empty
 /// configuration) and the snapshot store, reporting what recovery found.
-fn open_storage(config: &mut ServerConfig) -> Result<(LogFile, FileSnapshotStore), String> {
+fn open_storage(config: &mut ServerConfig) -> Result<(LogFile, FileSnapshotStore), StartError> {
     let data_dir = config.flags.data_dir.clone();
     let log_dir = data_dir.join("log");
     let fresh = !log_dir.join("state").exists();
@@ -354,13 +453,19 @@ fn open_storage(config: &mut ServerConfig) -> Result<(LogFile, FileSnapshotStore
         segment_bytes_max: config.flags.log_segment_bytes,
         ..Options::default()
     };
-    let log = LogFile::open(&log_dir, options).map_err(|e| format!("cannot open the log: {e}"))?;
+    let log = LogFile::open(&log_dir, options).map_err(|source| StartError::OpenLog {
+        dir: log_dir.clone(),
+        source,
+    })?;
     if let Some(report) = &log.recovery().torn_tail {
         tracing::warn!(file = %report.0, offset = report.1, "cut a torn write off the log tail");
     }
-    let snapshots =
-        FileSnapshotStore::open(data_dir.join("snap"), raftline_snapshot::Options::default())
-            .map_err(|e| format!("cannot open the snapshot store: {e}"))?;
+    let snap_dir = data_dir.join("snap");
+    let snapshots = FileSnapshotStore::open(&snap_dir, raftline_snapshot::Options::default())
+        .map_err(|source| StartError::OpenSnapshots {
+            dir: snap_dir.clone(),
+            source,
+        })?;
     for (path, why) in &snapshots.recovery().rejected {
         tracing::warn!(file = %path.display(), "ignored a damaged snapshot: {why}");
     }
@@ -374,7 +479,7 @@ fn open_storage(config: &mut ServerConfig) -> Result<(LogFile, FileSnapshotStore
 /// messages and the peer addresses given to it.
 async fn start_transport(
     config: &ServerConfig,
-) -> Result<(TcpTransport, Inbound, HashMap<NodeId, String>), String> {
+) -> Result<(TcpTransport, Inbound, HashMap<NodeId, String>), StartError> {
     let mut transport_config = TransportConfig::new(config.id, config.cluster_id, config.peer_addr);
     let mut known = HashMap::new();
     for m in config.members.iter().filter(|m| m.id != config.id) {
@@ -384,7 +489,10 @@ async fn start_transport(
     }
     let (transport, inbound) = TcpTransport::start(transport_config)
         .await
-        .map_err(|e| format!("cannot listen for peers on {}: {e}", config.peer_addr))?;
+        .map_err(|source| StartError::ListenPeers {
+            addr: config.peer_addr,
+            source,
+        })?;
     Ok((transport, inbound, known))
 }
 
@@ -472,12 +580,12 @@ fn spawn_loops(shared: &Arc<Shared>, tasks: &mut Tasks) -> watch::Receiver<bool>
 /// Serves Prometheus metrics, `/health` and `/version` on `addr`.
 async fn serve_metrics(
     shared: &Arc<Shared>,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     tasks: &mut Tasks,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        .map_err(|source| StartError::ListenMetrics { addr, source })?;
     let node = shared.node.clone();
     let stopped = tasks.stopped.clone();
     tasks.spawn(crate::metrics::serve(
@@ -490,11 +598,11 @@ async fn serve_metrics(
 }
 
 /// Serves the gRPC services on the client URL until stopped.
-async fn serve_clients(shared: &Arc<Shared>, tasks: &mut Tasks) -> Result<(), String> {
+async fn serve_clients(shared: &Arc<Shared>, tasks: &mut Tasks) -> Result<(), StartError> {
     let addr = shared.config.client_addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for clients on {addr}: {e}"))?;
+        .map_err(|source| StartError::ListenClients { addr, source })?;
     // Client sockets get TCP_NODELAY: without it a small response can wait ~40 ms for
     // Nagle's algorithm (tonic does not set it on an incoming stream we hand it). Each goes
     // through `AuthorityFix`, which makes requests whose `:authority` is a URL acceptable to

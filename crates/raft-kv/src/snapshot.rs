@@ -128,7 +128,8 @@ pub enum SnapshotFormatError {
         /// The record's position (0 for the first).
         index: u64,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        reason: RecordError,
     },
     /// The trailer's checksum is not that of the data.
     #[error(
@@ -167,6 +168,56 @@ pub enum SnapshotFormatError {
     /// Reading failed.
     #[error("reading the snapshot: {0}")]
     Io(#[source] io::Error),
+}
+
+/// What is wrong with a snapshot record ([`SnapshotFormatError::BadRecord`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Bytes follow the record's body within its length.
+    #[error("{len} bytes follow its body")]
+    TrailingBytes {
+        /// How many.
+        len: usize,
+    },
+    /// The body does not decode.
+    #[error("undecodable: {0}")]
+    Undecodable(#[source] postcard::Error),
+    /// A record of a kind that comes earlier in a snapshot.
+    #[error("a {kind} record after the {after} records")]
+    OutOfRank {
+        /// The record's kind.
+        kind: &'static str,
+        /// The kind of the records before it.
+        after: &'static str,
+    },
+    /// A second revision record.
+    #[error("a second revision record")]
+    SecondRevision,
+    /// The first record is not the revision record.
+    #[error("the first record is not the revision")]
+    FirstNotRevision,
+    /// A record's id does not follow the previous one of its kind (ascending, no duplicates).
+    #[error("{kind} {id} does not follow {last}")]
+    NotAscending {
+        /// The record's kind.
+        kind: &'static str,
+        /// Its id (as `Debug` shows it: the kinds' ids have different types).
+        id: String,
+        /// The previous record's id.
+        last: String,
+    },
+    /// A key record (versions 1 and 2) in a version 3 snapshot.
+    #[error("a key record in a version 3 snapshot")]
+    KeyInVersion3,
+    /// A key record whose key does not follow the previous one's.
+    #[error("keys out of order")]
+    KeysOutOfOrder,
+    /// A record only version 3 has, in an earlier version's snapshot.
+    #[error("a version 3 record in a version {version} snapshot")]
+    Version3Record {
+        /// The snapshot's format version.
+        version: u32,
+    },
 }
 
 impl From<SnapshotFormatError> for io::Error {
@@ -348,36 +399,43 @@ impl Decoder {
         self.absorb(body);
         let index = self.records;
         self.records += 1;
-        let bad = |reason: String| SnapshotFormatError::BadRecord { index, reason };
+        let bad = |reason: RecordError| SnapshotFormatError::BadRecord { index, reason };
         let record = match postcard::take_from_bytes::<Record>(body) {
             Ok((record, [])) => record,
-            Ok((_, rest)) => return Err(bad(format!("{} bytes follow its body", rest.len()))),
-            Err(e) => return Err(bad(format!("undecodable: {e}"))),
+            Ok((_, rest)) => return Err(bad(RecordError::TrailingBytes { len: rest.len() })),
+            Err(e) => return Err(bad(RecordError::Undecodable(e))),
         };
         let rank = rank(&record);
         if rank < self.last_rank {
-            return Err(bad(format!(
-                "a {} record after the {} records",
-                KINDS[usize::from(rank)],
-                KINDS[usize::from(self.last_rank)]
-            )));
+            return Err(bad(RecordError::OutOfRank {
+                kind: KINDS[usize::from(rank)],
+                after: KINDS[usize::from(self.last_rank)],
+            }));
         }
         self.last_rank = rank;
         match (record, self.revision) {
             (Record::Revision(revision), None) => self.revision = Some(revision),
-            (Record::Revision(_), Some(_)) => return Err(bad("a second revision record".into())),
-            (_, None) => return Err(bad("the first record is not the revision".into())),
+            (Record::Revision(_), Some(_)) => return Err(bad(RecordError::SecondRevision)),
+            (_, None) => return Err(bad(RecordError::FirstNotRevision)),
             (record, Some(_)) => self.add(record).map_err(bad)?,
         }
         Ok(())
     }
 
     /// Adds a record that follows the revision record to the parts.
-    fn add(&mut self, record: Record) -> Result<(), String> {
-        /// Whether `id` follows the last id of an ascending set.
-        fn ascending<T: Ord + std::fmt::Debug>(last: Option<&T>, id: &T) -> Result<(), String> {
+    fn add(&mut self, record: Record) -> Result<(), RecordError> {
+        /// Whether `id`, of a record of `kind`, follows the last id of an ascending set.
+        fn ascending<T: Ord + std::fmt::Debug>(
+            kind: &'static str,
+            last: Option<&T>,
+            id: &T,
+        ) -> Result<(), RecordError> {
             match last {
-                Some(last) if id <= last => Err(format!("{id:?} does not follow {last:?}")),
+                Some(last) if id <= last => Err(RecordError::NotAscending {
+                    kind,
+                    id: format!("{id:?}"),
+                    last: format!("{last:?}"),
+                }),
                 _ => Ok(()),
             }
         }
@@ -386,22 +444,21 @@ impl Decoder {
         match record {
             Record::Revision(_) => unreachable!("handled by the caller"),
             Record::Member(member) => {
-                ascending(parts.members.keys().next_back(), &member.id)
-                    .map_err(|e| format!("member {e}"))?;
+                ascending("member", parts.members.keys().next_back(), &member.id)?;
                 parts.members.insert(member.id, member);
             }
             Record::Removed(id) => {
-                ascending(parts.removed.last(), &id).map_err(|e| format!("removed id {e}"))?;
+                ascending("removed id", parts.removed.last(), &id)?;
                 parts.removed.insert(id);
             }
             Record::Promotion(id) => {
-                ascending(parts.promotions.last(), &id).map_err(|e| format!("promotion {e}"))?;
+                ascending("promotion", parts.promotions.last(), &id)?;
                 parts.promotions.insert(id);
             }
-            Record::Key(_) if v3 => return Err("a key record in a version 3 snapshot".into()),
+            Record::Key(_) if v3 => return Err(RecordError::KeyInVersion3),
             Record::Key(kv) => {
                 if self.keys.last().is_some_and(|last| kv.key <= last.key) {
-                    return Err("keys out of order".into());
+                    return Err(RecordError::KeysOutOfOrder);
                 }
                 self.keys.push(kv);
             }
@@ -411,24 +468,22 @@ impl Decoder {
             | Record::History(..)
                 if !v3 =>
             {
-                return Err(format!(
-                    "a version 3 record in a version {} snapshot",
-                    self.version
-                ));
+                return Err(RecordError::Version3Record {
+                    version: self.version,
+                });
             }
             Record::Compacted(revision) => parts.kv.restore_compacted(revision),
             Record::Lease { id, ttl } => {
-                ascending(parts.leases.keys().next_back(), &id)
-                    .map_err(|e| format!("lease {e}"))?;
+                ascending("lease", parts.leases.keys().next_back(), &id)?;
                 parts.leases.insert(id, ttl);
             }
             Record::Alarm(alarm) => {
-                ascending(parts.alarms.last(), &alarm).map_err(|e| format!("alarm {e}"))?;
+                ascending("alarm", parts.alarms.last(), &alarm)?;
                 parts.alarms.insert(alarm);
             }
             Record::History(rev, record) => {
                 let last = parts.kv.last_rev();
-                ascending(last.as_ref(), &rev).map_err(|e| format!("history revision {e}"))?;
+                ascending("history revision", last.as_ref(), &rev)?;
                 parts.kv.restore_record(rev, record);
             }
         }

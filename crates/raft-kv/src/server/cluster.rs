@@ -53,8 +53,10 @@ pub(crate) fn onward<T>(message: T, mark: bool, deadline: Instant) -> Request<T>
 fn one_peer_url(urls: &[String]) -> Result<String, Status> {
     match urls {
         [url] => {
-            parse_url("peerURLs", url)
-                .map_err(|e| Status::invalid_argument(format!("{BAD_PEER_URLS} ({e})")))?;
+            parse_url("peerURLs", url).map_err(|e| {
+                let e = crate::error_chain(&e);
+                Status::invalid_argument(format!("{BAD_PEER_URLS} ({e})"))
+            })?;
             Ok(url.trim_end_matches('/').to_string())
         }
         [] => Err(Status::invalid_argument(format!(
