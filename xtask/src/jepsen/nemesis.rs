@@ -84,8 +84,8 @@ impl Nemesis<'_> {
             return Ok(());
         }
         loop {
-            let wait = Duration::from_millis(1500 + rng.below(2000));
-            if Instant::now() + wait + Duration::from_secs(4) >= until {
+            let wait = Duration::from_millis(1000 + rng.below(1500));
+            if Instant::now() + wait + Duration::from_secs(3) >= until {
                 tokio::time::sleep_until(until.into()).await;
                 return Ok(());
             }

@@ -211,13 +211,38 @@ pub fn cleanup() -> Vec<String> {
                 }
             }
         }
+        // Without the partition rules, connections of the killed members end at once instead
+        // of retransmitting for minutes (which keeps the namespace and its veth alive).
+        let _ = run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "nft", "delete", "table", "inet", TABLE,
+            ],
+            None,
+        );
         if run("ip", &["netns", "del", &ns], None).is_ok() {
             removed.push(format!("namespace {ns}"));
         }
     }
-    // Host ends of veth pairs go with their peers' namespaces; the bridge stays.
-    if run("ip", &["link", "del", BRIDGE], None).is_ok() {
-        removed.push(format!("bridge {BRIDGE}"));
+    // A namespace outlives its name while sockets in it linger (orphaned connections), and
+    // its veth with it: each link is deleted by name (a veth pair goes with either end).
+    for link in our_links() {
+        if run("ip", &["link", "del", &link], None).is_ok() {
+            removed.push(format!("link {link}"));
+        }
     }
     removed
+}
+
+/// Our links in the root namespace: the bridge and the host ends of veth pairs.
+fn our_links() -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|n| n.starts_with(PREFIX))
+        .collect()
 }
