@@ -15,6 +15,7 @@
 //! and the bridge are removed on every exit, Ctrl-C and SIGTERM included; `--cleanup`
 //! removes the leftovers of a run that was itself killed.
 
+mod html;
 mod nemesis;
 mod net;
 mod nodes;
@@ -135,9 +136,14 @@ fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
     prepare_out(&out)?;
     let binary = crate::cluster::build_raft_kv()?;
     let net = make_net(args);
-    if net.is_none() && kinds.contains(&Kind::Partition) {
-        eprintln!("no network namespaces: running without the partition nemesis");
-        kinds.retain(|k| *k != Kind::Partition);
+    if kinds.contains(&Kind::Partition) {
+        if net.is_none() {
+            eprintln!("no network namespaces: running without the partition nemesis");
+            kinds.retain(|k| *k != Kind::Partition);
+        } else if let Err(e) = net::nft_available() {
+            eprintln!("{e}: running without the partition nemesis");
+            kinds.retain(|k| *k != Kind::Partition);
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -420,5 +426,8 @@ fn finish(args: &JepsenArgs, out: &Path, log: &mut RunLog) -> bool {
     ));
     print!("{text}");
     let _ = std::fs::write(out.join("summary.txt"), &text);
+    if let Err(e) = html::write(out, log, &text) {
+        eprintln!("cannot write {}: {e}", out.join("report.html").display());
+    }
     ok
 }
