@@ -354,7 +354,8 @@ async fn wait_leader(nodes: &RefCell<Nodes>) -> Result<(), Error> {
         if !crashed.is_empty() {
             return Err(Error::Setup(crashed.join("; ")));
         }
-        if nodes.borrow().leader().await.is_some() {
+        let live = nodes.borrow().live();
+        if nodes::find_leader(live).await.is_some() {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -78,7 +78,7 @@ pub struct Nemesis<'a> {
 impl Nemesis<'_> {
     /// Injects faults of `kinds` until `until`, healing each before the next.
     pub async fn run(&self, kinds: &[Kind], seed: u64, until: Instant) -> Result<(), String> {
-        let mut rng = Rng::new(seed ^ 0x6e65_6d65_7369_73);
+        let mut rng = Rng::new(seed ^ 0x006e_656d_6573_6973);
         if kinds.is_empty() {
             tokio::time::sleep_until(until.into()).await;
             return Ok(());
@@ -112,7 +112,8 @@ impl Nemesis<'_> {
     async fn target(&self, rng: &mut Rng, p: f64) -> (usize, &'static str) {
         let n = self.nodes.borrow().len() as u64;
         if rng.chance(p) {
-            let leader = self.nodes.borrow().leader().await;
+            let live = self.nodes.borrow().live();
+            let leader = super::nodes::find_leader(live).await;
             if let Some(l) = leader {
                 return (l, " (leader)");
             }

@@ -66,8 +66,11 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NetError
 
 /// Whether `nft` (nftables, which makes the partitions) can be run.
 pub fn nft_available() -> Result<(), NetError> {
-    run("nft", &["--version"], None)
-        .map_err(|e| NetError(format!("nftables' `nft` is not usable ({e}; apt-get install nftables)")))
+    run("nft", &["--version"], None).map_err(|e| {
+        NetError(format!(
+            "nftables' `nft` is not usable ({e}; apt-get install nftables)"
+        ))
+    })
 }
 
 /// The namespace of member `i` (from 1).

@@ -232,23 +232,33 @@ impl Nodes {
         dead
     }
 
-    /// The member (from 0) that a majority of the answering members name leader.
-    pub async fn leader(&self) -> Option<usize> {
-        let mut votes = vec![0usize; self.len()];
-        for n in &self.nodes {
-            if n.child.is_none() || n.paused {
-                continue;
-            }
-            let Some(leader) = status_leader(&n.addr).await else {
-                continue;
-            };
-            if let Some(j) = self.nodes.iter().position(|m| m.addr.member_id() == leader) {
-                votes[j] += 1;
-            }
-        }
-        let (best, count) = votes.iter().enumerate().max_by_key(|(_, c)| **c)?;
-        (*count > 0).then_some(best)
+    /// Every member's address, `None` for those killed or paused (for [`find_leader`]).
+    pub fn live(&self) -> Vec<Option<Addr>> {
+        self.nodes
+            .iter()
+            .map(|n| (n.child.is_some() && !n.paused).then(|| n.addr.clone()))
+            .collect()
     }
+}
+
+/// The member (from 0) that the most answering members of `live` (from [`Nodes::live`])
+/// name leader.
+pub async fn find_leader(live: Vec<Option<Addr>>) -> Option<usize> {
+    let ids: Vec<u64> = live
+        .iter()
+        .map(|a| a.as_ref().map_or(0, Addr::member_id))
+        .collect();
+    let mut votes = vec![0usize; live.len()];
+    for addr in live.iter().flatten() {
+        let Some(leader) = status_leader(addr).await else {
+            continue;
+        };
+        if let Some(j) = ids.iter().position(|&id| id == leader) {
+            votes[j] += 1;
+        }
+    }
+    let (best, count) = votes.iter().enumerate().max_by_key(|(_, c)| **c)?;
+    (*count > 0).then_some(best)
 }
 
 impl Drop for Nodes {
