@@ -1,5 +1,5 @@
 //! The nemesis: a seeded schedule of faults, one at a time, every few seconds. Kill: SIGKILL
-//! one member (the leader a third of the time), or now and then all of them, and restart them
+//! one member (the leader 40 % of the time), or now and then two or all of them, and restart them
 //! 1-3 s later on the same data; pause: SIGSTOP a member (sometimes the leader) for 1-3 s;
 //! partition: isolate a member, isolate the leader, split the members into a majority and a
 //! minority, or a bridge (one member reaches both halves, which do not reach each other), for
@@ -132,11 +132,18 @@ impl Nemesis<'_> {
 
     async fn kill(&self, rng: &mut Rng) -> Result<String, String> {
         let n = self.nodes.borrow().len();
-        let (victims, detail) = if rng.chance(0.15) {
-            ((0..n).collect::<Vec<_>>(), "kill all members".to_string())
-        } else {
-            let (i, why) = self.target(rng, 0.35).await;
-            (vec![i], format!("kill {}{why}", self.name(i)))
+        let (victims, detail) = match rng.below(100) {
+            0..=14 => ((0..n).collect::<Vec<_>>(), "kill all members".to_string()),
+            15..=29 => {
+                let a = rng.below(n as u64) as usize;
+                let b = (a + 1 + rng.below(n as u64 - 1) as usize) % n;
+                let detail = format!("kill {} and {}", self.name(a), self.name(b));
+                (vec![a, b], detail)
+            }
+            _ => {
+                let (i, why) = self.target(rng, 0.4).await;
+                (vec![i], format!("kill {}{why}", self.name(i)))
+            }
         };
         for &i in &victims {
             self.nodes.borrow_mut().kill(i);

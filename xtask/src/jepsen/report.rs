@@ -125,10 +125,12 @@ pub fn history(records: &[Record]) -> Vec<Operation<KvInput, KvOutput>> {
 /// Explanations longer than this are cut on stdout (the whole one goes to a file).
 const EXPLANATION_CHARS: usize = 4000;
 
-pub fn verdicts(log: &RunLog, keys: u64, dir: &Path) -> (Vec<String>, bool) {
+pub fn verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
     let ops = history(&log.records);
+    let keys = log.finals.first().map_or(0, |f| f.len() as u64);
     let mut lines = Vec::new();
     let mut ok = true;
+    let (mut good, mut biggest) = (0, 0);
     for key in 0..keys {
         let part: Vec<_> = ops
             .iter()
@@ -136,7 +138,12 @@ pub fn verdicts(log: &RunLog, keys: u64, dir: &Path) -> (Vec<String>, bool) {
             .cloned()
             .collect();
         let outcome = check(&KvModel, &part, CHECK_BUDGET);
+        biggest = biggest.max(part.len());
         ok &= outcome.is_linearizable();
+        if outcome.is_linearizable() {
+            good += 1;
+            continue;
+        }
         let mut line = format!("key {key} ({} ops): {outcome}", part.len());
         if line.len() > EXPLANATION_CHARS {
             let file = dir.join(format!("violation-key-{key}.txt"));
@@ -149,6 +156,10 @@ pub fn verdicts(log: &RunLog, keys: u64, dir: &Path) -> (Vec<String>, bool) {
         }
         lines.push(line);
     }
+    lines.insert(
+        0,
+        format!("{good} of {keys} keys linearizable (the largest history: {biggest} ops)"),
+    );
     let (agree, line) = agreement(log, keys);
     ok &= agree;
     lines.push(line);

@@ -3,7 +3,8 @@
 //! absent key) on a few keys, one operation at a time, and record what they saw.
 //!
 //! Outcomes: an answer is `Ok`; an error on a read is `Failed` (a read changes nothing, so it
-//! is left out of the history); an error on a write, whatever it says, is `Unknown` (a write
+//! is left out of the history), and so is a write that could not connect (never sent); any
+//! other error on a write, whatever it says, is `Unknown` (a write
 //! refused by a member may still have been proposed, or forwarded: the checker lets it take
 //! effect at any point after its call, or never).
 
@@ -101,14 +102,33 @@ fn key_bytes(k: u64) -> Vec<u8> {
     format!("jepsen/r{k}").into_bytes()
 }
 
+/// What the clients work on: `keys` registers at a time, replaced by fresh ones every
+/// `key_us` microseconds (register `gen * keys + k` in generation `gen`), so that each key's
+/// history stays small enough to check (the search grows with the writes of unknown outcome
+/// pending at once).
+#[derive(Clone, Copy)]
+pub struct KeySpace {
+    /// Registers at a time.
+    pub keys: u64,
+    /// Microseconds a generation of registers lasts.
+    pub key_us: u64,
+}
+
 /// Runs one client until `shared.stop`.
-pub async fn client(shared: &Shared, id: u64, member: usize, url: String, keys: u64, seed: u64) {
+pub async fn client(
+    shared: &Shared,
+    id: u64,
+    member: usize,
+    url: String,
+    space: KeySpace,
+    seed: u64,
+) {
     let Ok(channel) = channel(&url) else { return };
     let mut kv = KvClient::new(channel);
     let mut rng = Rng::new(seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut seen: Vec<Option<u64>> = vec![None; keys as usize];
+    let mut seen: std::collections::HashMap<u64, Option<u64>> = Default::default();
     while !shared.stop.get() {
-        let key = rng.below(keys);
+        let key = shared.now() / space.key_us.max(1) * space.keys + rng.below(space.keys);
         let input = match rng.below(10) {
             0..=3 => KvInput::Get { key },
             4..=6 => KvInput::Put {
@@ -117,13 +137,13 @@ pub async fn client(shared: &Shared, id: u64, member: usize, url: String, keys: 
             },
             _ => KvInput::Cas {
                 key,
-                expected: seen[key as usize],
+                expected: seen.get(&key).copied().flatten(),
                 new: shared.unique(),
             },
         };
         let record = perform(shared, &mut kv, id, member, input).await;
         if let Some(KvOutput::Value(v)) = record.output {
-            seen[key as usize] = v;
+            seen.insert(key, v);
         }
         let failed = record.status != Status::Ok;
         shared.records.borrow_mut().push(record);
@@ -150,7 +170,7 @@ pub async fn perform(
     let is_read = matches!(input, KvInput::Get { .. });
     let (output, status, error) = match answer {
         Ok(out) => (Some(out), Status::Ok, None),
-        Err(e) if is_read => (None, Status::Failed, Some(e)),
+        Err(e) if is_read || never_sent(&e) => (None, Status::Failed, Some(e)),
         Err(e) => (None, Status::Unknown, Some(e)),
     };
     Record {
@@ -163,6 +183,12 @@ pub async fn perform(
         status,
         error,
     }
+}
+
+/// Whether an error says the request never left this process: the connection to the member
+/// could not be made (it is down, or paused with a full backlog), so nothing was proposed.
+fn never_sent(error: &str) -> bool {
+    error.contains("tcp connect error")
 }
 
 /// The etcd request for `input`, and its answer as the model's output.
