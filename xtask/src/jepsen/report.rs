@@ -316,3 +316,62 @@ pub fn write_history(dir: &Path, log: &RunLog) -> std::io::Result<()> {
     }
     std::fs::write(dir.join("history.txt"), s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: u64, input: KvInput, call: u64, end: u64, output: KvOutput) -> Record {
+        Record {
+            client,
+            member: 0,
+            input,
+            call,
+            end,
+            output: Some(output),
+            status: Status::Ok,
+            error: None,
+        }
+    }
+
+    /// put 1, put 2, then reads of 2: linearizable until a plant makes it not.
+    fn clean() -> Vec<Record> {
+        vec![
+            op(0, KvInput::Put { key: 0, value: 1 }, 0, 10, KvOutput::Ok),
+            op(1, KvInput::Put { key: 0, value: 2 }, 20, 30, KvOutput::Ok),
+            op(0, KvInput::Get { key: 0 }, 40, 50, KvOutput::Value(Some(2))),
+            op(1, KvInput::Get { key: 0 }, 60, 70, KvOutput::Value(Some(2))),
+        ]
+    }
+
+    #[test]
+    fn plants_make_a_linearizable_history_fail() {
+        let records = clean();
+        assert!(check(&KvModel, &history(&records), 1000).is_linearizable());
+        for (p, changed) in [(Plant::StaleRead, 1), (Plant::LostWrite, 2)] {
+            let mut planted = records.clone();
+            plant(&mut planted, p).unwrap();
+            let stale = planted
+                .iter()
+                .filter(|r| r.output == Some(KvOutput::Value(Some(1))))
+                .count();
+            assert_eq!(stale, changed, "{p:?}");
+            assert!(!check(&KvModel, &history(&planted), 1000).is_linearizable());
+        }
+        // Nothing to plant without two successive acknowledged writes before a read.
+        assert!(plant(&mut records[2..].to_vec(), Plant::StaleRead).is_err());
+    }
+
+    #[test]
+    fn failed_reads_are_left_out_and_unknown_writes_never_return() {
+        let mut records = clean();
+        records[2].status = Status::Failed;
+        records[2].output = None;
+        records[1].status = Status::Unknown;
+        records[1].output = None;
+        let ops = history(&records);
+        assert_eq!(ops.len(), 3);
+        assert_eq!(ops[1].ret, None);
+        assert!(check(&KvModel, &ops, 1000).is_linearizable());
+    }
+}
