@@ -252,14 +252,15 @@ async fn drive(
     wait_leader(&nodes).await?;
     eprintln!("cluster up ({}): load for {} s", urls.join(" "), args.time);
     let shared = Shared::new();
+    let until = Instant::now() + Duration::from_secs_f64(args.time);
     let nemesis = Nemesis {
+        until,
         nodes: &nodes,
         net,
         shared: &shared,
         current: RefCell::new(String::new()),
         faults: RefCell::new(Vec::new()),
     };
-    let until = Instant::now() + Duration::from_secs_f64(args.time);
     let space = workload::KeySpace {
         keys: args.keys.max(1),
         key_us: (args.key_secs.max(0.1) * 1e6) as u64,
@@ -268,7 +269,7 @@ async fn drive(
         let member = (c % n as u64) as usize;
         workload::client(&shared, c, member, urls[member].clone(), space, args.seed)
     }));
-    let control = control(&nemesis, kinds, args.seed, until);
+    let control = control(&nemesis, kinds, args.seed);
     let progress = progress(&shared, &nemesis, args.time);
     let (_, control, ()) = tokio::join!(clients, control, progress);
     let (heal, recovery) = control?;
@@ -300,9 +301,8 @@ async fn control(
     nemesis: &Nemesis<'_>,
     kinds: &[Kind],
     seed: u64,
-    until: Instant,
 ) -> Result<(u64, Option<u64>), Error> {
-    let ran = nemesis.run(kinds, seed, until).await;
+    let ran = nemesis.run(kinds, seed).await;
     if let Some(net) = nemesis.net {
         net.heal();
     }

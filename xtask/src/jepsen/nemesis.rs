@@ -73,24 +73,30 @@ pub struct Nemesis<'a> {
     pub current: RefCell<String>,
     /// Every fault so far.
     pub faults: RefCell<Vec<Fault>>,
+    /// The end of the load: a fault still on then is cut short by the final heal.
+    pub until: Instant,
 }
 
 impl Nemesis<'_> {
-    /// Injects faults of `kinds` until `until`, healing each before the next.
-    pub async fn run(&self, kinds: &[Kind], seed: u64, until: Instant) -> Result<(), String> {
+    /// Injects faults of `kinds` until `self.until`, healing each before the next; the last
+    /// one may still be on at `until` and is then healed at once (the final heal).
+    pub async fn run(&self, kinds: &[Kind], seed: u64) -> Result<(), String> {
+        let until = self.until;
         let mut rng = Rng::new(seed ^ 0x006e_656d_6573_6973);
         if kinds.is_empty() {
             tokio::time::sleep_until(until.into()).await;
             return Ok(());
         }
+        let first = rng.below(kinds.len() as u64) as usize;
         loop {
             let wait = Duration::from_millis(1000 + rng.below(1500));
-            if Instant::now() + wait + Duration::from_secs(3) >= until {
+            if Instant::now() + wait >= until {
                 tokio::time::sleep_until(until.into()).await;
                 return Ok(());
             }
             tokio::time::sleep(wait).await;
-            let kind = kinds[rng.below(kinds.len() as u64) as usize];
+            // Each kind in turn, from a seeded start: every kind gets its share of a short run.
+            let kind = kinds[(first + self.faults.borrow().len()) % kinds.len()];
             let start = self.shared.now();
             let detail = match kind {
                 Kind::Kill => self.kill(&mut rng).await?,
@@ -127,7 +133,8 @@ impl Nemesis<'_> {
 
     async fn hold(&self, rng: &mut Rng, min_ms: u64, detail: &str) {
         self.current.replace(detail.to_string());
-        tokio::time::sleep(Duration::from_millis(min_ms + rng.below(2000))).await;
+        let end = Instant::now() + Duration::from_millis(min_ms + rng.below(2000));
+        tokio::time::sleep_until(end.min(self.until).into()).await;
     }
 
     async fn kill(&self, rng: &mut Rng) -> Result<String, String> {
