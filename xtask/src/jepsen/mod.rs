@@ -11,6 +11,16 @@
 //! `target/jepsen/seed-N-TIME`). Exit status 1 when a check fails (`--plant` makes one fail on
 //! purpose).
 //!
+//! Outcomes: an answered operation is ok; a read that failed, or a write that could not even
+//! connect, is failed (no effect, left out of the history); any other failed write (timeout,
+//! `Unavailable`, `leader changed`, ...) is unknown: the checker lets it take effect at any
+//! point after its call, or never. The clients move to fresh registers every `--key-secs`, so
+//! that no key's history holds more unknown writes than the search can take.
+//!
+//! Not in this slice (issue 13): the membership and disk nemeses, latency and loss with tc
+//! netem (the kernel of the project's machines has no `sch_netem`), the watch and lease
+//! workloads, `--workload all`.
+//!
 //! Cleanup: the members die with this process (`setpriv --pdeathsig KILL`), the namespaces
 //! and the bridge are removed on every exit, Ctrl-C and SIGTERM included; `--cleanup`
 //! removes the leftovers of a run that was itself killed.
