@@ -18,7 +18,7 @@
 //! that no key's history holds more unknown writes than the search can take.
 //!
 //! Not in this slice (issue 13): the membership and disk nemeses, latency and loss with tc
-//! netem (the kernel of the project's machines has no `sch_netem`), the watch and lease
+//! netem (this machine's kernel has no `sch_netem`), the watch and lease
 //! workloads, `--workload all`.
 //!
 //! Cleanup: the members die with this process (`setpriv --pdeathsig KILL`), the namespaces
