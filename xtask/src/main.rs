@@ -9,6 +9,7 @@ mod bench_log;
 mod bench_snapshot;
 mod child_exit;
 mod cluster;
+mod jepsen;
 mod machine;
 mod seeds;
 mod sim;
@@ -33,6 +34,9 @@ enum Command {
     /// Start a local raft-kv cluster on loopback (for etcdctl) and run it until Ctrl-C; add and
     /// remove members while it runs (commands on stdin, or --add/--remove/--remove-leader).
     Cluster(cluster::ClusterArgs),
+    /// Run raft-kv members under real faults (kill, pause, partition in network namespaces)
+    /// and check the clients' histories for linearizability.
+    Jepsen(jepsen::JepsenArgs),
     /// Run a benchmark and print a table with percentiles.
     Bench {
         #[command(subcommand)]
@@ -57,6 +61,7 @@ fn main() {
     let ok = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Jepsen(args) => jepsen::run(args),
         Command::Bench { which } => match which {
             Bench::Core(args) => bench_core::run(args),
             Bench::Log(args) => bench_log::run(args),

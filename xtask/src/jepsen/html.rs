@@ -1,0 +1,113 @@
+//! `report.html`: the summary and verdicts, and an SVG timeline with one lane per client
+//! (final reads last), each pixel column colored by what the client's operations there did
+//! (green ok, orange unknown, red failed, the worst wins), the faults as bands over the
+//! lanes, and the final heal as a line.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::report::RunLog;
+use super::workload::Status;
+
+/// Width of the timeline in pixels.
+const WIDTH: usize = 1200;
+/// Height of one client's lane.
+const LANE: usize = 14;
+/// Left margin for the lane labels.
+const LABEL: usize = 90;
+
+/// Writes `report.html` in `dir`.
+pub fn write(dir: &Path, log: &RunLog, text: &str) -> std::io::Result<()> {
+    let mut html = String::from(
+        "<!doctype html><meta charset=utf-8><title>cargo xtask jepsen</title>\
+         <style>body{font-family:sans-serif}pre{background:#f4f4f4;padding:8px}</style>\
+         <h1>cargo xtask jepsen</h1>",
+    );
+    html.push_str(&timeline(log));
+    let _ = write!(html, "<pre>{}</pre>", escape(text));
+    std::fs::write(dir.join("report.html"), html)
+}
+
+/// How bad a status is (the worst in a pixel column is drawn).
+fn rank(s: Status) -> u8 {
+    match s {
+        Status::Ok => 0,
+        Status::Failed => 1,
+        Status::Unknown => 2,
+    }
+}
+
+fn color(rank: u8) -> &'static str {
+    ["#4caf50", "#e53935", "#fb8c00"][usize::from(rank)]
+}
+
+/// The SVG timeline.
+fn timeline(log: &RunLog) -> String {
+    let span = log.records.iter().map(|r| r.end).max().unwrap_or(1).max(1);
+    let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
+    // lane -> column -> worst rank
+    let mut lanes: BTreeMap<u64, BTreeMap<usize, u8>> = BTreeMap::new();
+    for r in &log.records {
+        let columns = lanes.entry(r.client).or_default();
+        for c in x(r.call)..=x(r.end) {
+            let worst = columns.entry(c).or_insert(0);
+            *worst = (*worst).max(rank(r.status));
+        }
+    }
+    let height = (lanes.len() + 2) * LANE;
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' \
+         font-size='10'>",
+        LABEL + WIDTH + 10
+    );
+    for f in &log.faults {
+        let (a, b) = (x(f.start), x(f.end).max(x(f.start) + 1));
+        let _ = write!(
+            svg,
+            "<rect x='{a}' y='0' width='{}' height='{height}' fill='#90caf9' \
+             opacity='0.35'><title>{} ({:.1}-{:.1} s)</title></rect>",
+            b - a,
+            escape(&f.detail),
+            f.start as f64 / 1e6,
+            f.end as f64 / 1e6
+        );
+    }
+    for (lane, (client, columns)) in lanes.iter().enumerate() {
+        let y = lane * LANE;
+        let name = if *client >= 1000 {
+            format!("final n{}", client - 999)
+        } else {
+            format!("client {client}")
+        };
+        let _ = write!(svg, "<text x='2' y='{}'>{name}</text>", y + LANE - 3);
+        for (c, worst) in columns {
+            let _ = write!(
+                svg,
+                "<rect x='{c}' y='{}' width='1' height='{}' fill='{}'/>",
+                y + 1,
+                LANE - 2,
+                color(*worst)
+            );
+        }
+    }
+    let heal = x(log.heal);
+    let _ = write!(
+        svg,
+        "<line x1='{heal}' x2='{heal}' y1='0' y2='{height}' stroke='black'>\
+         <title>final heal</title></line>\
+         <text x='{LABEL}' y='{}'>0 s</text><text x='{}' y='{}'>{:.1} s</text></svg>",
+        height - 3,
+        LABEL + WIDTH - 40,
+        height - 3,
+        span as f64 / 1e6
+    );
+    svg
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&#39;")
+}
