@@ -129,9 +129,9 @@ impl Shared {
                 Ok(Ok(membership)) => return Ok(membership),
                 Ok(Err(e)) => e,
             };
-            // Busy: another change in progress, a leader new to its term, or a leadership
-            // transfer; all pass.
-            let transient = matches!(error, NodeError::Busy(_));
+            // Another change in progress or a leader new to its term (MembershipPending), or a
+            // leadership transfer (Busy); all pass.
+            let transient = matches!(error, NodeError::MembershipPending(_) | NodeError::Busy(_));
             if !transient || Instant::now() + CHANGE_RETRY >= deadline {
                 return Err(node_error_status(error));
             }
