@@ -1,12 +1,14 @@
 //! `report.html`: the summary and verdicts, and an SVG timeline with one lane per client
 //! (final reads last), each pixel column colored by what the client's operations there did
 //! (green ok, orange unknown, red failed, the worst wins), the faults as bands over the
-//! lanes, and the final heal as a line.
+//! lanes (one color per kind), the final heal as a line, a legend, and below them the
+//! slowest successful operation's latency in each pixel column.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::nemesis::Kind;
 use super::report::RunLog;
 use super::workload::Status;
 
@@ -16,6 +18,8 @@ const WIDTH: usize = 1200;
 const LANE: usize = 14;
 /// Left margin for the lane labels.
 const LABEL: usize = 90;
+/// Height of the latency panel.
+const LATENCY: usize = 80;
 
 /// Writes `report.html` in `dir`.
 pub fn write(dir: &Path, log: &RunLog, text: &str) -> std::io::Result<()> {
@@ -25,6 +29,8 @@ pub fn write(dir: &Path, log: &RunLog, text: &str) -> std::io::Result<()> {
          <h1>cargo xtask jepsen</h1>",
     );
     html.push_str(&timeline(log));
+    html.push_str(LEGEND);
+    html.push_str(&latency(log));
     let _ = write!(html, "<pre>{}</pre>", escape(text));
     std::fs::write(dir.join("report.html"), html)
 }
@@ -40,6 +46,53 @@ fn rank(s: Status) -> u8 {
 
 fn color(rank: u8) -> &'static str {
     ["#4caf50", "#e53935", "#fb8c00"][usize::from(rank)]
+}
+
+/// The band color of a fault kind.
+fn fault_color(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Kill => "#ef5350",
+        Kind::Pause => "#ab47bc",
+        Kind::Partition => "#42a5f5",
+    }
+}
+
+/// What the colors mean.
+const LEGEND: &str = "<p style='font-size:12px'>operations: \
+    <span style='color:#4caf50'>&#9632; ok</span> \
+    <span style='color:#fb8c00'>&#9632; unknown outcome</span> \
+    <span style='color:#e53935'>&#9632; failed (not applied)</span> &nbsp; faults: \
+    <span style='color:#ef5350'>&#9632; kill</span> \
+    <span style='color:#ab47bc'>&#9632; pause</span> \
+    <span style='color:#42a5f5'>&#9632; partition</span> &nbsp; black line: final heal</p>";
+
+/// The slowest successful operation's latency per pixel column (by when it was called),
+/// scaled to the slowest of the run.
+fn latency(log: &RunLog) -> String {
+    let span = log.records.iter().map(|r| r.end).max().unwrap_or(1).max(1);
+    let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
+    let mut worst: BTreeMap<usize, u64> = BTreeMap::new();
+    for r in log.records.iter().filter(|r| r.status == Status::Ok) {
+        let slot = worst.entry(x(r.call)).or_insert(0);
+        *slot = (*slot).max(r.end - r.call);
+    }
+    let max = worst.values().copied().max().unwrap_or(1).max(1);
+    let mut svg = format!(
+        "<p style='font-size:12px'>latency of successful operations (slowest per column; \
+         top = {:.1} ms)</p><svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{LATENCY}'>",
+        max as f64 / 1e3,
+        LABEL + WIDTH + 10
+    );
+    for (c, us) in worst {
+        let h = ((us as u128 * LATENCY as u128 / max as u128) as usize).max(1);
+        let _ = write!(
+            svg,
+            "<rect x='{c}' y='{}' width='1' height='{h}' fill='#546e7a'/>",
+            LATENCY - h
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 /// The SVG timeline.
@@ -65,9 +118,10 @@ fn timeline(log: &RunLog) -> String {
         let (a, b) = (x(f.start), x(f.end).max(x(f.start) + 1));
         let _ = write!(
             svg,
-            "<rect x='{a}' y='0' width='{}' height='{height}' fill='#90caf9' \
-             opacity='0.35'><title>{} ({:.1}-{:.1} s)</title></rect>",
+            "<rect x='{a}' y='0' width='{}' height='{height}' fill='{}' \
+             opacity='0.3'><title>{} ({:.1}-{:.1} s)</title></rect>",
             b - a,
+            fault_color(f.kind),
             escape(&f.detail),
             f.start as f64 / 1e6,
             f.end as f64 / 1e6
