@@ -1200,13 +1200,7 @@ impl Cluster {
             let err: File = out
                 .try_clone()
                 .map_err(|e| format!("cannot share {}: {e}", log.display()))?;
-            let child = command
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .process_group(0)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", server.binary.display()))?;
+            let child = spawn_logged(&mut command, out, err, &server.binary)?;
             self.members.push(Member {
                 addr: a.clone(),
                 log,
@@ -1444,6 +1438,23 @@ pub fn log_tail(path: &Path) -> String {
         }
         Err(e) => format!("    (cannot read it: {e})"),
     }
+}
+
+/// Starts a member process in its own process group, with no stdin and its output in `out`
+/// and `err` (the files of its log).
+pub fn spawn_logged(
+    command: &mut Command,
+    out: File,
+    err: File,
+    binary: &Path,
+) -> Result<Child, String> {
+    command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))
 }
 
 #[cfg(test)]

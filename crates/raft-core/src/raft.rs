@@ -1490,13 +1490,7 @@ impl<S: Storage> Raft<S> {
         match (self.leader, self.role.forwarded_mut()) {
             (Some(leader), Some(forwarded)) if forwarded.len() < max => {
                 forwarded.insert(request_id);
-                let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
-                self.outbox.messages.push(Message {
-                    from: self.id,
-                    to: leader,
-                    term: self.term,
-                    body,
-                });
+                self.ask_read(leader, request_id);
             }
             _ => self.outbox.read_states.push(ReadState {
                 request_id,
@@ -1513,14 +1507,19 @@ impl<S: Storage> Raft<S> {
             return;
         };
         for request_id in forwarded.tick(every) {
-            let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
-            self.outbox.messages.push(Message {
-                from: self.id,
-                to: leader,
-                term: self.term,
-                body,
-            });
+            self.ask_read(leader, request_id);
         }
+    }
+
+    /// Sends the leader a read-index request.
+    fn ask_read(&mut self, leader: NodeId, request_id: u64) {
+        let body = MessageBody::ReadIndex(ReadIndexRequest { request_id });
+        self.outbox.messages.push(Message {
+            from: self.id,
+            to: leader,
+            term: self.term,
+            body,
+        });
     }
 
     fn handle_read(&mut self, from: NodeId, request_id: u64) {

@@ -5,9 +5,8 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use raftline_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -170,13 +169,7 @@ impl Nodes {
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--log-level", "info"]);
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let child = crate::cluster::spawn_logged(&mut command, out, err, &self.binary)?;
         self.nodes[i].child = Some(child);
         self.nodes[i].paused = false;
         Ok(())
