@@ -409,6 +409,29 @@ fn a_read_barrier_on_a_follower_waits_for_the_write_before_it() {
 }
 
 #[test]
+fn a_follower_asks_again_for_a_read_whose_request_was_lost() {
+    let mut c = Cluster::new();
+    let leader = c.elect();
+    c.tick(2);
+    let follower = (leader + 1) % 3;
+    let follower_id = NodeId(follower as u64 + 1);
+    // The read-index request to the leader is lost; the link comes back at once.
+    c.net.cut.lock().insert(follower_id);
+    let h = c.handles[follower].clone();
+    let read = c.spawn(async move { h.read_barrier().await });
+    c.net.cut.lock().clear();
+    c.tick(2);
+    assert!(read.borrow().is_none(), "the request was lost");
+    // Within an election timeout (10 ticks) the follower asks again, and the read completes.
+    c.tick(12);
+    assert!(matches!(*read.borrow(), Some(Ok(_))), "{:?}", read.borrow());
+    assert_eq!(
+        c.handles[follower].status().leader,
+        Some(NodeId(leader as u64 + 1))
+    );
+}
+
+#[test]
 fn a_deposed_leaders_proposal_fails_with_leadership_lost_and_reads_fail() {
     let mut c = Cluster::new();
     let old = c.elect();
