@@ -260,3 +260,79 @@ pub(super) fn response(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::channel::oneshot;
+
+    fn forward(
+        f: &mut Forwarder<u64>,
+        leader: u64,
+    ) -> (u64, oneshot::Receiver<Result<u64, NodeError>>) {
+        let (tx, rx) = oneshot::channel();
+        let m = f.forward((NodeId(2), Term(1)), NodeId(leader), Bytes::new(), tx);
+        let MessageBody::Forward(req) = m.expect("under the bound").body else {
+            panic!("a forward");
+        };
+        (req.request_id, rx)
+    }
+
+    fn applied(id: u64, value: u64) -> ForwardResponse {
+        let bytes = Bytes::from(postcard::to_allocvec(&value).unwrap());
+        ForwardResponse {
+            request_id: id,
+            outcome: ForwardOutcome::Applied(bytes),
+        }
+    }
+
+    #[test]
+    fn an_answer_from_another_node_than_the_one_asked_is_ignored() {
+        let mut f = Forwarder::new(7, 10, 8);
+        let (id, mut rx) = forward(&mut f, 1);
+        f.answered(NodeId(3), applied(id, 5), &BTreeMap::new());
+        assert_eq!(rx.try_recv().unwrap(), None);
+        f.answered(NodeId(1), applied(id, 5), &BTreeMap::new());
+        assert_eq!(rx.try_recv().unwrap(), Some(Ok(5)));
+    }
+
+    #[test]
+    fn runs_with_other_seeds_draw_other_ids() {
+        let (mut a, mut b) = (
+            Forwarder::<u64>::new(1, 10, 8),
+            Forwarder::<u64>::new(2, 10, 8),
+        );
+        assert_ne!(forward(&mut a, 1).0, forward(&mut b, 1).0);
+    }
+
+    #[test]
+    fn a_new_leader_ends_only_the_forwards_sent_to_another() {
+        let mut f = Forwarder::new(7, 10, 8);
+        f.leader_is(Some(NodeId(1)));
+        let (_, mut to_old) = forward(&mut f, 1);
+        let (_, mut to_new) = forward(&mut f, 3);
+        f.leader_is(None);
+        assert_eq!(
+            to_old.try_recv().unwrap(),
+            None,
+            "no leader yet: keep waiting"
+        );
+        f.leader_is(Some(NodeId(3)));
+        let unknown = Unknown::LeaderChanged { leader: NodeId(1) };
+        assert_eq!(
+            to_old.try_recv().unwrap(),
+            Some(Err(NodeError::OutcomeUnknown(unknown)))
+        );
+        assert_eq!(to_new.try_recv().unwrap(), None);
+    }
+
+    #[test]
+    fn seen_drops_duplicates_and_forgets_the_oldest_past_its_bound() {
+        let mut seen = Seen::new(2);
+        assert!(seen.first_time(NodeId(2), 1));
+        assert!(!seen.first_time(NodeId(2), 1));
+        assert!(seen.first_time(NodeId(3), 1), "ids are per follower");
+        assert!(seen.first_time(NodeId(2), 2));
+        assert!(seen.first_time(NodeId(2), 1), "forgotten past the bound");
+    }
+}
