@@ -184,14 +184,17 @@ fn progress_text(done: u64, count: u64, failed: usize, started: Instant) -> Stri
     format!("progress: {done}/{count} seeds, {failed} failed, {rate:.1} seeds/s, ETA {eta:.0}s")
 }
 
-/// The progress line on stderr: in place on a terminal, a line at a time otherwise.
-struct ProgressLine {
+/// The progress line on stderr: in place on a terminal, a line at a time otherwise (shared by
+/// every long xtask command).
+pub(crate) struct ProgressLine {
     terminal: bool,
-    every: Duration,
+    /// How often to refresh it: often on a terminal, every few seconds in a log.
+    pub(crate) every: Duration,
 }
 
 impl ProgressLine {
-    fn for_stderr() -> ProgressLine {
+    /// The line for stderr, refreshed as its kind of output wants.
+    pub(crate) fn for_stderr() -> ProgressLine {
         let terminal = std::io::stderr().is_terminal();
         let every = if terminal {
             PROGRESS_EVERY_TERMINAL
@@ -201,7 +204,8 @@ impl ProgressLine {
         ProgressLine { terminal, every }
     }
 
-    fn show(&self, text: &str) {
+    /// Shows `text` as the current progress.
+    pub(crate) fn show(&self, text: &str) {
         let mut err = std::io::stderr().lock();
         // Back to the start of the line, the text, then erase what a longer line left.
         let _ = if self.terminal {
@@ -213,7 +217,7 @@ impl ProgressLine {
     }
 
     /// Erases the line on a terminal, so that what comes next starts on a clean line.
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if self.terminal {
             eprint!("\r\x1b[K");
         }

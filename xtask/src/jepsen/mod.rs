@@ -340,15 +340,17 @@ async fn control(
     Ok((heal, recovery))
 }
 
-/// A progress line on stderr every second until the clients stop.
+/// The progress line on stderr until the clients stop: rewritten in place every half second on
+/// a terminal, a new line every few seconds in a log.
 async fn progress(shared: &Shared, nemesis: &Nemesis<'_>, total: f64) {
+    let line = crate::seeds::ProgressLine::for_stderr();
     while !shared.stop.get() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(line.every).await;
         let records = shared.records.borrow();
         let count = |s: Status| records.iter().filter(|r| r.status == s).count();
         let fault = nemesis.current.borrow();
-        eprint!(
-            "\r[{:5.1}/{total:.0} s] ok {} unknown {} failed {} | {:<40}",
+        line.show(&format!(
+            "[{:5.1}/{total:.0} s] ok {} unknown {} failed {} | {}",
             shared.start.elapsed().as_secs_f64(),
             count(Status::Ok),
             count(Status::Unknown),
@@ -358,9 +360,9 @@ async fn progress(shared: &Shared, nemesis: &Nemesis<'_>, total: f64) {
             } else {
                 fault.as_str()
             }
-        );
+        ));
     }
-    eprintln!();
+    line.clear();
 }
 
 /// Waits until a majority of the members name a leader.
