@@ -33,6 +33,9 @@ pub(crate) struct LeaderState {
     /// The commit index moved, or a follower acknowledged committed entries, since the last
     /// Ready: `Raft::flush_commit_notices` tells the followers that need it.
     pub(crate) commit_notices_due: bool,
+    /// Entries were proposed since the last Ready: `Raft::flush_appends` sends them, so that
+    /// everything proposed between two Readies travels in one append per follower.
+    pub(crate) appends_due: bool,
 }
 
 impl LeaderState {
@@ -46,6 +49,7 @@ impl LeaderState {
             transfer: None,
             heartbeat_elapsed: 0,
             commit_notices_due: false,
+            appends_due: false,
         };
         leader.track_members(id, membership, next);
         leader

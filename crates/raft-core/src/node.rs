@@ -248,13 +248,16 @@ impl<S: Storage> RawNode<S> {
             || self.raft.hard_state() != self.prev_hard
             || self.raft.log.has_unhanded()
             || self.raft.commit_notices_wanted()
+            || self.raft.appends_due()
             || self.raft.log.has_next_committed()
             || !self.raft.outbox.is_empty()
     }
 
     /// Takes what the application must persist, send and apply. See [`Ready`].
     pub fn ready(&mut self) -> Ready {
-        // Commit notices become messages of the outbox first.
+        // Proposals since the last Ready, then commit notices, become messages of the outbox
+        // first (a notice rides on an append to the same follower when there is one).
+        self.raft.flush_appends();
         self.raft.flush_commit_notices();
         let soft = self.soft_state();
         let hard = self.raft.hard_state();

@@ -56,19 +56,35 @@ pub fn joint_vote(membership: &Membership, granted: impl Fn(NodeId) -> Option<bo
     }
 }
 
+/// Configurations of up to this many voters are ranked in an array on the stack: the commit
+/// index is computed on every acknowledgement, without allocating.
+const STACK_VOTERS_MAX: usize = 16;
+
 /// The highest index that a majority of `voters` has (per `match_index`). An empty set gives
 /// `LogIndex(u64::MAX)`, so that it never constrains a joint configuration.
 pub fn majority_index(
     voters: &BTreeSet<NodeId>,
     match_index: impl Fn(NodeId) -> LogIndex,
 ) -> LogIndex {
-    if voters.is_empty() {
-        return LogIndex(u64::MAX);
-    }
-    let mut matched: Vec<LogIndex> = voters.iter().map(|&id| match_index(id)).collect();
-    matched.sort_unstable_by(|a, b| b.cmp(a));
     // With n voters, the (n/2 + 1)-th highest index is held by a majority.
-    matched[voters.len() / 2]
+    let rank = voters.len() / 2;
+    if voters.is_empty() {
+        LogIndex(u64::MAX)
+    } else if voters.len() <= STACK_VOTERS_MAX {
+        let mut matched = [LogIndex(0); STACK_VOTERS_MAX];
+        for (slot, &id) in matched.iter_mut().zip(voters) {
+            *slot = match_index(id);
+        }
+        nth_highest(&mut matched[..voters.len()], rank)
+    } else {
+        let mut matched: Vec<LogIndex> = voters.iter().map(|&id| match_index(id)).collect();
+        nth_highest(&mut matched, rank)
+    }
+}
+
+/// The `rank`-th highest of `indexes` (0 is the highest); reorders them.
+fn nth_highest(indexes: &mut [LogIndex], rank: usize) -> LogIndex {
+    *indexes.select_nth_unstable_by(rank, |a, b| b.cmp(a)).1
 }
 
 /// The highest index a majority of both halves of a joint configuration has.
@@ -101,6 +117,23 @@ mod tests {
         // 4 voters need 3: the third highest.
         assert_eq!(majority_index(&voters, m), LogIndex(5));
         assert_eq!(majority_index(&ids(&[1]), |_| LogIndex(4)), LogIndex(4));
+    }
+
+    #[test]
+    fn majority_index_agrees_with_sorting_on_the_stack_and_beyond_it() {
+        let mut rng = crate::Rng::new(7);
+        for n in 1..=2 * STACK_VOTERS_MAX as u64 + 1 {
+            let voters = ids(&(1..=n).collect::<Vec<_>>());
+            let matched: Vec<LogIndex> = (0..=n).map(|_| LogIndex(rng.below(20))).collect();
+            let mut sorted: Vec<LogIndex> = matched[1..].to_vec();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            let m = |id: NodeId| matched[id.0 as usize];
+            assert_eq!(
+                majority_index(&voters, m),
+                sorted[n as usize / 2],
+                "{n} voters"
+            );
+        }
     }
 
     #[test]

@@ -367,7 +367,11 @@ impl<S: Storage> Raft<S> {
             return Err(Error::Busy { uncommitted });
         }
         let last = self.append_own(commands.into_iter().map(EntryPayload::Normal).collect());
-        self.broadcast_append();
+        // Sent by the next Ready (`flush_appends`), together with whatever else is proposed
+        // before it: one append per follower instead of one per proposal.
+        if let Some(leader) = self.role.leader_mut() {
+            leader.appends_due = true;
+        }
         Ok(last)
     }
 
@@ -1158,6 +1162,22 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Whether [`Raft::flush_commit_notices`] has something to do (for `has_ready`).
+    /// Sends what was proposed since the last Ready to every follower whose window is open.
+    pub(crate) fn flush_appends(&mut self) {
+        if self
+            .role
+            .leader_mut()
+            .is_some_and(|l| std::mem::take(&mut l.appends_due))
+        {
+            self.broadcast_append();
+        }
+    }
+
+    /// Whether proposals wait for [`flush_appends`](Self::flush_appends).
+    pub(crate) fn appends_due(&self) -> bool {
+        self.role.leader().is_some_and(|l| l.appends_due)
+    }
+
     pub(crate) fn commit_notices_wanted(&self) -> bool {
         self.role
             .leader()

@@ -1083,3 +1083,41 @@ fn followers_learn_the_commit_index_without_a_heartbeat() {
         }
     }
 }
+
+#[test]
+fn proposals_between_two_readies_travel_in_one_append_per_follower() {
+    let mut h = quiet_harness(3, config(true, false));
+    elect(&mut h, 1);
+    h.record = true;
+    h.sent.clear();
+    for i in 0..5 {
+        h.propose(1, Bytes::from(format!("p{i}")))
+            .expect("the leader accepts");
+    }
+    assert!(h.raw(1).has_ready(), "the proposals wait for the Ready");
+    h.process_ready(1);
+    for to in [2, 3] {
+        let appends: Vec<usize> = h
+            .sent
+            .iter()
+            .filter(|m| m.to == NodeId(to))
+            .filter_map(|m| match &m.body {
+                MessageBody::Append(a) => Some(a.entries.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            appends,
+            vec![5],
+            "n{to} gets the five entries in one append"
+        );
+    }
+    h.stabilize(&[]);
+    for id in [2, 3] {
+        assert_eq!(
+            h.applied(id).len(),
+            h.applied(1).len(),
+            "n{id} applied them"
+        );
+    }
+}
