@@ -20,13 +20,15 @@ use raftline_core::driver::{
 };
 use raftline_core::testing::MemSnapshotStore;
 use raftline_core::{Config, MemStorage};
-use raftline_proto::{LogIndex, Membership, Message, NodeId};
+use raftline_proto::{LogIndex, Membership, Message, MessageBody, NodeId};
 
 /// Delivers messages through channels; links in `cut` lose everything.
 #[derive(Clone, Default)]
 struct Network {
     inboxes: Arc<Mutex<BTreeMap<NodeId, mpsc::Sender<Message>>>>,
     cut: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// How many appends carrying entries each node was sent.
+    appends_to: Arc<Mutex<BTreeMap<NodeId, usize>>>,
 }
 
 struct NetTransport {
@@ -40,6 +42,9 @@ impl Transport for NetTransport {
         for m in messages {
             if cut.contains(&m.from) || cut.contains(&m.to) {
                 continue;
+            }
+            if matches!(&m.body, MessageBody::Append(a) if !a.entries.is_empty()) {
+                *self.net.appends_to.lock().entry(m.to).or_default() += 1;
             }
             if let Some(tx) = inboxes.get_mut(&m.to) {
                 let _ = tx.try_send(m);
@@ -258,6 +263,32 @@ fn proposals_resolve_with_the_state_machine_response_on_every_node() {
         assert_eq!(
             commands,
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+    }
+}
+
+#[test]
+fn proposals_queued_together_leave_in_one_append_per_follower() {
+    let mut c = Cluster::new();
+    let leader = c.elect();
+    c.tick(3);
+    c.net.appends_to.lock().clear();
+    let h = c.handles[leader].clone();
+    let proposals = (0..64u8).map(move |i| {
+        let h = h.clone();
+        async move { h.propose(Bytes::from(vec![i])).await }
+    });
+    let all = c.spawn(futures::future::join_all(proposals));
+    c.tick(3);
+    let results = all.borrow_mut().take().expect("all resolved");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let appends = c.net.appends_to.lock().clone();
+    let followers: Vec<NodeId> = IDS.iter().copied().filter(|&n| n != IDS[leader]).collect();
+    for f in followers {
+        assert_eq!(
+            appends.get(&f),
+            Some(&1),
+            "{f} got the 64 entries in one append"
         );
     }
 }

@@ -30,6 +30,10 @@ use crate::Config;
 pub struct DriverConfig {
     /// Requests (proposals, reads) waiting for the driver task; callers wait when it is full.
     pub request_queue_max: usize,
+    /// Queued events (requests, peers' messages) the driver takes in one go before the next
+    /// `Ready`: everything proposed in between leaves in one append per follower, and the
+    /// forwards and their answers in one transport send.
+    pub events_per_ready_max: usize,
     /// Writes handed to the log store and not yet durable; the driver stops taking new
     /// `Ready`s while this many are in flight.
     pub persist_inflight_max: usize,
@@ -69,6 +73,7 @@ impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             request_queue_max: 4096,
+            events_per_ready_max: 256,
             persist_inflight_max: 64,
             reads_waiting_max: 4096,
             apply_queue_max: 64,
@@ -334,8 +339,9 @@ pub struct Node<L: LogStore + Clone, M: StateMachine, T: Transport, P: SnapshotS
     forwarder: Forwarder<M::Response>,
     /// Forwarded requests this node took as leader (to drop duplicates).
     forwards_seen: Seen,
-    /// Answers to forwarded proposals, sent with the next batch of messages.
-    forward_answers: Vec<Message>,
+    /// Forwarded proposals, and answers to those forwarded here, gathered until the next
+    /// Ready has been handled and then sent together.
+    forward_out: Vec<Message>,
 }
 
 impl<L, M, T, P> Node<L, M, T, P>
@@ -427,7 +433,7 @@ where
             transfer: None,
             forwarder,
             forwards_seen: Seen::new(forwards_remembered),
-            forward_answers: Vec::new(),
+            forward_out: Vec::new(),
         };
         node.publish_status();
         Ok((
@@ -485,7 +491,7 @@ where
             if let Err(e) = self.handle_ready().await {
                 break Err(e);
             }
-            self.send_forward_answers();
+            self.send_forwards();
             self.forwarder.leader_is(self.raw.leader());
             futures::select_biased! {
                 done = self.persisting.select_next_some() => match done {
@@ -497,7 +503,12 @@ where
                         break Err(e);
                     }
                 },
-                msg = inbound.select_next_some() => self.on_message(msg),
+                msg = inbound.select_next_some() => {
+                    self.on_message(msg);
+                    if !self.take_queued(&mut inbound) {
+                        break Ok(());
+                    }
+                },
                 () = ticks.select_next_some() => {
                     self.raw.tick();
                     self.forwarder.tick();
@@ -506,7 +517,7 @@ where
                     }
                 },
                 req = self.requests.select_next_some() => {
-                    if !self.handle_request(req) {
+                    if !self.handle_request(req) || !self.take_queued(&mut inbound) {
                         break Ok(());
                     }
                 },
@@ -516,6 +527,34 @@ where
         self.fail_all(result.clone().err().unwrap_or(NodeError::ShuttingDown));
         self.status.close();
         result
+    }
+
+    /// Takes the requests and messages already queued, up to `events_per_ready_max` in all,
+    /// so that they share the next Ready. False when a request asked the node to stop.
+    fn take_queued<I>(&mut self, inbound: &mut I) -> bool
+    where
+        I: futures::Stream<Item = Message> + FusedStream + Unpin,
+    {
+        let mut budget = self.config.events_per_ready_max.saturating_sub(1);
+        while budget > 0 {
+            let mut took = false;
+            if let Some(Some(req)) = self.requests.next().now_or_never() {
+                if !self.handle_request(req) {
+                    return false;
+                }
+                (took, budget) = (true, budget - 1);
+            }
+            if budget > 0 && !inbound.is_terminated() {
+                if let Some(Some(msg)) = inbound.next().now_or_never() {
+                    self.on_message(msg);
+                    (took, budget) = (true, budget - 1);
+                }
+            }
+            if !took {
+                break;
+            }
+        }
+        true
     }
 
     fn handle_request(&mut self, req: Request<M::Response>) -> bool {
@@ -585,7 +624,7 @@ where
         };
         let me = (self.raw.id(), self.raw.term());
         if let Some(message) = self.forwarder.forward(me, leader, command, reply) {
-            self.transport.send(vec![message]);
+            self.forward_out.push(message);
         }
     }
 
@@ -610,7 +649,7 @@ where
                 };
                 let me = (self.raw.id(), self.raw.term());
                 let answer = forward::response(me, msg.from, request.request_id, outcome);
-                self.forward_answers.push(answer);
+                self.forward_out.push(answer);
             }
             MessageBody::ForwardResponse(response) => {
                 let addresses = &self.config.addresses;
@@ -630,16 +669,15 @@ where
                 let me = (self.raw.id(), self.raw.term());
                 let outcome = forward::outcome(result);
                 let answer = forward::response(me, from, request_id, outcome);
-                self.forward_answers.push(answer);
+                self.forward_out.push(answer);
             }
         }
     }
 
-    /// Sends the answers to forwarded proposals gathered since the last call, together.
-    fn send_forward_answers(&mut self) {
-        if !self.forward_answers.is_empty() {
-            self.transport
-                .send(std::mem::take(&mut self.forward_answers));
+    /// Sends the forwards and the answers to forwards gathered since the last call, together.
+    fn send_forwards(&mut self) {
+        if !self.forward_out.is_empty() {
+            self.transport.send(std::mem::take(&mut self.forward_out));
         }
     }
 
@@ -1019,7 +1057,7 @@ where
         for (_, w) in std::mem::take(&mut self.waiters) {
             self.resolve(w.reply, Err(error.clone()));
         }
-        self.send_forward_answers();
+        self.send_forwards();
         self.forwarder.fail_all(&error);
         for (_, r) in self.changes.drain() {
             let _ = r.send(Err(error.clone()));
