@@ -1,5 +1,6 @@
-//! `cargo xtask jepsen`: raft-kv processes under real faults, their clients' histories checked
-//! for linearizability.
+//! `cargo xtask jepsen`: raft-kv processes (or etcd's, `--target etcd`, or both one after the
+//! other, `--target both`: see [`etcd`]) under real faults, their clients' histories checked
+//! for linearizability, and their availability measured ([`availability`]).
 //!
 //! The run starts N members (each in a network namespace of its own when it can: see
 //! [`net`]; on loopback otherwise), runs the register workload ([`workload`]) for `--time`
@@ -8,8 +9,13 @@
 //! every member, and checks each key's history with the workspace's checker
 //! (`raftline_core::testing::linearizability`). It prints a summary table and the verdicts
 //! and leaves the history, the members' logs and data under `--out` (default
-//! `target/jepsen/seed-N-TIME`). Exit status 1 when a check fails (`--plant` makes one fail on
-//! purpose).
+//! `target/jepsen/seed-N-TIME`; with `--target both`, its `raft-kv/` and `etcd/`). Exit
+//! status 1 when a check fails (`--plant` makes one fail on purpose).
+//!
+//! Availability, from the records: successful operations per second over the load, outside
+//! faults and during them (per kind too), the longest time without a successful operation,
+//! and the recovery after the final heal. `--target both` ends with a side-by-side table of
+//! these figures, raft-kv's over etcd's, from the same seed on the same machine.
 //!
 //! Outcomes: an answered operation is ok; a read that failed, or a write that could not even
 //! connect, is failed (no effect, left out of the history); any other failed write (timeout,
@@ -25,6 +31,8 @@
 //! and the bridge are removed on every exit, Ctrl-C and SIGTERM included; `--cleanup`
 //! removes the leftovers of a run that was itself killed.
 
+mod availability;
+mod etcd;
 mod html;
 mod nemesis;
 mod net;
@@ -41,6 +49,7 @@ use raftline_core::testing::linearizability::KvInput;
 use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
 use tokio::signal::unix::{signal, SignalKind};
 
+use etcd::{Outcome, Server, Target};
 use nemesis::{Kind, Nemesis};
 use net::Net;
 use nodes::{Addr, Nodes};
@@ -87,6 +96,13 @@ pub struct JepsenArgs {
     /// Remove the namespaces, links and processes a killed run left behind, and exit.
     #[arg(long)]
     cleanup: bool,
+    /// What the members are: raft-kv, etcd, or both (one after the other, same seed, then a
+    /// side-by-side table).
+    #[arg(long, value_enum, default_value_t = Target::RaftKv)]
+    target: Target,
+    /// The etcd binary of `--target etcd` and `both`.
+    #[arg(long, default_value = etcd::DEFAULT_ETCD)]
+    etcd: PathBuf,
 }
 
 /// Why a run stopped before its checks.
@@ -129,16 +145,46 @@ pub fn run(args: JepsenArgs) -> bool {
         }
         return true;
     }
-    match run_checked(&args) {
-        Ok(passed) => passed,
-        Err(e) => {
-            eprintln!("cargo xtask jepsen: {e}");
-            false
-        }
-    }
+    run_targets(&args)
 }
 
-fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
+/// Runs each target of `--target` in turn (in subdirectories of `--out` when there are two),
+/// then prints and writes the side-by-side table; false if a run failed or could not be made.
+fn run_targets(args: &JepsenArgs) -> bool {
+    let out = args.out.clone().unwrap_or_else(|| default_out(args.seed));
+    let targets = args.target.runs();
+    if let Err(e) = prepare_out(&out) {
+        eprintln!("cargo xtask jepsen: {e}");
+        return false;
+    }
+    let mut outcomes = Vec::new();
+    for &target in &targets {
+        let dir = if targets.len() > 1 {
+            out.join(target.name())
+        } else {
+            out.clone()
+        };
+        match run_checked(args, target, &dir) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                eprintln!("cargo xtask jepsen --target {}: {e}", target.name());
+                return false;
+            }
+        }
+    }
+    if targets.len() > 1 {
+        let table = etcd::table(&outcomes);
+        println!(
+            "\n--nemesis {} --seed {} --time {}:\n{table}",
+            args.nemesis, args.seed, args.time
+        );
+        let _ = std::fs::write(out.join("availability.md"), table);
+    }
+    outcomes.iter().all(|o| o.passed)
+}
+
+/// One run of `target`, its files under `out`: whether its checks passed, its figures.
+fn run_checked(args: &JepsenArgs, target: Target, out: &Path) -> Result<Outcome, Error> {
     if args.workload != "register" {
         return Err(Error::Setup(format!(
             "unknown workload `{}` (this slice has register)",
@@ -146,9 +192,13 @@ fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
         )));
     }
     let mut kinds = parse_nemesis(&args.nemesis)?;
-    let out = args.out.clone().unwrap_or_else(|| default_out(args.seed));
-    prepare_out(&out)?;
-    let binary = crate::cluster::build_raft_kv()?;
+    prepare_out(out)?;
+    let server = etcd::server(target, &args.etcd)?;
+    eprintln!(
+        "target {}: {}",
+        target.name(),
+        etcd::version(&server.binary)
+    );
     let net = make_net(args);
     if kinds.contains(&Kind::Partition) {
         if net.is_none() {
@@ -166,13 +216,19 @@ fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
     let log = runtime.block_on(with_signals(drive(
         args,
         &kinds,
-        &binary,
-        &out,
+        &server,
+        out,
         net.as_ref(),
     )));
     drop(net);
     let mut log = log?;
-    Ok(finish(args, &out, &mut log))
+    let passed = finish(args, target, out, &mut log);
+    let availability = availability::Availability::of(&log);
+    Ok(Outcome {
+        target,
+        passed,
+        availability,
+    })
 }
 
 /// Runs `work` until it ends or SIGINT / SIGTERM arrives (dropping it: its members die).
@@ -204,10 +260,15 @@ fn parse_nemesis(list: &str) -> Result<Vec<Kind>, Error> {
 const MARKER: &str = ".xtask-jepsen";
 
 /// Makes `out` empty for a new run: creates it, or wipes a previous run's; refuses a
-/// directory with other contents.
+/// directory with other contents. Keeps a directory this process marked (`--target both`'s,
+/// holding the first target's run).
 fn prepare_out(out: &Path) -> Result<(), Error> {
     let fail = |e: std::io::Error| Error::Setup(format!("{}: {e}", out.display()));
-    if out.join(MARKER).exists() {
+    let marker = std::fs::read_to_string(out.join(MARKER)).ok();
+    if marker.as_deref() == Some(marker_text().as_str()) {
+        return Ok(());
+    }
+    if marker.is_some() {
         std::fs::remove_dir_all(out).map_err(fail)?;
     } else if out.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         return Err(Error::Setup(format!(
@@ -216,7 +277,12 @@ fn prepare_out(out: &Path) -> Result<(), Error> {
         )));
     }
     std::fs::create_dir_all(out).map_err(fail)?;
-    std::fs::write(out.join(MARKER), "cargo xtask jepsen\n").map_err(fail)
+    std::fs::write(out.join(MARKER), marker_text()).map_err(fail)
+}
+
+/// What this process writes into its directories' marker.
+fn marker_text() -> String {
+    format!("cargo xtask jepsen (process {})\n", std::process::id())
 }
 
 fn default_out(seed: u64) -> PathBuf {
@@ -250,7 +316,7 @@ fn make_net(args: &JepsenArgs) -> Option<Net> {
 async fn drive(
     args: &JepsenArgs,
     kinds: &[Kind],
-    binary: &Path,
+    server: &Server,
     out: &Path,
     net: Option<&Net>,
 ) -> Result<RunLog, Error> {
@@ -258,7 +324,7 @@ async fn drive(
     let addrs = Addr::layout(n, net.is_some());
     let names = addrs.iter().map(|a| a.name.clone()).collect();
     let urls: Vec<String> = addrs.iter().map(Addr::client_url).collect();
-    let nodes = RefCell::new(Nodes::start(binary, out, addrs)?);
+    let nodes = RefCell::new(Nodes::start(server, out, addrs)?);
     wait_leader(&nodes).await?;
     eprintln!("cluster up ({}): load for {} s", urls.join(" "), args.time);
     let shared = Shared::new();
@@ -321,14 +387,7 @@ async fn control(
     let heal = shared.now();
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
     let recovery = loop {
-        let first = shared
-            .records
-            .borrow()
-            .iter()
-            .filter(|r| r.call >= heal && r.status == Status::Ok)
-            .filter(|r| !matches!(r.input, KvInput::Get { .. }))
-            .map(|r| r.end - heal)
-            .min();
+        let first = availability::recovery(&shared.records.borrow(), heal);
         if first.is_some() || Instant::now() >= deadline {
             break first;
         }
@@ -417,7 +476,7 @@ async fn final_reads(shared: &Shared, urls: &[String], keys: u64) -> Vec<Vec<Opt
 }
 
 /// Plants, checks, prints and writes the run's files; whether every check passed.
-fn finish(args: &JepsenArgs, out: &Path, log: &mut RunLog) -> bool {
+fn finish(args: &JepsenArgs, target: Target, out: &Path, log: &mut RunLog) -> bool {
     let planted = args.plant.map(|p| report::plant(&mut log.records, p));
     if let Err(e) = report::write_history(out, log) {
         eprintln!("cannot write {}: {e}", out.join("history.txt").display());
@@ -438,8 +497,9 @@ fn finish(args: &JepsenArgs, out: &Path, log: &mut RunLog) -> bool {
     }
     let verdict = if ok { "PASS" } else { "FAIL" };
     text.push_str(&format!(
-        "\n{verdict}: {} members {}, seed {}, history in {}\n",
+        "\n{verdict}: {} {} members {}, seed {}, history in {}\n",
         log.names.len(),
+        target.name(),
         log.names.join(" "),
         args.seed,
         out.display()

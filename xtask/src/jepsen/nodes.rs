@@ -1,4 +1,5 @@
-//! The raft-kv members of a jepsen run: started (in their namespaces, or on loopback),
+//! The members of a jepsen run (raft-kv's, or etcd's: see [`super::etcd`]; both take the
+//! same flags): started (in their namespaces, or on loopback),
 //! killed with SIGKILL and restarted on the same data directory, paused with SIGSTOP and
 //! continued, and asked who leads. Every member runs under `setpriv --pdeathsig KILL` in a
 //! process group of its own; [`Nodes`]' `Drop` kills them all.
@@ -14,6 +15,7 @@ use raftline_kv::proto::etcdserverpb::StatusRequest;
 use rustix::process::{kill_process, Pid, Signal};
 use tonic::transport::Endpoint;
 
+use super::etcd::Server;
 use super::net;
 
 /// The `--initial-cluster-token` of every jepsen cluster.
@@ -91,13 +93,15 @@ struct Node {
 pub struct Nodes {
     nodes: Vec<Node>,
     binary: PathBuf,
+    /// Flags of the target after the common ones.
+    extra: Vec<String>,
     dir: PathBuf,
     initial_cluster: String,
 }
 
 impl Nodes {
-    /// Starts every member (data and logs under `dir`).
-    pub fn start(binary: &Path, dir: &Path, addrs: Vec<Addr>) -> Result<Nodes, String> {
+    /// Starts every member of `server` (data and logs under `dir`).
+    pub fn start(server: &Server, dir: &Path, addrs: Vec<Addr>) -> Result<Nodes, String> {
         let initial_cluster = addrs
             .iter()
             .map(|a| format!("{}={}", a.name, a.peer_url()))
@@ -112,7 +116,8 @@ impl Nodes {
                     paused: false,
                 })
                 .collect(),
-            binary: binary.to_path_buf(),
+            binary: server.binary.clone(),
+            extra: server.extra.clone(),
             dir: dir.to_path_buf(),
             initial_cluster,
         };
@@ -168,7 +173,8 @@ impl Nodes {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-            .args(["--log-level", "info"]);
+            .args(["--log-level", "info"])
+            .args(&self.extra);
         let child = crate::cluster::spawn_logged(&mut command, out, err, &self.binary)?;
         self.nodes[i].child = Some(child);
         self.nodes[i].paused = false;
@@ -235,17 +241,24 @@ impl Nodes {
 }
 
 /// The member (from 0) that the most answering members of `live` (from [`Nodes::live`])
-/// name leader.
+/// name leader. A member's id is the one its answer's header gives (etcd derives ids its own
+/// way), raft-kv's derivation for members that did not answer.
 pub async fn find_leader(live: Vec<Option<Addr>>) -> Option<usize> {
-    let ids: Vec<u64> = live
+    let mut ids: Vec<u64> = live
         .iter()
         .map(|a| a.as_ref().map_or(0, Addr::member_id))
         .collect();
-    let mut votes = vec![0usize; live.len()];
-    for addr in live.iter().flatten() {
-        let Some(leader) = status_leader(addr).await else {
+    let mut leaders = Vec::new();
+    for (i, addr) in live.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        let Some((id, leader)) = status_leader(addr).await else {
             continue;
         };
+        ids[i] = id;
+        leaders.push(leader);
+    }
+    let mut votes = vec![0usize; live.len()];
+    for leader in leaders {
         if let Some(j) = ids.iter().position(|&id| id == leader) {
             votes[j] += 1;
         }
@@ -262,8 +275,9 @@ impl Drop for Nodes {
     }
 }
 
-/// The leader member `addr` names in `Maintenance.Status`, if it answers soon.
-async fn status_leader(addr: &Addr) -> Option<u64> {
+/// The id of member `addr` and the leader it names in `Maintenance.Status`, if it answers
+/// soon and knows a leader.
+async fn status_leader(addr: &Addr) -> Option<(u64, u64)> {
     let channel = Endpoint::from_shared(addr.client_url())
         .ok()?
         .connect_timeout(Duration::from_millis(300))
@@ -276,5 +290,6 @@ async fn status_leader(addr: &Addr) -> Option<u64> {
         .await
         .ok()?
         .into_inner();
-    (s.leader != 0).then_some(s.leader)
+    let id = s.header.map_or(0, |h| h.member_id);
+    (s.leader != 0).then_some((id, s.leader))
 }

@@ -219,21 +219,7 @@ fn secs(us: u64) -> f64 {
     us as f64 / 1e6
 }
 
-/// The longest time (µs) within the load without a successful operation completing.
-fn longest_gap(log: &RunLog) -> u64 {
-    let mut ends: Vec<u64> = log
-        .records
-        .iter()
-        .filter(|r| r.status == Status::Ok && r.client < 1000 && r.end <= log.load_end)
-        .map(|r| r.end)
-        .collect();
-    ends.push(0);
-    ends.push(log.load_end);
-    ends.sort_unstable();
-    ends.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
-}
-
-/// The summary table.
+/// The summary table (operations, faults, availability).
 pub fn summary(log: &RunLog) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -267,15 +253,7 @@ pub fn summary(log: &RunLog) -> String {
             secs(total)
         );
     }
-    let _ = writeln!(
-        s,
-        "\nlongest unavailability: {:.2} s",
-        secs(longest_gap(log))
-    );
-    let recovery = log
-        .recovery
-        .map_or("none".to_string(), |us| format!("{:.2} s", secs(us)));
-    let _ = writeln!(s, "recovery after the final heal: {recovery}");
+    s.push_str(&super::availability::Availability::of(log).summary());
     s
 }
 
