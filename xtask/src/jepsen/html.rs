@@ -54,6 +54,8 @@ fn fault_color(kind: Kind) -> &'static str {
         Kind::Kill => "#ef5350",
         Kind::Pause => "#ab47bc",
         Kind::Partition => "#42a5f5",
+        Kind::Membership => "#26a69a",
+        Kind::Disk => "#8d6e63",
     }
 }
 
@@ -64,7 +66,9 @@ const LEGEND: &str = "<p style='font-size:12px'>operations: \
     <span style='color:#e53935'>&#9632; failed (not applied)</span> &nbsp; faults: \
     <span style='color:#ef5350'>&#9632; kill</span> \
     <span style='color:#ab47bc'>&#9632; pause</span> \
-    <span style='color:#42a5f5'>&#9632; partition</span> &nbsp; black line: final heal</p>";
+    <span style='color:#42a5f5'>&#9632; partition</span> \
+    <span style='color:#26a69a'>&#9632; membership</span> \
+    <span style='color:#8d6e63'>&#9632; disk</span> &nbsp; black line: final heal</p>";
 
 /// The slowest successful operation's latency per pixel column (by when it was called),
 /// scaled to the slowest of the run.

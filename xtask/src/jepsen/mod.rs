@@ -3,10 +3,12 @@
 //! for linearizability, and their availability measured ([`availability`]).
 //!
 //! The run starts N members (each in a network namespace of its own when it can: see
-//! [`net`]; on loopback otherwise), runs the register workload ([`workload`]) for `--time`
-//! seconds while the nemesis ([`nemesis`]) kills, pauses and partitions members, heals
-//! everything, measures how long the cluster takes to accept a write again, reads every key on
-//! every member, and checks each key's history with the workspace's checker
+//! [`net`]; on loopback otherwise; with the disk nemesis each on a small loop-mounted
+//! filesystem: see [`loopfs`]), runs the register workload ([`workload`]) for `--time`
+//! seconds while the nemesis ([`nemesis`]) kills, pauses, partitions (and cuts links, drops
+//! packets, delays them) members, changes the membership and fills disks, heals everything,
+//! measures how long the cluster takes to accept a write again, reads every key on every
+//! current member, and checks each key's history with the workspace's checker
 //! (`raftline_core::testing::linearizability`). It prints a summary table and the verdicts
 //! and leaves the history, the members' logs and data under `--out` (default
 //! `target/jepsen/seed-N-TIME`; with `--target both`, its `raft-kv/` and `etcd/`). Exit
@@ -23,17 +25,22 @@
 //! point after its call, or never. The clients move to fresh registers every `--key-secs`, so
 //! that no key's history holds more unknown writes than the search can take.
 //!
-//! Not in this slice (issue 13): the membership and disk nemeses, latency and loss with tc
-//! netem (this machine's kernel has no `sch_netem`), the watch and lease
-//! workloads, `--workload all`.
+//! `--nemesis all` is every kind this machine allows: partition needs namespaces and
+//! nftables, disk needs loop devices (root, `mkfs.ext4`); a kind that cannot run is left out
+//! with one line on stderr. Latency needs the kernel's `sch_netem` (without it, loss is made
+//! with nftables and latency is skipped, said once at the start).
 //!
-//! Cleanup: the members die with this process (`setpriv --pdeathsig KILL`), the namespaces
-//! and the bridge are removed on every exit, Ctrl-C and SIGTERM included; `--cleanup`
-//! removes the leftovers of a run that was itself killed.
+//! Not in this slice (issue 13): the watch and lease workloads, `--workload all`.
+//!
+//! Cleanup: the members die with this process (`setpriv --pdeathsig KILL`), the namespaces,
+//! the bridge and the loop mounts are removed on every exit, Ctrl-C, SIGTERM and panic
+//! included (their guards' `Drop`); `--cleanup` removes the leftovers of a run that was itself
+//! killed.
 
 mod availability;
 mod etcd;
 mod html;
+mod loopfs;
 mod nemesis;
 mod net;
 mod nodes;
@@ -50,6 +57,7 @@ use raftline_kv::proto::etcdserverpb::kv_client::KvClient;
 use tokio::signal::unix::{signal, SignalKind};
 
 use etcd::{Outcome, Server, Target};
+use loopfs::Disks;
 use nemesis::{Kind, Nemesis};
 use net::Net;
 use nodes::{Addr, Nodes};
@@ -65,7 +73,8 @@ pub struct JepsenArgs {
     /// Seconds of load under faults (then a final heal and the checks).
     #[arg(long, default_value_t = 30.0)]
     time: f64,
-    /// Faults, comma-separated: kill, pause, partition, or all.
+    /// Faults, comma-separated: kill, pause, partition, membership, disk; or all (every kind
+    /// this machine allows); or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// The workload (this slice has `register`).
@@ -93,7 +102,8 @@ pub struct JepsenArgs {
     /// Run on loopback even when network namespaces could be made (no partitions).
     #[arg(long)]
     loopback: bool,
-    /// Remove the namespaces, links and processes a killed run left behind, and exit.
+    /// Remove the namespaces, links, loop mounts and processes a killed run left behind, and
+    /// exit.
     #[arg(long)]
     cleanup: bool,
     /// What the members are: raft-kv, etcd, or both (one after the other, same seed, then a
@@ -135,10 +145,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long after the final heal a write must succeed.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Raft log segment size with the disk nemesis (raft-kv's hidden `--log-segment-bytes`):
+/// small, so that segments are prepared (zero-filled) often and a full disk is met within a
+/// fault's few seconds rather than once per 64 MiB.
+const DISK_LOG_SEGMENT_BYTES: u64 = 64 << 10;
+
+/// `--snapshot-count` with the disk nemesis: snapshots (and the log compaction after them)
+/// happen during a short run, so a full disk can meet them too.
+const DISK_SNAPSHOT_COUNT: u64 = 2000;
+
 /// Runs `cargo xtask jepsen`; false if a check failed or the run could not be made.
 pub fn run(args: JepsenArgs) -> bool {
     if args.cleanup {
-        let removed = net::cleanup();
+        let mut removed = loopfs::cleanup();
+        removed.extend(net::cleanup());
         println!("removed {} leftover(s)", removed.len());
         for r in removed {
             println!("  {r}");
@@ -192,6 +212,11 @@ fn run_checked(args: &JepsenArgs, target: Target, out: &Path) -> Result<Outcome,
         )));
     }
     let mut kinds = parse_nemesis(&args.nemesis)?;
+    if target == Target::Etcd {
+        raft_kv_only(&mut kinds);
+    }
+    // A killed run's mounts would keep its directory from being wiped.
+    loopfs::cleanup();
     prepare_out(out)?;
     let server = etcd::server(target, &args.etcd)?;
     eprintln!(
@@ -199,16 +224,10 @@ fn run_checked(args: &JepsenArgs, target: Target, out: &Path) -> Result<Outcome,
         target.name(),
         etcd::version(&server.binary)
     );
-    let net = make_net(args);
-    if kinds.contains(&Kind::Partition) {
-        if net.is_none() {
-            eprintln!("no network namespaces: running without the partition nemesis");
-            kinds.retain(|k| *k != Kind::Partition);
-        } else if let Err(e) = net::nft_available() {
-            eprintln!("{e}: running without the partition nemesis");
-            kinds.retain(|k| *k != Kind::Partition);
-        }
-    }
+    let slots = usize::from(args.nodes) + usize::from(kinds.contains(&Kind::Membership));
+    let net = make_net(args, slots);
+    check_partition(&mut kinds, net.as_ref());
+    let disks = make_disks(&mut kinds, out, slots);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -219,7 +238,9 @@ fn run_checked(args: &JepsenArgs, target: Target, out: &Path) -> Result<Outcome,
         &server,
         out,
         net.as_ref(),
+        disks.as_ref(),
     )));
+    drop(disks);
     drop(net);
     let mut log = log?;
     let passed = finish(args, target, out, &mut log);
@@ -244,9 +265,55 @@ async fn with_signals<T>(
     }
 }
 
+/// Leaves out the partition nemesis without namespaces or nftables (saying so), and says how
+/// loss and latency will be made.
+/// Leaves out the nemeses that need raft-kv (said once): the membership nemesis derives
+/// member ids as raft-kv does, and the disk nemesis gives raft-kv's log flags.
+fn raft_kv_only(kinds: &mut Vec<Kind>) {
+    let before = kinds.len();
+    kinds.retain(|k| !matches!(k, Kind::Membership | Kind::Disk));
+    if kinds.len() < before {
+        eprintln!("target etcd: running without the membership and disk nemeses (raft-kv's only)");
+    }
+}
+
+fn check_partition(kinds: &mut Vec<Kind>, net: Option<&Net>) {
+    if !kinds.contains(&Kind::Partition) {
+        return;
+    }
+    let Some(net) = net else {
+        eprintln!("no network namespaces: running without the partition nemesis");
+        kinds.retain(|k| *k != Kind::Partition);
+        return;
+    };
+    if let Err(e) = net::nft_available() {
+        eprintln!("{e}: running without the partition nemesis");
+        kinds.retain(|k| *k != Kind::Partition);
+    } else if !net.has_netem() {
+        eprintln!("no sch_netem in this kernel: packet loss by nftables, no latency faults");
+    }
+}
+
+/// The loop filesystems of the disk nemesis, one per slot; without them (said once) the run
+/// goes without the disk nemesis.
+fn make_disks(kinds: &mut Vec<Kind>, out: &Path, slots: usize) -> Option<Disks> {
+    if !kinds.contains(&Kind::Disk) {
+        return None;
+    }
+    let homes: Vec<PathBuf> = (1..=slots).map(|i| out.join(format!("n{i}"))).collect();
+    match Disks::create(out, &homes) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("cannot make loop filesystems ({e}): running without the disk nemesis");
+            kinds.retain(|k| *k != Kind::Disk);
+            None
+        }
+    }
+}
+
 fn parse_nemesis(list: &str) -> Result<Vec<Kind>, Error> {
     if list == "all" {
-        return Ok(vec![Kind::Kill, Kind::Pause, Kind::Partition]);
+        return Ok(Kind::ALL.to_vec());
     }
     if list == "none" {
         return Ok(Vec::new());
@@ -294,8 +361,8 @@ fn default_out(seed: u64) -> PathBuf {
         .join(format!("seed-{seed}-{now}"))
 }
 
-/// The namespaces, or why there are none (said on stderr).
-fn make_net(args: &JepsenArgs) -> Option<Net> {
+/// The namespaces of `slots` members, or why there are none (said on stderr).
+fn make_net(args: &JepsenArgs, slots: usize) -> Option<Net> {
     if args.loopback {
         return None;
     }
@@ -303,7 +370,7 @@ fn make_net(args: &JepsenArgs) -> Option<Net> {
         eprintln!("network namespaces need root: running the members on loopback");
         return None;
     }
-    match Net::create(usize::from(args.nodes)) {
+    match Net::create(slots) {
         Ok(net) => Some(net),
         Err(e) => {
             eprintln!("cannot make network namespaces ({e}): running the members on loopback");
@@ -319,23 +386,31 @@ async fn drive(
     server: &Server,
     out: &Path,
     net: Option<&Net>,
+    disks: Option<&Disks>,
 ) -> Result<RunLog, Error> {
     let n = usize::from(args.nodes);
-    let addrs = Addr::layout(n, net.is_some());
-    let names = addrs.iter().map(|a| a.name.clone()).collect();
+    let slots = n + usize::from(kinds.contains(&Kind::Membership));
+    let addrs = Addr::layout(slots, net.is_some());
     let urls: Vec<String> = addrs.iter().map(Addr::client_url).collect();
-    let nodes = RefCell::new(Nodes::start(server, out, addrs)?);
+    let extra = member_flags(disks.is_some());
+    let nodes = RefCell::new(Nodes::start(server, out, addrs, n, extra)?);
     wait_leader(&nodes).await?;
-    eprintln!("cluster up ({}): load for {} s", urls.join(" "), args.time);
+    eprintln!(
+        "cluster up ({}): load for {} s",
+        urls[..n].join(" "),
+        args.time
+    );
     let shared = Shared::new();
     let until = Instant::now() + Duration::from_secs_f64(args.time);
     let nemesis = Nemesis {
         until,
         nodes: &nodes,
         net,
+        disks,
         shared: &shared,
         current: RefCell::new(String::new()),
         faults: RefCell::new(Vec::new()),
+        crashes: RefCell::new(Vec::new()),
     };
     let space = workload::KeySpace {
         keys: args.keys.max(1),
@@ -350,14 +425,16 @@ async fn drive(
     let (_, control, ()) = tokio::join!(clients, control, progress);
     let (heal, recovery) = control?;
     let load_end = shared.now();
-    let crashes = nodes.borrow_mut().crashed();
+    let mut crashes = nemesis.crashes.take();
+    crashes.extend(nodes.borrow_mut().crashed());
+    let (members, names) = current_members(&nodes.borrow(), &urls);
     let used = shared
         .records
         .borrow()
         .iter()
         .map(|r| r.input.key() + 1)
         .max();
-    let finals = final_reads(&shared, &urls, used.unwrap_or(0)).await;
+    let finals = final_reads(&shared, &members, used.unwrap_or(0)).await;
     let faults = nemesis.faults.take();
     Ok(RunLog {
         records: shared.records.take(),
@@ -369,6 +446,33 @@ async fn drive(
         crashes,
         names,
     })
+}
+
+/// Flags every member gets besides its address: small log segments and frequent snapshots
+/// with the disk nemesis.
+fn member_flags(disks: bool) -> Vec<String> {
+    if !disks {
+        return Vec::new();
+    }
+    vec![
+        format!("--log-segment-bytes={DISK_LOG_SEGMENT_BYTES}"),
+        format!("--snapshot-count={DISK_SNAPSHOT_COUNT}"),
+    ]
+}
+
+/// The members there are now, as (slot, client URL), and their names: the final reads go
+/// to them (the membership nemesis may have replaced some).
+fn current_members(nodes: &Nodes, urls: &[String]) -> (Vec<(usize, String)>, Vec<String>) {
+    let members: Vec<(usize, String)> = nodes
+        .members()
+        .into_iter()
+        .map(|i| (i, urls[i].clone()))
+        .collect();
+    let names = members
+        .iter()
+        .map(|&(i, _)| nodes.addr(i).name.clone())
+        .collect();
+    (members, names)
 }
 
 /// The nemesis, then the final heal and the wait for the first write after it; stops the
@@ -443,11 +547,15 @@ async fn wait_leader(nodes: &RefCell<Nodes>) -> Result<(), Error> {
     }
 }
 
-/// Every key read (linearizably) on every member, a few tries each; recorded as operations
-/// of clients 1000 + member.
-async fn final_reads(shared: &Shared, urls: &[String], keys: u64) -> Vec<Vec<Option<Option<u64>>>> {
+/// Every key read (linearizably) on every member (slot, client URL), a few tries each;
+/// recorded as operations of clients 1000 + slot.
+async fn final_reads(
+    shared: &Shared,
+    members: &[(usize, String)],
+    keys: u64,
+) -> Vec<Vec<Option<Option<u64>>>> {
     let mut finals = Vec::new();
-    for (m, url) in urls.iter().enumerate() {
+    for &(m, ref url) in members {
         let mut row = Vec::new();
         let Ok(channel) = workload::channel(url) else {
             finals.push(vec![None; keys as usize]);

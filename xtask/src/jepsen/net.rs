@@ -2,8 +2,12 @@
 //! joined by a veth pair to a bridge `rkvj-br` in the root namespace, which carries
 //! `10.77.0.1/24` (this process's clients); member `nI` is `10.77.0.(10 + I)`. Partitions are
 //! nftables tables inside the members' namespaces that drop what arrives from chosen peers
-//! (client traffic, from `10.77.0.1`, always passes). Everything is named `rkvj-...`, and
-//! [`Net`]'s `Drop` removes it; [`cleanup`] removes leftovers of a run that could not.
+//! (client traffic, from `10.77.0.1`, always passes), or a member's veth set down on the
+//! bridge (which cuts its clients too). Packet loss: `tc netem` on the member's `eth0` when the
+//! kernel has `sch_netem` (probed once, in [`Net::create`]), else an nftables table dropping
+//! a share of the member's peer traffic both ways (`numgen random mod 100 < N`); latency
+//! needs netem and is skipped without it. Everything is named `rkvj-...`, and [`Net`]'s
+//! `Drop` removes it; [`cleanup`] removes leftovers of a run that could not.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -22,6 +26,31 @@ const SUBNET: &str = "10.77.0.0/24";
 
 /// The nftables table of partitions, inside a member's namespace.
 const TABLE: &str = "rkvj";
+
+/// Latency netem adds on a member's link, in ms (with [`DELAY_JITTER_MS`] of jitter).
+pub const DELAY_MS: u32 = 50;
+
+/// Jitter of [`DELAY_MS`], in ms.
+pub const DELAY_JITTER_MS: u32 = 20;
+
+/// How a member's packets are lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossBy {
+    /// `tc qdisc ... netem loss N%` on its `eth0` (its outgoing packets).
+    Netem,
+    /// An nftables table dropping N % of its peer traffic, in and out.
+    Nft,
+}
+
+impl LossBy {
+    /// Its name in fault details.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossBy::Netem => "tc netem",
+            LossBy::Nft => "nftables numgen",
+        }
+    }
+}
 
 /// A failed network command.
 #[derive(Debug)]
@@ -83,9 +112,37 @@ pub fn member_ip(i: usize) -> String {
     format!("10.77.0.{}", 10 + i)
 }
 
+/// The host end (in the root namespace, on the bridge) of member `i`'s veth pair.
+pub fn host_link(i: usize) -> String {
+    format!("{}h", namespace(i))
+}
+
+/// The nftables table that makes a member drop what comes from `sources` (IP addresses).
+pub fn block_rules(sources: &[String]) -> String {
+    format!(
+        "table inet {TABLE} {{\n chain input {{\n  type filter hook input priority 0; \
+         policy accept;\n  ip saddr {{ {} }} drop\n }}\n}}\n",
+        sources.join(", ")
+    )
+}
+
+/// The nftables table that drops `percent` % of a member's peer traffic (from and to the
+/// other members; its clients' traffic, with the bridge's address, passes).
+pub fn loss_rules(percent: u32) -> String {
+    format!(
+        "table inet {TABLE} {{\n chain input {{\n  type filter hook input priority 0; \
+         policy accept;\n  ip saddr {SUBNET} ip saddr != {BRIDGE_ADDR} numgen random mod 100 \
+         < {percent} drop\n }}\n chain output {{\n  type filter hook output priority 0; \
+         policy accept;\n  ip daddr {SUBNET} ip daddr != {BRIDGE_ADDR} numgen random mod 100 \
+         < {percent} drop\n }}\n}}\n"
+    )
+}
+
 /// The namespaces and links of a run; removed when dropped.
 pub struct Net {
     nodes: usize,
+    /// Whether the kernel has `sch_netem` (`tc qdisc ... netem` works).
+    netem: bool,
 }
 
 impl Net {
@@ -99,7 +156,10 @@ impl Net {
             )));
         }
         // From here on, a failure removes what was made.
-        let net = Net { nodes };
+        let mut net = Net {
+            nodes,
+            netem: false,
+        };
         run("ip", &["link", "add", BRIDGE, "type", "bridge"], None)?;
         run(
             "ip",
@@ -110,7 +170,51 @@ impl Net {
         for i in 1..=nodes {
             add_member(i)?;
         }
+        net.netem = probe_netem(&namespace(1));
         Ok(net)
+    }
+
+    /// Whether latency and loss go through `tc netem`.
+    pub fn has_netem(&self) -> bool {
+        self.netem
+    }
+
+    /// Sets member `a`'s veth (its host end, on the bridge) down or up.
+    pub fn set_link(&self, a: usize, up: bool) -> Result<(), NetError> {
+        let state = if up { "up" } else { "down" };
+        run("ip", &["link", "set", &host_link(a), state], None)
+    }
+
+    /// Makes member `a` lose `percent` % of its packets: with netem if the kernel has it,
+    /// else with nftables. Says which.
+    pub fn lose(&self, a: usize, percent: u32) -> Result<LossBy, NetError> {
+        if self.netem {
+            let loss = format!("{percent}%");
+            let ns = namespace(a);
+            let args = [
+                "-n", &ns, "qdisc", "replace", "dev", "eth0", "root", "netem",
+            ];
+            run("tc", &[&args[..], &["loss", &loss]].concat(), None)?;
+            return Ok(LossBy::Netem);
+        }
+        let ns = namespace(a);
+        let _ = self.unblock(a);
+        run(
+            "ip",
+            &["netns", "exec", &ns, "nft", "-f", "/dev/stdin"],
+            Some(&loss_rules(percent)),
+        )?;
+        Ok(LossBy::Nft)
+    }
+
+    /// Delays member `a`'s outgoing packets by [`DELAY_MS`] (netem only).
+    pub fn delay(&self, a: usize) -> Result<(), NetError> {
+        let (ms, jitter) = (format!("{DELAY_MS}ms"), format!("{DELAY_JITTER_MS}ms"));
+        let ns = namespace(a);
+        let args = [
+            "-n", &ns, "qdisc", "replace", "dev", "eth0", "root", "netem",
+        ];
+        run("tc", &[&args[..], &["delay", &ms, &jitter]].concat(), None)
     }
 
     /// Drops, in member `a`'s namespace, everything that comes from each member of `from`
@@ -121,11 +225,7 @@ impl Net {
             return Ok(());
         }
         let sources: Vec<String> = from.iter().map(|&b| member_ip(b)).collect();
-        let rules = format!(
-            "table inet {TABLE} {{\n chain input {{\n  type filter hook input priority 0; \
-             policy accept;\n  ip saddr {{ {} }} drop\n }}\n}}\n",
-            sources.join(", ")
-        );
+        let rules = block_rules(&sources);
         let ns = namespace(a);
         run(
             "ip",
@@ -146,10 +246,19 @@ impl Net {
         )
     }
 
-    /// Removes every partition rule.
+    /// Removes every partition and loss rule and netem qdisc, and sets every link up.
     pub fn heal(&self) {
         for i in 1..=self.nodes {
             let _ = self.unblock(i);
+            let _ = self.set_link(i, true);
+            if self.netem {
+                let ns = namespace(i);
+                let _ = run(
+                    "tc",
+                    &["-n", &ns, "qdisc", "del", "dev", "eth0", "root"],
+                    None,
+                );
+            }
         }
     }
 }
@@ -182,6 +291,19 @@ fn add_member(i: usize) -> Result<(), NetError> {
     )?;
     run("ip", &["-n", &ns, "link", "set", "eth0", "up"], None)?;
     run("ip", &["-n", &ns, "link", "set", "lo", "up"], None)
+}
+
+/// Whether `tc qdisc ... netem` works (the kernel has `sch_netem`): tried on the loopback of
+/// namespace `ns`, and removed again.
+fn probe_netem(ns: &str) -> bool {
+    let add = [
+        "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+    ];
+    let ok = run("tc", &add, None).is_ok();
+    if ok {
+        let _ = run("tc", &["-n", ns, "qdisc", "del", "dev", "lo", "root"], None);
+    }
+    ok
 }
 
 /// A route to the subnet through something else than our bridge, if there is one.

@@ -3,6 +3,13 @@
 //! killed with SIGKILL and restarted on the same data directory, paused with SIGSTOP and
 //! continued, and asked who leads. Every member runs under `setpriv --pdeathsig KILL` in a
 //! process group of its own; [`Nodes`]' `Drop` kills them all.
+//!
+//! Members sit in slots `n1`, `n2`, ... (a slot is an address: a namespace, or loopback
+//! ports). With the membership nemesis one slot more than `--nodes` is made, and one slot at a
+//! time is spare: not a member, nothing running. A slot re-added to the cluster starts a new
+//! incarnation: a fresh data directory (`nI/gK` under the slot's home `nI`) and the next peer
+//! port, so that its member id (derived from the peer URL and the token) is new, as raft-kv
+//! refuses a removed id forever; it joins with `--initial-cluster-state existing`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -21,8 +28,16 @@ use super::net;
 /// The `--initial-cluster-token` of every jepsen cluster.
 pub const TOKEN: &str = "xtask-jepsen";
 
-/// Client port of member 1 on loopback (member i: + 100 * (i - 1); peers one above).
+/// Client port of member 1 on loopback (member i: + 100 * (i - 1); peers one above, and one
+/// more for each later incarnation).
 const LOOPBACK_BASE_PORT: u16 = 22379;
+
+/// The line that precedes each start of a member in its log.
+pub const STARTING: &str = "==== cargo xtask jepsen: starting";
+
+/// Incarnations a slot may have (each takes the next peer port: they stay below the next
+/// slot's client port on loopback).
+pub const MAX_INCARNATIONS: u16 = 90;
 
 /// Where one member listens.
 #[derive(Clone, Debug)]
@@ -82,27 +97,42 @@ impl Addr {
     }
 }
 
-/// One member: its process, if running.
+/// One slot: its address, its process if running, how it started.
 struct Node {
     addr: Addr,
     child: Option<Child>,
     paused: bool,
+    /// Whether the slot holds a member of the cluster (false: spare, nothing runs).
+    member: bool,
+    /// Which incarnation of the slot runs (0: the one of `--initial-cluster`).
+    incarnation: u16,
+    /// The `--initial-cluster` it starts with, and whether it joined (`existing`).
+    initial_cluster: String,
+    joined: bool,
 }
 
 /// The members of a run.
 pub struct Nodes {
     nodes: Vec<Node>,
     binary: PathBuf,
-    /// Flags of the target after the common ones.
-    extra: Vec<String>,
     dir: PathBuf,
-    initial_cluster: String,
+    /// Flags every member gets besides those of its address: the target's, then the disk
+    /// nemesis' small segments.
+    extra: Vec<String>,
 }
 
 impl Nodes {
-    /// Starts every member of `server` (data and logs under `dir`).
-    pub fn start(server: &Server, dir: &Path, addrs: Vec<Addr>) -> Result<Nodes, String> {
-        let initial_cluster = addrs
+    /// Starts the first `members` slots of `addrs` as a cluster of `server` (data under each
+    /// slot's home in `dir`, logs in `dir`); the other slots stay spare. `extra`: more flags
+    /// for every member, after the server's own.
+    pub fn start(
+        server: &Server,
+        dir: &Path,
+        addrs: Vec<Addr>,
+        members: usize,
+        extra: Vec<String>,
+    ) -> Result<Nodes, String> {
+        let initial_cluster = addrs[..members]
             .iter()
             .map(|a| format!("{}={}", a.name, a.peer_url()))
             .collect::<Vec<_>>()
@@ -110,26 +140,113 @@ impl Nodes {
         let mut nodes = Nodes {
             nodes: addrs
                 .into_iter()
-                .map(|addr| Node {
+                .enumerate()
+                .map(|(i, addr)| Node {
                     addr,
                     child: None,
                     paused: false,
+                    member: i < members,
+                    incarnation: 0,
+                    initial_cluster: initial_cluster.clone(),
+                    joined: false,
                 })
                 .collect(),
             binary: server.binary.clone(),
-            extra: server.extra.clone(),
             dir: dir.to_path_buf(),
-            initial_cluster,
+            extra: server.extra.iter().cloned().chain(extra).collect(),
         };
-        for i in 0..nodes.len() {
+        for i in 0..members {
             nodes.restart(i)?;
         }
         Ok(nodes)
     }
 
-    /// How many members.
+    /// How many slots (members and spare).
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The slots that hold members, in order.
+    pub fn members(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.nodes[i].member).collect()
+    }
+
+    /// The slots that hold no member.
+    pub fn spares(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| !self.nodes[i].member).collect()
+    }
+
+    /// The home of slot `i` (`dir/nI`: the loop mount point with the disk nemesis).
+    pub fn home(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.nodes[i].addr.name)
+    }
+
+    /// Slot `i`'s log file (every incarnation's output, each after a `starting` line).
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", self.nodes[i].addr.name))
+    }
+
+    /// The data directory slot `i`'s incarnation uses.
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.home(i).join(format!("g{}", self.nodes[i].incarnation))
+    }
+
+    /// Makes slot `i` (spare) a fresh member joining the cluster: the next incarnation, a
+    /// fresh data directory (the previous one's removed), the next peer port; started with
+    /// `--initial-cluster-state existing` and the current members in `--initial-cluster`.
+    /// Add it (`MemberAdd` with [`Addr::peer_url`] of [`Nodes::addr`]) first.
+    pub fn next_incarnation(&mut self, i: usize) -> Result<(), String> {
+        let node = &self.nodes[i];
+        if node.member || node.incarnation + 1 >= MAX_INCARNATIONS {
+            return Err(format!("{} cannot join again", node.addr.name));
+        }
+        let old = self.data_dir(i);
+        let _ = std::fs::remove_dir_all(&old);
+        let node = &mut self.nodes[i];
+        node.incarnation += 1;
+        node.addr.peer_port += 1;
+        Ok(())
+    }
+
+    /// Starts slot `i`'s new incarnation (after [`Nodes::next_incarnation`] and `MemberAdd`).
+    pub fn join(&mut self, i: usize) -> Result<(), String> {
+        let entries: Vec<String> = self
+            .members()
+            .into_iter()
+            .chain([i])
+            .map(|j| {
+                format!(
+                    "{}={}",
+                    self.nodes[j].addr.name,
+                    self.nodes[j].addr.peer_url()
+                )
+            })
+            .collect();
+        let node = &mut self.nodes[i];
+        node.initial_cluster = entries.join(",");
+        node.joined = true;
+        node.member = true;
+        self.restart(i)
+    }
+
+    /// Marks slot `i` as no longer a member (removed: its process exits by itself, see
+    /// [`Nodes::take_exit`], or is killed).
+    pub fn set_removed(&mut self, i: usize) {
+        self.nodes[i].member = false;
+    }
+
+    /// Whether slot `i` runs a process.
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Slot `i`'s exit status if its process exited by itself (reaped here, so that
+    /// [`Nodes::crashed`] does not report it).
+    pub fn take_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i].child.as_mut()?.try_wait().ok()??;
+        self.nodes[i].child = None;
+        self.nodes[i].paused = false;
+        Some(status)
     }
 
     /// Member `i`'s address (from 0).
@@ -143,14 +260,17 @@ impl Nodes {
             return Ok(());
         }
         let a = self.nodes[i].addr.clone();
-        let log = self.dir.join(format!("{}.log", a.name));
+        let log = self.log_path(i);
         let mut out = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let _ = writeln!(out, "==== cargo xtask jepsen: starting {} ====", a.name);
+        let _ = writeln!(out, "{STARTING} {} ====", a.name);
         let err = out.try_clone().map_err(|e| e.to_string())?;
+        let data_dir = self.data_dir(i);
+        let node = &self.nodes[i];
+        let state = if node.joined { "existing" } else { "new" };
         let mut command = match &a.namespace {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -164,13 +284,13 @@ impl Nodes {
             .arg(&self.binary)
             .args(["--name", &a.name])
             .arg("--data-dir")
-            .arg(self.dir.join(&a.name))
+            .arg(&data_dir)
             .args(["--listen-peer-urls", &a.peer_url()])
             .args(["--initial-advertise-peer-urls", &a.peer_url()])
             .args(["--listen-client-urls", &a.client_url()])
             .args(["--advertise-client-urls", &a.client_url()])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster", &node.initial_cluster])
+            .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--log-level", "info"])
@@ -206,21 +326,25 @@ impl Nodes {
         self.nodes[i].paused = false;
     }
 
-    /// Continues every paused member and restarts every killed one.
+    /// Continues every paused member and restarts every killed one (spare slots stay
+    /// empty).
     pub fn heal(&mut self) -> Result<(), String> {
         for i in 0..self.len() {
             if self.nodes[i].paused {
                 self.resume(i);
             }
-            self.restart(i)?;
+            if self.nodes[i].member {
+                self.restart(i)?;
+            }
         }
         Ok(())
     }
 
     /// Members that exited by themselves (not killed by the nemesis), with their status.
+    /// Spare slots are the membership nemesis' business.
     pub fn crashed(&mut self) -> Vec<String> {
         let mut dead = Vec::new();
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| n.member) {
             if let Some(child) = &mut n.child {
                 if let Ok(Some(status)) = child.try_wait() {
                     dead.push(format!("{} exited by itself: {status}", n.addr.name));
@@ -231,11 +355,12 @@ impl Nodes {
         dead
     }
 
-    /// Every member's address, `None` for those killed or paused (for [`find_leader`]).
+    /// Every slot's address, `None` for those killed, paused or spare (for
+    /// [`find_leader`]).
     pub fn live(&self) -> Vec<Option<Addr>> {
         self.nodes
             .iter()
-            .map(|n| (n.child.is_some() && !n.paused).then(|| n.addr.clone()))
+            .map(|n| (n.member && n.child.is_some() && !n.paused).then(|| n.addr.clone()))
             .collect()
     }
 }
@@ -292,4 +417,45 @@ async fn status_leader(addr: &Addr) -> Option<(u64, u64)> {
         .into_inner();
     let id = s.header.map_or(0, |h| h.member_id);
     (s.leader != 0).then_some((id, s.leader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_joins_again_with_a_fresh_data_dir_the_next_peer_port_and_a_new_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs = Addr::layout(4, false);
+        // No member started: every slot is spare.
+        let server = Server {
+            binary: "/nonexistent".into(),
+            extra: Vec::new(),
+        };
+        let mut nodes =
+            Nodes::start(&server, dir.path(), addrs, 0, vec![]).expect("nothing to start");
+        assert_eq!(nodes.spares(), vec![0, 1, 2, 3]);
+        let before = nodes.addr(3).clone();
+        std::fs::create_dir_all(nodes.data_dir(3)).unwrap();
+        nodes.next_incarnation(3).unwrap();
+        assert!(
+            !dir.path().join("n4/g0").exists(),
+            "the old data is removed"
+        );
+        assert_eq!(nodes.data_dir(3), dir.path().join("n4").join("g1"));
+        assert_eq!(nodes.addr(3).peer_port, before.peer_port + 1);
+        assert_eq!(nodes.addr(3).client_port, before.client_port);
+        assert_ne!(nodes.addr(3).member_id(), before.member_id());
+    }
+
+    #[test]
+    fn every_incarnation_stays_below_the_next_slot_on_loopback() {
+        let addrs = Addr::layout(5, false);
+        for pair in addrs.windows(2) {
+            let last_peer = pair[0].peer_port + MAX_INCARNATIONS - 1;
+            assert!(last_peer < pair[1].client_port, "{pair:?}");
+        }
+        let ns = Addr::layout(2, true);
+        assert!(ns[0].peer_port > ns[0].client_port && ns[0].ip != ns[1].ip);
+    }
 }

@@ -241,13 +241,13 @@ pub fn summary(log: &RunLog) -> String {
         );
         let _ = writeln!(s, "{name:<10} {ok:>8} {unknown:>8} {failed:>8}");
     }
-    let _ = writeln!(s, "\n{:<10} {:>8} {:>12}", "fault", "count", "total s");
-    for kind in [Kind::Kill, Kind::Pause, Kind::Partition] {
+    let _ = writeln!(s, "\n{:<11} {:>8} {:>12}", "fault", "count", "total s");
+    for kind in Kind::ALL {
         let of: Vec<&Fault> = log.faults.iter().filter(|f| f.kind == kind).collect();
         let total: u64 = of.iter().map(|f| f.end - f.start).sum();
         let _ = writeln!(
             s,
-            "{:<10} {:>8} {:>12.1}",
+            "{:<11} {:>8} {:>12.1}",
             kind.name(),
             of.len(),
             secs(total)
