@@ -1,15 +1,24 @@
-//! `cargo xtask jepsen`: raft-kv processes under real faults, their clients' histories checked
-//! for linearizability.
+//! `cargo xtask jepsen`: raft-kv processes under real faults, their clients' histories checked.
 //!
 //! The run starts N members (each in a network namespace of its own when it can: see
-//! [`net`]; on loopback otherwise), runs the register workload ([`workload`]) for `--time`
-//! seconds while the nemesis ([`nemesis`]) kills, pauses and partitions members, heals
-//! everything, measures how long the cluster takes to accept a write again, reads every key on
-//! every member, and checks each key's history with the workspace's checker
-//! (`raftline_core::testing::linearizability`). It prints a summary table and the verdicts
-//! and leaves the history, the members' logs and data under `--out` (default
-//! `target/jepsen/seed-N-TIME`). Exit status 1 when a check fails (`--plant` makes one fail on
-//! purpose).
+//! [`net`]; on loopback otherwise), runs the workloads of `--workload` for `--time` seconds
+//! while the nemesis ([`nemesis`]) kills, pauses and partitions members, heals everything,
+//! measures how long the cluster takes to accept a write again, reads the results back on
+//! every member, and checks them. The workloads (`all` runs the three at once, on separate key
+//! prefixes):
+//!
+//! - `register` ([`workload`]): puts, gets and compare-and-swaps on a few keys; every key read
+//!   on every member at the end, and each key's history checked with the workspace's checker
+//!   (`raftline_core::testing::linearizability`);
+//! - `watch` ([`watch`]): writers and watchers on every member, the watchers reconnecting and
+//!   resuming after each fault; every watcher's events must be the committed history's, which
+//!   every member's final watch from revision 1 must agree on;
+//! - `lease` ([`lock`]): a lock by lease and Txn (etcd's Mutex recipe); no two critical
+//!   sections whose leases provably lived through them may overlap.
+//!
+//! It prints a summary table and the verdicts and leaves the history, the members' logs and
+//! data under `--out` (default `target/jepsen/seed-N-TIME`). Exit status 1 when a check fails
+//! (`--plant` makes one fail on purpose).
 //!
 //! Outcomes: an answered operation is ok; a read that failed, or a write that could not even
 //! connect, is failed (no effect, left out of the history); any other failed write (timeout,
@@ -18,18 +27,19 @@
 //! that no key's history holds more unknown writes than the search can take.
 //!
 //! Not in this slice (issue 13): the membership and disk nemeses, latency and loss with tc
-//! netem (this machine's kernel has no `sch_netem`), the watch and lease
-//! workloads, `--workload all`.
+//! netem (this machine's kernel has no `sch_netem`).
 //!
 //! Cleanup: the members die with this process (`setpriv --pdeathsig KILL`), the namespaces
 //! and the bridge are removed on every exit, Ctrl-C and SIGTERM included; `--cleanup`
 //! removes the leftovers of a run that was itself killed.
 
 mod html;
+mod lock;
 mod nemesis;
 mod net;
 mod nodes;
 mod report;
+mod watch;
 mod workload;
 
 use std::cell::RefCell;
@@ -45,7 +55,7 @@ use nemesis::{Kind, Nemesis};
 use net::Net;
 use nodes::{Addr, Nodes};
 use report::{Plant, RunLog};
-use workload::{Shared, Status};
+use workload::Shared;
 
 /// Options of `cargo xtask jepsen`.
 #[derive(Args)]
@@ -59,7 +69,7 @@ pub struct JepsenArgs {
     /// Faults, comma-separated: kill, pause, partition, or all.
     #[arg(long, default_value = "all")]
     nemesis: String,
-    /// The workload (this slice has `register`).
+    /// The workloads, comma-separated: register, watch, lease, or all (the three at once).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Seed of the nemesis schedule and of the clients' choices.
@@ -78,9 +88,15 @@ pub struct JepsenArgs {
     /// small enough to check).
     #[arg(long, default_value_t = 5.0)]
     key_secs: f64,
-    /// Clients per member.
+    /// Register clients per member.
     #[arg(long, default_value_t = 2)]
     clients_per_member: u64,
+    /// Watchers per member (watch workload; one writer per member too).
+    #[arg(long, default_value_t = 2)]
+    watchers_per_member: u64,
+    /// Lock clients per member (lease workload).
+    #[arg(long, default_value_t = 2)]
+    lockers_per_member: u64,
     /// Run on loopback even when network namespaces could be made (no partitions).
     #[arg(long)]
     loopback: bool,
@@ -138,13 +154,46 @@ pub fn run(args: JepsenArgs) -> bool {
     }
 }
 
-fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
-    if args.workload != "register" {
-        return Err(Error::Setup(format!(
-            "unknown workload `{}` (this slice has register)",
-            args.workload
-        )));
+/// The workloads a run has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workloads {
+    /// Puts, gets and compare-and-swaps checked for linearizability.
+    pub register: bool,
+    /// Watchers checked against the committed history.
+    pub watch: bool,
+    /// Locks by lease checked for mutual exclusion.
+    pub lease: bool,
+}
+
+impl Workloads {
+    /// Parses `register`, `watch`, `lease`, `all`, comma-separated.
+    fn parse(list: &str) -> Result<Workloads, Error> {
+        let mut w = Workloads::default();
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "register" => w.register = true,
+                "watch" => w.watch = true,
+                "lease" => w.lease = true,
+                "all" => {
+                    w = Workloads {
+                        register: true,
+                        watch: true,
+                        lease: true,
+                    }
+                }
+                other => {
+                    return Err(Error::Setup(format!(
+                        "unknown workload `{other}` (register, watch, lease, all)"
+                    )))
+                }
+            }
+        }
+        Ok(w)
     }
+}
+
+fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
+    let workloads = Workloads::parse(&args.workload)?;
     let mut kinds = parse_nemesis(&args.nemesis)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(args.seed));
     prepare_out(&out)?;
@@ -165,6 +214,7 @@ fn run_checked(args: &JepsenArgs) -> Result<bool, Error> {
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     let log = runtime.block_on(with_signals(drive(
         args,
+        workloads,
         &kinds,
         &binary,
         &out,
@@ -249,6 +299,7 @@ fn make_net(args: &JepsenArgs) -> Option<Net> {
 /// Starts the members, runs the load under the nemesis, heals, reads every key everywhere.
 async fn drive(
     args: &JepsenArgs,
+    workloads: Workloads,
     kinds: &[Kind],
     binary: &Path,
     out: &Path,
@@ -271,14 +322,7 @@ async fn drive(
         current: RefCell::new(String::new()),
         faults: RefCell::new(Vec::new()),
     };
-    let space = workload::KeySpace {
-        keys: args.keys.max(1),
-        key_us: (args.key_secs.max(0.1) * 1e6) as u64,
-    };
-    let clients = futures::future::join_all((0..n as u64 * args.clients_per_member).map(|c| {
-        let member = (c % n as u64) as usize;
-        workload::client(&shared, c, member, urls[member].clone(), space, args.seed)
-    }));
+    let clients = clients(args, workloads, &shared, &urls);
     let control = control(&nemesis, kinds, args.seed);
     let progress = progress(&shared, &nemesis, args.time);
     let (_, control, ()) = tokio::join!(clients, control, progress);
@@ -292,9 +336,21 @@ async fn drive(
         .map(|r| r.input.key() + 1)
         .max();
     let finals = final_reads(&shared, &urls, used.unwrap_or(0)).await;
+    let mut final_watch = Vec::new();
+    if workloads.watch {
+        for url in &urls {
+            final_watch.push(watch::final_history(url).await);
+        }
+    }
     let faults = nemesis.faults.take();
     Ok(RunLog {
+        workloads,
         records: shared.records.take(),
+        ops: shared.ops.take(),
+        dropped: shared.dropped.get(),
+        watchers: shared.watchers.take(),
+        final_watch,
+        sections: shared.sections.take(),
         faults,
         load_end,
         heal,
@@ -303,6 +359,46 @@ async fn drive(
         crashes,
         names,
     })
+}
+
+/// Every client of the chosen workloads, run until `shared.stop`: client `c` of a kind is
+/// bound to member `c % n`.
+async fn clients(args: &JepsenArgs, workloads: Workloads, shared: &Shared, urls: &[String]) {
+    use futures::future::{join_all, LocalBoxFuture};
+    let n = urls.len() as u64;
+    let at = |c: u64| ((c % n) as usize, urls[(c % n) as usize].clone());
+    let space = workload::KeySpace {
+        keys: args.keys.max(1),
+        key_us: (args.key_secs.max(0.1) * 1e6) as u64,
+    };
+    let seed = args.seed;
+    let mut all: Vec<LocalBoxFuture<'_, ()>> = Vec::new();
+    if workloads.register {
+        for c in 0..n * args.clients_per_member {
+            let (m, url) = at(c);
+            all.push(Box::pin(workload::client(shared, c, m, url, space, seed)));
+        }
+    }
+    if workloads.watch {
+        for c in 0..n {
+            let (m, url) = at(c);
+            let id = workload::WRITER_CLIENTS + c;
+            all.push(Box::pin(watch::writer(shared, id, m, url, seed)));
+        }
+        for c in 0..n * args.watchers_per_member {
+            let (m, url) = at(c);
+            let id = workload::WATCHER_CLIENTS + c;
+            all.push(Box::pin(watch::watcher(shared, id, m, url)));
+        }
+    }
+    if workloads.lease {
+        for c in 0..n * args.lockers_per_member {
+            let (m, url) = at(c);
+            let id = workload::LOCK_CLIENTS + c;
+            all.push(Box::pin(lock::client(shared, id, m, url, seed)));
+        }
+    }
+    join_all(all).await;
 }
 
 /// The nemesis, then the final heal and the wait for the first write after it; stops the
@@ -321,14 +417,7 @@ async fn control(
     let heal = shared.now();
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
     let recovery = loop {
-        let first = shared
-            .records
-            .borrow()
-            .iter()
-            .filter(|r| r.call >= heal && r.status == Status::Ok)
-            .filter(|r| !matches!(r.input, KvInput::Get { .. }))
-            .map(|r| r.end - heal)
-            .min();
+        let first = shared.first_write_after(heal);
         if first.is_some() || Instant::now() >= deadline {
             break first;
         }
@@ -344,15 +433,11 @@ async fn control(
 async fn progress(shared: &Shared, nemesis: &Nemesis<'_>, total: f64) {
     while !shared.stop.get() {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let records = shared.records.borrow();
-        let count = |s: Status| records.iter().filter(|r| r.status == s).count();
+        let (ok, unknown, failed) = shared.counts();
         let fault = nemesis.current.borrow();
         eprint!(
-            "\r[{:5.1}/{total:.0} s] ok {} unknown {} failed {} | {:<40}",
+            "\r[{:5.1}/{total:.0} s] ok {ok} unknown {unknown} failed {failed} | {:<40}",
             shared.start.elapsed().as_secs_f64(),
-            count(Status::Ok),
-            count(Status::Unknown),
-            count(Status::Failed),
             if fault.is_empty() {
                 "no fault"
             } else {
@@ -396,9 +481,8 @@ async fn final_reads(shared: &Shared, urls: &[String], keys: u64) -> Vec<Vec<Opt
         for key in 0..keys {
             let mut value = None;
             for _ in 0..20 {
-                let r =
-                    workload::perform(shared, &mut kv, 1000 + m as u64, m, KvInput::Get { key })
-                        .await;
+                let client = workload::FINAL_CLIENTS + m as u64;
+                let r = workload::perform(shared, &mut kv, client, m, KvInput::Get { key }).await;
                 let out = r.output.clone();
                 shared.records.borrow_mut().push(r);
                 if let Some(raftline_core::testing::linearizability::KvOutput::Value(v)) = out {
@@ -416,7 +500,7 @@ async fn final_reads(shared: &Shared, urls: &[String], keys: u64) -> Vec<Vec<Opt
 
 /// Plants, checks, prints and writes the run's files; whether every check passed.
 fn finish(args: &JepsenArgs, out: &Path, log: &mut RunLog) -> bool {
-    let planted = args.plant.map(|p| report::plant(&mut log.records, p));
+    let planted = args.plant.map(|p| report::plant(log, p));
     if let Err(e) = report::write_history(out, log) {
         eprintln!("cannot write {}: {e}", out.join("history.txt").display());
     }
