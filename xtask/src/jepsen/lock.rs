@@ -3,8 +3,8 @@
 //! [`TTL_SECS`], keeps it alive every [`KEEPALIVE_EVERY`], puts `jepsen/lock/<lease>` with the
 //! lease by a Txn if its `create_revision` is 0, then polls the lock keys (linearizable
 //! ranges) until its key is the oldest (the lowest `create_revision`): it holds the lock.
-//! Inside the critical section it increments a counter by compare-and-swap, then deletes its
-//! key and revokes its lease.
+//! Inside the critical section it increments a counter by compare-and-swap and waits (a short
+//! time, or now and then longer than the TTL), then deletes its key and revokes its lease.
 //!
 //! Each critical section is recorded from the answer that showed the key oldest to the moment
 //! the release began. A section is *unknown* (left out of the check, but counted) when its
@@ -42,6 +42,9 @@ const KEEPALIVE_EVERY: Duration = Duration::from_millis(1000);
 const POLL: Duration = Duration::from_millis(50);
 /// How long a client waits for the lock before it gives up (and revokes its lease).
 const WAIT_MAX: Duration = Duration::from_secs(15);
+/// The bounds of a long critical section, in ms (2 in 10 are long, at times longer than the TTL, so
+/// that only keep-alives during the section keep the lease alive).
+const LONG_HOLD_MS: (u64, u64) = (1000, 4000);
 /// The most critical sections kept.
 pub const SECTIONS_MAX: usize = 100_000;
 /// The most overlaps listed.
@@ -288,7 +291,13 @@ impl Locker<'_> {
             return;
         };
         self.increment(lease).await;
-        tokio::time::sleep(Duration::from_millis(50 + rng.below(200))).await;
+        // Mostly short; now and then longer than the TTL, kept alive all along.
+        let hold = if rng.below(10) < 2 {
+            LONG_HOLD_MS.0 + rng.below(LONG_HOLD_MS.1 - LONG_HOLD_MS.0)
+        } else {
+            50 + rng.below(200)
+        };
+        tokio::time::sleep(Duration::from_millis(hold)).await;
         let released = self.shared.now();
         let unknown = match lease.lost.get() {
             Some(why) => Some(why.to_string()),

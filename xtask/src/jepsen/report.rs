@@ -273,7 +273,8 @@ fn watch_verdicts(log: &RunLog, _dir: &Path) -> (Vec<String>, bool) {
     lines.insert(
         1,
         format!(
-            "watch: {good} of {} watchers received exactly the history's first events, in              order ({}-{} events each, {breaks} reconnects)",
+            "watch: {good} of {} watchers received exactly the history's first events, in \
+             order ({}-{} events each, {breaks} reconnects)",
             log.watchers.len(),
             counts.iter().min().unwrap_or(&0),
             counts.iter().max().unwrap_or(&0)
@@ -291,7 +292,8 @@ fn lease_verdicts(log: &RunLog, _dir: &Path) -> (Vec<String>, bool) {
     let mut lines = Vec::new();
     if overlaps.is_empty() {
         lines.push(format!(
-            "lease: no two of {known} known critical sections overlap ({unknown} unknown:              the lease not proven alive throughout, left out)"
+            "lease: no two of {known} known critical sections overlap ({unknown} unknown: \
+             the lease not proven alive throughout, left out)"
         ));
     }
     for &(a, b) in &overlaps {
@@ -315,7 +317,8 @@ fn lease_verdicts(log: &RunLog, _dir: &Path) -> (Vec<String>, bool) {
         .count();
     if refused > 0 {
         lines.push(format!(
-            "lease: note: {refused} counter compare-and-swap(s) refused (an earlier              increment of unknown outcome may have landed late)"
+            "lease: note: {refused} counter compare-and-swap(s) refused (an earlier \
+             increment of unknown outcome may have landed late)"
         ));
     }
     (lines, overlaps.is_empty())

@@ -48,6 +48,9 @@ const FINAL_TIMEOUT: Duration = Duration::from_secs(10);
 const FINAL_TRIES: usize = 20;
 /// The faults a checker lists at most per check.
 pub const FAULTS_SHOWN_MAX: usize = 10;
+/// How long watchers go on after the clients are told to stop, to catch up with the last
+/// writes (so that their tails are checked too).
+const DRAIN: Duration = Duration::from_secs(2);
 /// The pause between a writer's operations.
 const WRITE_PAUSE: Duration = Duration::from_millis(5);
 
@@ -404,8 +407,9 @@ async fn write(
     }
 }
 
-/// Runs one watcher until `shared.stop` (or until it holds [`EVENTS_PER_WATCHER_MAX`]
-/// events): a stream from the revision after its last event, reopened whenever it breaks.
+/// Runs one watcher until [`DRAIN`] after `shared.stop` (or until it holds
+/// [`EVENTS_PER_WATCHER_MAX`] events): a stream from the revision after its last event,
+/// reopened whenever it breaks.
 pub async fn watcher(shared: &Shared, id: u64, member: usize, url: String) {
     let Ok(channel) = workload::stream_channel(&url) else {
         return;
@@ -422,7 +426,13 @@ pub async fn watcher(shared: &Shared, id: u64, member: usize, url: String) {
         logs.len() - 1
     };
     let mut backoff = BACKOFF_MIN;
-    while !shared.stop.get() {
+    let mut stop = false;
+    let drained = async {
+        shared.stopped().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    let mut drained = std::pin::pin!(drained);
+    loop {
         let (from, before) = {
             let log = &shared.watchers.borrow()[slot];
             let last = log.events.last().map_or(0, |e| e.revision);
@@ -434,7 +444,10 @@ pub async fn watcher(shared: &Shared, id: u64, member: usize, url: String) {
         let call = shared.now();
         let ended = tokio::select! {
             r = stream(shared, slot, channel.clone(), from) => r,
-            () = shared.stopped() => Ok(()),
+            () = &mut drained => {
+                stop = true;
+                Ok(())
+            }
         };
         let end = shared.now();
         let error = ended.err();
@@ -462,8 +475,14 @@ pub async fn watcher(shared: &Shared, id: u64, member: usize, url: String) {
         if shared.watchers.borrow()[slot].events.len() > before {
             backoff = BACKOFF_MIN;
         }
+        if stop {
+            return;
+        }
         if status == Status::Failed {
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = &mut drained => return,
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
