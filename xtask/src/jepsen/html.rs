@@ -122,10 +122,9 @@ fn latency(log: &RunLog) -> String {
     svg
 }
 
-/// The SVG timeline.
-fn timeline(log: &RunLog) -> String {
-    let span = span(log);
-    let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
+/// Each client's lane: pixel column -> the worst rank of its operations there (watch
+/// streams are drawn by [`overlays`]; every watcher gets a lane).
+fn lanes(log: &RunLog, x: &dyn Fn(u64) -> usize) -> BTreeMap<u64, BTreeMap<usize, u8>> {
     // lane -> column -> worst rank
     let mut lanes: BTreeMap<u64, BTreeMap<usize, u8>> = BTreeMap::new();
     let requests = log
@@ -147,6 +146,14 @@ fn timeline(log: &RunLog) -> String {
     for w in &log.watchers {
         lanes.entry(w.client).or_default();
     }
+    lanes
+}
+
+/// The SVG timeline.
+fn timeline(log: &RunLog) -> String {
+    let span = span(log);
+    let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
+    let lanes = lanes(log, &x);
     let height = (lanes.len() + 2) * LANE;
     let mut svg = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' \

@@ -220,6 +220,14 @@ impl Locker<'_> {
         });
     }
 
+    /// Keeps a section (at most [`SECTIONS_MAX`]).
+    fn keep(&self, section: Section) {
+        let mut sections = self.shared.sections.borrow_mut();
+        if sections.len() < SECTIONS_MAX {
+            sections.push(section);
+        }
+    }
+
     async fn grant(&self) -> Option<Lease> {
         let call = self.shared.now();
         let request = LeaseGrantRequest {
@@ -307,18 +315,14 @@ impl Locker<'_> {
             )),
             None => None,
         };
-        let mut sections = self.shared.sections.borrow_mut();
-        if sections.len() < SECTIONS_MAX {
-            sections.push(Section {
-                client: self.id,
-                member: self.member,
-                lease: lease.id,
-                acquired,
-                released,
-                unknown,
-            });
-        }
-        drop(sections);
+        self.keep(Section {
+            client: self.id,
+            member: self.member,
+            lease: lease.id,
+            acquired,
+            released,
+            unknown,
+        });
         self.delete_key(lease).await;
     }
 

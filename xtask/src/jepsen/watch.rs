@@ -449,29 +449,7 @@ pub async fn watcher(shared: &Shared, id: u64, member: usize, url: String) {
                 Ok(())
             }
         };
-        let end = shared.now();
-        let error = ended.err();
-        if let Some(e) = &error {
-            let mut logs = shared.watchers.borrow_mut();
-            logs[slot].breaks.push((end, e.to_string()));
-            if let StreamError::Canceled(why) = e {
-                logs[slot].canceled.push(why.clone());
-            }
-        }
-        let status = if error.is_some() {
-            Status::Failed
-        } else {
-            Status::Ok
-        };
-        shared.push_op(Op {
-            client: id,
-            member,
-            what: What::WatchStream { from },
-            call,
-            end,
-            status,
-            error: error.map(|e| e.to_string()),
-        });
+        let status = record_stream(shared, slot, (id, member), from, call, ended.err());
         if shared.watchers.borrow()[slot].events.len() > before {
             backoff = BACKOFF_MIN;
         }
@@ -486,6 +464,41 @@ pub async fn watcher(shared: &Shared, id: u64, member: usize, url: String) {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// Records one stream of watcher `slot` (client `who.0` on member `who.1`), opened at `call`
+/// from revision `from`, and the error that ended it (none: the run stopped); its status.
+fn record_stream(
+    shared: &Shared,
+    slot: usize,
+    who: (u64, usize),
+    from: i64,
+    call: u64,
+    error: Option<StreamError>,
+) -> Status {
+    let end = shared.now();
+    if let Some(e) = &error {
+        let mut logs = shared.watchers.borrow_mut();
+        logs[slot].breaks.push((end, e.to_string()));
+        if let StreamError::Canceled(why) = e {
+            logs[slot].canceled.push(why.clone());
+        }
+    }
+    let status = if error.is_some() {
+        Status::Failed
+    } else {
+        Status::Ok
+    };
+    shared.push_op(Op {
+        client: who.0,
+        member: who.1,
+        what: What::WatchStream { from },
+        call,
+        end,
+        status,
+        error: error.map(|e| e.to_string()),
+    });
+    status
 }
 
 /// Why a watch stream ended.
