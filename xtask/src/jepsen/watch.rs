@@ -209,12 +209,15 @@ pub fn check_watcher(received: &[Event], history: &[Event]) -> Result<(), WatchF
 }
 
 /// The authoritative history: the one covering the most revisions, once every member's
-/// agrees with it up to the lowest revision they all cover. Errors name the members (from 0)
-/// that did not answer or disagree.
+/// agrees with it up to the lowest revision they all cover. Errors name the members (`n1`,
+/// ...) that did not answer or disagree.
 pub fn check_finals(finals: &[Option<FinalHistory>]) -> Result<FinalHistory, String> {
-    let missing: Vec<usize> = (0..finals.len()).filter(|&m| finals[m].is_none()).collect();
+    let missing: Vec<String> = (0..finals.len())
+        .filter(|&m| finals[m].is_none())
+        .map(|m| format!("n{}", m + 1))
+        .collect();
     if !missing.is_empty() {
-        return Err(format!("no final history from member(s) {missing:?}"));
+        return Err(format!("no final history from {}", missing.join(", ")));
     }
     let all: Vec<&FinalHistory> = finals.iter().flatten().collect();
     let best = *all.iter().max_by_key(|h| h.through).ok_or("no members")?;
@@ -230,8 +233,9 @@ pub fn check_finals(finals: &[Option<FinalHistory>]) -> Result<FinalHistory, Str
     for (m, h) in all.iter().enumerate() {
         if upto(h) != reference {
             return Err(format!(
-                "member {m}'s history up to revision {common} differs from the longest one's \
+                "n{}'s history up to revision {common} differs from the longest one's \
                  ({} events against {})",
+                m + 1,
                 upto(h).len(),
                 reference.len()
             ));
