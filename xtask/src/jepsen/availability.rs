@@ -6,11 +6,9 @@
 
 use std::fmt::Write as _;
 
-use raftline_core::testing::linearizability::KvInput;
-
 use super::nemesis::{Fault, Kind};
 use super::report::RunLog;
-use super::workload::{Record, Status};
+use super::workload::{Status, What};
 
 /// Clients at or above this id are the final reads, not the load.
 pub const FINAL_READ_CLIENTS: u64 = 1000;
@@ -55,7 +53,7 @@ pub fn rate(ops: usize, us: u64) -> f64 {
 impl Availability {
     /// The figures of `log` (its records, faults, load end and recovery).
     pub fn of(log: &RunLog) -> Availability {
-        let ends = ok_ends(&log.records, log.load_end);
+        let ends = ok_ends(log);
         let bands_of = |kind: Option<Kind>| {
             let bands = log
                 .faults
@@ -168,13 +166,20 @@ pub fn secs(us: u64) -> f64 {
     us as f64 / US_PER_SEC
 }
 
-/// The completion times of the load's successful operations that ended by `load_end`,
-/// sorted.
-pub fn ok_ends(records: &[Record], load_end: u64) -> Vec<u64> {
-    let mut ends: Vec<u64> = records
+/// The completion times of the load's successful requests that ended by its end, sorted:
+/// every workload's (a watch stream is not a request: it ends when it breaks), not the final
+/// reads.
+pub fn ok_ends(log: &RunLog) -> Vec<u64> {
+    let registers = log.records.iter().map(|r| (r.status, r.client, r.end));
+    let others = log
+        .ops
         .iter()
-        .filter(|r| r.status == Status::Ok && r.client < FINAL_READ_CLIENTS && r.end <= load_end)
-        .map(|r| r.end)
+        .filter(|o| !matches!(o.what, What::WatchStream { .. }))
+        .map(|o| (o.status, o.client, o.end));
+    let mut ends: Vec<u64> = registers
+        .chain(others)
+        .filter(|&(s, c, end)| s == Status::Ok && c < FINAL_READ_CLIENTS && end <= log.load_end)
+        .map(|(_, _, end)| end)
         .collect();
     ends.sort_unstable();
     ends
@@ -222,19 +227,11 @@ pub fn longest_gap(ends: &[u64], load_end: u64) -> u64 {
     gap
 }
 
-/// How long after `heal` the first write called at or after it succeeded (µs), if one did.
-pub fn recovery(records: &[Record], heal: u64) -> Option<u64> {
-    records
-        .iter()
-        .filter(|r| r.call >= heal && r.status == Status::Ok)
-        .filter(|r| !matches!(r.input, KvInput::Get { .. }))
-        .map(|r| r.end - heal)
-        .min()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::workload::Record;
     use super::*;
+    use raftline_core::testing::linearizability::KvInput;
     use raftline_core::testing::linearizability::KvOutput;
 
     fn record(client: u64, input: KvInput, call: u64, end: u64, status: Status) -> Record {
@@ -287,15 +284,24 @@ mod tests {
 
     #[test]
     fn recovery_is_the_first_write_called_after_the_heal_that_succeeded() {
-        let records = vec![
+        let records = [
             put(90, 120, Status::Ok),       // called before the heal
             get(100, 105, Status::Ok),      // a read
             put(101, 110, Status::Unknown), // did not succeed
             put(102, 140, Status::Ok),
             put(103, 130, Status::Ok),
         ];
-        assert_eq!(recovery(&records, 100), Some(30));
-        assert_eq!(recovery(&records[..3], 100), None);
+        let shared = super::super::workload::Shared::new();
+        shared
+            .records
+            .borrow_mut()
+            .extend(records[..3].iter().cloned());
+        assert_eq!(shared.first_write_after(100), None);
+        shared
+            .records
+            .borrow_mut()
+            .extend(records[3..].iter().cloned());
+        assert_eq!(shared.first_write_after(100), Some(30));
     }
 
     #[test]
@@ -316,7 +322,13 @@ mod tests {
             ),
         ];
         let log = RunLog {
+            workloads: super::super::Workloads::default(),
             records,
+            ops: Vec::new(),
+            dropped: 0,
+            watchers: Vec::new(),
+            final_watch: Vec::new(),
+            sections: Vec::new(),
             faults: vec![
                 fault(Kind::Kill, 1_000_000, 2_000_000),
                 fault(Kind::Pause, 2_400_000, 3_000_000),

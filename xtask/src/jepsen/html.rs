@@ -2,7 +2,9 @@
 //! (final reads last), each pixel column colored by what the client's operations there did
 //! (green ok, orange unknown, red failed, the worst wins), the faults as bands over the
 //! lanes (one color per kind), the final heal as a line, a legend, and below them the
-//! slowest successful operation's latency in each pixel column.
+//! slowest successful operation's latency in each pixel column. Watchers' lanes show their
+//! streams as thin bars and each break (then a reconnect) as a black mark; lock clients' lanes
+//! show their critical sections as bars (blue known, grey unknown).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +12,7 @@ use std::path::Path;
 
 use super::nemesis::Kind;
 use super::report::RunLog;
-use super::workload::Status;
+use super::workload::{self, Status, What};
 
 /// Width of the timeline in pixels.
 const WIDTH: usize = 1200;
@@ -68,12 +70,37 @@ const LEGEND: &str = "<p style='font-size:12px'>operations: \
     <span style='color:#ab47bc'>&#9632; pause</span> \
     <span style='color:#42a5f5'>&#9632; partition</span> \
     <span style='color:#26a69a'>&#9632; membership</span> \
-    <span style='color:#8d6e63'>&#9632; disk</span> &nbsp; black line: final heal</p>";
+    <span style='color:#8d6e63'>&#9632; disk</span> &nbsp; black line: final heal \
+    &nbsp; watchers: <span style='color:#81c784'>&#9644; stream</span> | break &nbsp; \
+    lock sections: <span style='color:#1e88e5'>&#9644; known</span> \
+    <span style='color:#9e9e9e'>&#9644; unknown</span></p>";
+
+/// The last time anything recorded ended (µs), at least 1.
+fn span(log: &RunLog) -> u64 {
+    let records = log.records.iter().map(|r| r.end);
+    let ops = log.ops.iter().map(|o| o.end);
+    records.chain(ops).max().unwrap_or(1).max(1)
+}
+
+/// A lane's label.
+fn lane_name(client: u64) -> String {
+    if client >= workload::FINAL_CLIENTS {
+        format!("final n{}", client - workload::FINAL_CLIENTS + 1)
+    } else if client >= workload::LOCK_CLIENTS {
+        format!("lock {}", client - workload::LOCK_CLIENTS)
+    } else if client >= workload::WATCHER_CLIENTS {
+        format!("watcher {}", client - workload::WATCHER_CLIENTS)
+    } else if client >= workload::WRITER_CLIENTS {
+        format!("writer {}", client - workload::WRITER_CLIENTS)
+    } else {
+        format!("client {client}")
+    }
+}
 
 /// The slowest successful operation's latency per pixel column (by when it was called),
 /// scaled to the slowest of the run.
 fn latency(log: &RunLog) -> String {
-    let span = log.records.iter().map(|r| r.end).max().unwrap_or(1).max(1);
+    let span = span(log);
     let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
     let mut worst: BTreeMap<usize, u64> = BTreeMap::new();
     for r in log.records.iter().filter(|r| r.status == Status::Ok) {
@@ -99,19 +126,38 @@ fn latency(log: &RunLog) -> String {
     svg
 }
 
-/// The SVG timeline.
-fn timeline(log: &RunLog) -> String {
-    let span = log.records.iter().map(|r| r.end).max().unwrap_or(1).max(1);
-    let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
+/// Each client's lane: pixel column -> the worst rank of its operations there (watch
+/// streams are drawn by [`overlays`]; every watcher gets a lane).
+fn lanes(log: &RunLog, x: &dyn Fn(u64) -> usize) -> BTreeMap<u64, BTreeMap<usize, u8>> {
     // lane -> column -> worst rank
     let mut lanes: BTreeMap<u64, BTreeMap<usize, u8>> = BTreeMap::new();
-    for r in &log.records {
-        let columns = lanes.entry(r.client).or_default();
-        for c in x(r.call)..=x(r.end) {
+    let requests = log
+        .ops
+        .iter()
+        .filter(|o| !matches!(o.what, What::WatchStream { .. }))
+        .map(|o| (o.client, o.call, o.end, o.status));
+    let spans = log
+        .records
+        .iter()
+        .map(|r| (r.client, r.call, r.end, r.status));
+    for (client, call, end, status) in spans.chain(requests) {
+        let columns = lanes.entry(client).or_default();
+        for c in x(call)..=x(end) {
             let worst = columns.entry(c).or_insert(0);
-            *worst = (*worst).max(rank(r.status));
+            *worst = (*worst).max(rank(status));
         }
     }
+    for w in &log.watchers {
+        lanes.entry(w.client).or_default();
+    }
+    lanes
+}
+
+/// The SVG timeline.
+fn timeline(log: &RunLog) -> String {
+    let span = span(log);
+    let x = |t: u64| LABEL + (t as u128 * WIDTH as u128 / span as u128) as usize;
+    let lanes = lanes(log, &x);
     let height = (lanes.len() + 2) * LANE;
     let mut svg = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' \
@@ -131,13 +177,10 @@ fn timeline(log: &RunLog) -> String {
             f.end as f64 / 1e6
         );
     }
+    let row: BTreeMap<u64, usize> = lanes.keys().enumerate().map(|(i, c)| (*c, i)).collect();
     for (lane, (client, columns)) in lanes.iter().enumerate() {
         let y = lane * LANE;
-        let name = if *client >= 1000 {
-            format!("final n{}", client - 999)
-        } else {
-            format!("client {client}")
-        };
+        let name = lane_name(*client);
         let _ = write!(svg, "<text x='2' y='{}'>{name}</text>", y + LANE - 3);
         for (c, worst) in columns {
             let _ = write!(
@@ -149,6 +192,7 @@ fn timeline(log: &RunLog) -> String {
             );
         }
     }
+    svg.push_str(&overlays(log, &row, &x));
     let heal = x(log.heal);
     let _ = write!(
         svg,
@@ -160,6 +204,57 @@ fn timeline(log: &RunLog) -> String {
         height - 3,
         span as f64 / 1e6
     );
+    svg
+}
+
+/// Watch streams and their breaks, and lock sections, over their clients' lanes (`row`).
+fn overlays(log: &RunLog, row: &BTreeMap<u64, usize>, x: &dyn Fn(u64) -> usize) -> String {
+    let mut svg = String::new();
+    for o in &log.ops {
+        let (What::WatchStream { from }, Some(&lane)) = (&o.what, row.get(&o.client)) else {
+            continue;
+        };
+        let (a, b) = (x(o.call), x(o.end).max(x(o.call) + 1));
+        let y = lane * LANE + LANE / 2 - 2;
+        let _ = write!(
+            svg,
+            "<rect x='{a}' y='{y}' width='{}' height='4' fill='#81c784'>\
+             <title>stream from revision {from}</title></rect>",
+            b - a
+        );
+        if o.status != Status::Ok {
+            let why = escape(o.error.as_deref().unwrap_or(""));
+            let _ = write!(
+                svg,
+                "<rect x='{b}' y='{}' width='2' height='{}' fill='black'>\
+                 <title>{:.2} s: {why}</title></rect>",
+                lane * LANE,
+                LANE,
+                o.end as f64 / 1e6
+            );
+        }
+    }
+    for s in &log.sections {
+        let Some(&lane) = row.get(&s.client) else {
+            continue;
+        };
+        let (a, b) = (x(s.acquired), x(s.released).max(x(s.acquired) + 1));
+        let fill = if s.unknown.is_some() {
+            "#9e9e9e"
+        } else {
+            "#1e88e5"
+        };
+        let why = escape(s.unknown.as_deref().unwrap_or("known"));
+        let _ = write!(
+            svg,
+            "<rect x='{a}' y='{}' width='{}' height='{}' fill='{fill}'>\
+             <title>{}: {why}</title></rect>",
+            lane * LANE + LANE / 2,
+            b - a,
+            LANE / 2 - 1,
+            escape(&s.to_string())
+        );
+    }
     svg
 }
 

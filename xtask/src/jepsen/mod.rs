@@ -1,18 +1,29 @@
 //! `cargo xtask jepsen`: raft-kv processes (or etcd's, `--target etcd`, or both one after the
-//! other, `--target both`: see [`etcd`]) under real faults, their clients' histories checked
-//! for linearizability, and their availability measured ([`availability`]).
+//! other, `--target both`: see [`etcd`]) under real faults, their clients' histories checked,
+//! and their availability measured ([`availability`]).
 //!
 //! The run starts N members (each in a network namespace of its own when it can: see
 //! [`net`]; on loopback otherwise; with the disk nemesis each on a small loop-mounted
-//! filesystem: see [`loopfs`]), runs the register workload ([`workload`]) for `--time`
-//! seconds while the nemesis ([`nemesis`]) kills, pauses, partitions (and cuts links, drops
-//! packets, delays them) members, changes the membership and fills disks, heals everything,
-//! measures how long the cluster takes to accept a write again, reads every key on every
-//! current member, and checks each key's history with the workspace's checker
-//! (`raftline_core::testing::linearizability`). It prints a summary table and the verdicts
-//! and leaves the history, the members' logs and data under `--out` (default
-//! `target/jepsen/seed-N-TIME`; with `--target both`, its `raft-kv/` and `etcd/`). Exit
-//! status 1 when a check fails (`--plant` makes one fail on purpose).
+//! filesystem: see [`loopfs`]), runs the workloads of `--workload` for `--time` seconds while
+//! the nemesis ([`nemesis`]) kills, pauses, partitions (and cuts links, drops packets, delays
+//! them) members, changes the membership and fills disks, heals everything, measures how long
+//! the cluster takes to accept a write again, reads the results back on every current
+//! member, and checks them. The workloads (`all` runs the three at once, on separate key
+//! prefixes):
+//!
+//! - `register` ([`workload`]): puts, gets and compare-and-swaps on a few keys; every key read
+//!   on every member at the end, and each key's history checked with the workspace's checker
+//!   (`raftline_core::testing::linearizability`);
+//! - `watch` ([`watch`]): writers and watchers on every member, the watchers reconnecting and
+//!   resuming after each fault; every watcher's events must be the committed history's, which
+//!   every member's final watch from revision 1 must agree on;
+//! - `lease` ([`lock`]): a lock by lease and Txn (etcd's Mutex recipe); no two critical
+//!   sections whose leases provably lived through them may overlap.
+//!
+//! It prints a summary table and the verdicts and leaves the history, the members' logs and
+//! data under `--out` (default `target/jepsen/seed-N-TIME`; with `--target both`, its
+//! `raft-kv/` and `etcd/`). Exit status 1 when a check fails (`--plant` makes one fail on
+//! purpose).
 //!
 //! Availability, from the records: successful operations per second over the load, outside
 //! faults and during them (per kind too), the longest time without a successful operation,
@@ -40,11 +51,13 @@
 mod availability;
 mod etcd;
 mod html;
+mod lock;
 mod loopfs;
 mod nemesis;
 mod net;
 mod nodes;
 mod report;
+mod watch;
 mod workload;
 
 use std::cell::RefCell;
@@ -62,7 +75,7 @@ use nemesis::{Kind, Nemesis};
 use net::Net;
 use nodes::{Addr, Nodes};
 use report::{Plant, RunLog};
-use workload::{Shared, Status};
+use workload::Shared;
 
 /// Options of `cargo xtask jepsen`.
 #[derive(Args)]
@@ -77,7 +90,7 @@ pub struct JepsenArgs {
     /// this machine allows); or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
-    /// The workload (this slice has `register`).
+    /// The workloads, comma-separated: register, watch, lease, or all (the three at once).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Seed of the nemesis schedule and of the clients' choices.
@@ -96,9 +109,15 @@ pub struct JepsenArgs {
     /// small enough to check).
     #[arg(long, default_value_t = 5.0)]
     key_secs: f64,
-    /// Clients per member.
+    /// Register clients per member.
     #[arg(long, default_value_t = 2)]
     clients_per_member: u64,
+    /// Watchers per member (watch workload; one writer per member too).
+    #[arg(long, default_value_t = 2)]
+    watchers_per_member: u64,
+    /// Lock clients per member (lease workload).
+    #[arg(long, default_value_t = 2)]
+    lockers_per_member: u64,
     /// Run on loopback even when network namespaces could be made (no partitions).
     #[arg(long)]
     loopback: bool,
@@ -168,6 +187,44 @@ pub fn run(args: JepsenArgs) -> bool {
     run_targets(&args)
 }
 
+/// The workloads a run has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workloads {
+    /// Puts, gets and compare-and-swaps checked for linearizability.
+    pub register: bool,
+    /// Watchers checked against the committed history.
+    pub watch: bool,
+    /// Locks by lease checked for mutual exclusion.
+    pub lease: bool,
+}
+
+impl Workloads {
+    /// Parses `register`, `watch`, `lease`, `all`, comma-separated.
+    fn parse(list: &str) -> Result<Workloads, Error> {
+        let mut w = Workloads::default();
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "register" => w.register = true,
+                "watch" => w.watch = true,
+                "lease" => w.lease = true,
+                "all" => {
+                    w = Workloads {
+                        register: true,
+                        watch: true,
+                        lease: true,
+                    }
+                }
+                other => {
+                    return Err(Error::Setup(format!(
+                        "unknown workload `{other}` (register, watch, lease, all)"
+                    )))
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
 /// Runs each target of `--target` in turn (in subdirectories of `--out` when there are two),
 /// then prints and writes the side-by-side table; false if a run failed or could not be made.
 fn run_targets(args: &JepsenArgs) -> bool {
@@ -205,12 +262,7 @@ fn run_targets(args: &JepsenArgs) -> bool {
 
 /// One run of `target`, its files under `out`: whether its checks passed, its figures.
 fn run_checked(args: &JepsenArgs, target: Target, out: &Path) -> Result<Outcome, Error> {
-    if args.workload != "register" {
-        return Err(Error::Setup(format!(
-            "unknown workload `{}` (this slice has register)",
-            args.workload
-        )));
-    }
+    let workloads = Workloads::parse(&args.workload)?;
     let mut kinds = parse_nemesis(&args.nemesis)?;
     if target == Target::Etcd {
         raft_kv_only(&mut kinds);
@@ -234,6 +286,7 @@ fn run_checked(args: &JepsenArgs, target: Target, out: &Path) -> Result<Outcome,
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     let log = runtime.block_on(with_signals(drive(
         args,
+        workloads,
         &kinds,
         &server,
         out,
@@ -382,6 +435,7 @@ fn make_net(args: &JepsenArgs, slots: usize) -> Option<Net> {
 /// Starts the members, runs the load under the nemesis, heals, reads every key everywhere.
 async fn drive(
     args: &JepsenArgs,
+    workloads: Workloads,
     kinds: &[Kind],
     server: &Server,
     out: &Path,
@@ -412,14 +466,7 @@ async fn drive(
         faults: RefCell::new(Vec::new()),
         crashes: RefCell::new(Vec::new()),
     };
-    let space = workload::KeySpace {
-        keys: args.keys.max(1),
-        key_us: (args.key_secs.max(0.1) * 1e6) as u64,
-    };
-    let clients = futures::future::join_all((0..n as u64 * args.clients_per_member).map(|c| {
-        let member = (c % n as u64) as usize;
-        workload::client(&shared, c, member, urls[member].clone(), space, args.seed)
-    }));
+    let clients = clients(args, workloads, &shared, &urls);
     let control = control(&nemesis, kinds, args.seed);
     let progress = progress(&shared, &nemesis, args.time);
     let (_, control, ()) = tokio::join!(clients, control, progress);
@@ -435,9 +482,21 @@ async fn drive(
         .map(|r| r.input.key() + 1)
         .max();
     let finals = final_reads(&shared, &members, used.unwrap_or(0)).await;
+    let mut final_watch = Vec::new();
+    if workloads.watch {
+        for (_, url) in &members {
+            final_watch.push(watch::final_history(url).await);
+        }
+    }
     let faults = nemesis.faults.take();
     Ok(RunLog {
+        workloads,
         records: shared.records.take(),
+        ops: shared.ops.take(),
+        dropped: shared.dropped.get(),
+        watchers: shared.watchers.take(),
+        final_watch,
+        sections: shared.sections.take(),
         faults,
         load_end,
         heal,
@@ -475,6 +534,46 @@ fn current_members(nodes: &Nodes, urls: &[String]) -> (Vec<(usize, String)>, Vec
     (members, names)
 }
 
+/// Every client of the chosen workloads, run until `shared.stop`: client `c` of a kind is
+/// bound to member `c % n`.
+async fn clients(args: &JepsenArgs, workloads: Workloads, shared: &Shared, urls: &[String]) {
+    use futures::future::{join_all, LocalBoxFuture};
+    let n = urls.len() as u64;
+    let at = |c: u64| ((c % n) as usize, urls[(c % n) as usize].clone());
+    let space = workload::KeySpace {
+        keys: args.keys.max(1),
+        key_us: (args.key_secs.max(0.1) * 1e6) as u64,
+    };
+    let seed = args.seed;
+    let mut all: Vec<LocalBoxFuture<'_, ()>> = Vec::new();
+    if workloads.register {
+        for c in 0..n * args.clients_per_member {
+            let (m, url) = at(c);
+            all.push(Box::pin(workload::client(shared, c, m, url, space, seed)));
+        }
+    }
+    if workloads.watch {
+        for c in 0..n {
+            let (m, url) = at(c);
+            let id = workload::WRITER_CLIENTS + c;
+            all.push(Box::pin(watch::writer(shared, id, m, url, seed)));
+        }
+        for c in 0..n * args.watchers_per_member {
+            let (m, url) = at(c);
+            let id = workload::WATCHER_CLIENTS + c;
+            all.push(Box::pin(watch::watcher(shared, id, m, url)));
+        }
+    }
+    if workloads.lease {
+        for c in 0..n * args.lockers_per_member {
+            let (m, url) = at(c);
+            let id = workload::LOCK_CLIENTS + c;
+            all.push(Box::pin(lock::client(shared, id, m, url, seed)));
+        }
+    }
+    join_all(all).await;
+}
+
 /// The nemesis, then the final heal and the wait for the first write after it; stops the
 /// clients. Returns the heal time and the recovery time (µs).
 async fn control(
@@ -491,7 +590,7 @@ async fn control(
     let heal = shared.now();
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
     let recovery = loop {
-        let first = availability::recovery(&shared.records.borrow(), heal);
+        let first = shared.first_write_after(heal);
         if first.is_some() || Instant::now() >= deadline {
             break first;
         }
@@ -509,15 +608,11 @@ async fn progress(shared: &Shared, nemesis: &Nemesis<'_>, total: f64) {
     let line = crate::seeds::ProgressLine::for_stderr();
     while !shared.stop.get() {
         tokio::time::sleep(line.every).await;
-        let records = shared.records.borrow();
-        let count = |s: Status| records.iter().filter(|r| r.status == s).count();
+        let (ok, unknown, failed) = shared.counts();
         let fault = nemesis.current.borrow();
         line.show(&format!(
-            "[{:5.1}/{total:.0} s] ok {} unknown {} failed {} | {}",
+            "[{:5.1}/{total:.0} s] ok {ok} unknown {unknown} failed {failed} | {}",
             shared.start.elapsed().as_secs_f64(),
-            count(Status::Ok),
-            count(Status::Unknown),
-            count(Status::Failed),
             if fault.is_empty() {
                 "no fault"
             } else {
@@ -565,9 +660,8 @@ async fn final_reads(
         for key in 0..keys {
             let mut value = None;
             for _ in 0..20 {
-                let r =
-                    workload::perform(shared, &mut kv, 1000 + m as u64, m, KvInput::Get { key })
-                        .await;
+                let client = workload::FINAL_CLIENTS + m as u64;
+                let r = workload::perform(shared, &mut kv, client, m, KvInput::Get { key }).await;
                 let out = r.output.clone();
                 shared.records.borrow_mut().push(r);
                 if let Some(raftline_core::testing::linearizability::KvOutput::Value(v)) = out {
@@ -585,7 +679,7 @@ async fn final_reads(
 
 /// Plants, checks, prints and writes the run's files; whether every check passed.
 fn finish(args: &JepsenArgs, target: Target, out: &Path, log: &mut RunLog) -> bool {
-    let planted = args.plant.map(|p| report::plant(&mut log.records, p));
+    let planted = args.plant.map(|p| report::plant(log, p));
     if let Err(e) = report::write_history(out, log) {
         eprintln!("cannot write {}: {e}", out.join("history.txt").display());
     }

@@ -1,14 +1,18 @@
 //! What a jepsen run found: each key's history checked for linearizability, the members'
-//! final reads compared, the `--plant` corruptions, the summary table and the files of the
-//! run (`history.txt`, `summary.txt`, `report.html`).
+//! final reads compared, the watchers' events and the lock sections checked (by [`super::watch`]
+//! and [`super::lock`]), the `--plant` corruptions, the summary table (rows per workload) and
+//! the files of the run (`history.txt`, `watch-events.txt`, `summary.txt`, `report.html`).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use raftline_core::testing::linearizability::{check, KvInput, KvModel, KvOutput, Operation};
 
+use super::lock::{self, Section};
 use super::nemesis::{Fault, Kind};
-use super::workload::{Record, Status};
+use super::watch::{self, FinalHistory, WatcherLog};
+use super::workload::{Op, Record, Status, What, FINAL_CLIENTS};
+use super::Workloads;
 
 /// Steps the search of one key's history may take before it gives up.
 const CHECK_BUDGET: u64 = 20_000_000;
@@ -21,12 +25,28 @@ pub enum Plant {
     /// An acknowledged write's effect is dropped: the reads after it that saw its value (or the
     /// first read after it) see the value before it instead.
     LostWrite,
+    /// One event is dropped from the middle of a watcher's received events.
+    WatchGap,
+    /// One known critical section is stretched into the next one of another client.
+    LockOverlap,
 }
 
 /// Everything a run recorded.
 pub struct RunLog {
-    /// Every operation, final reads included (clients 1000 + member).
+    /// The workloads that ran.
+    pub workloads: Workloads,
+    /// Every register operation, final reads included (clients 1000 + member).
     pub records: Vec<Record>,
+    /// The watch and lease workloads' operations.
+    pub ops: Vec<Op>,
+    /// Operations not kept (over the bound).
+    pub dropped: u64,
+    /// What each watcher received.
+    pub watchers: Vec<WatcherLog>,
+    /// Each member's final history of the watched prefix (`None`: it never answered).
+    pub final_watch: Vec<Option<FinalHistory>>,
+    /// The lock clients' critical sections.
+    pub sections: Vec<Section>,
     /// Every fault.
     pub faults: Vec<Fault>,
     /// When the load ended (µs).
@@ -80,8 +100,17 @@ fn triple(records: &[Record]) -> Option<(usize, usize, usize)> {
     None
 }
 
-/// Corrupts `records` as `plant` says; describes what it changed.
-pub fn plant(records: &mut [Record], plant: Plant) -> Result<String, String> {
+/// Corrupts the run's records as `plant` says; describes what it changed.
+pub fn plant(log: &mut RunLog, plant: Plant) -> Result<String, String> {
+    match plant {
+        Plant::StaleRead | Plant::LostWrite => plant_register(&mut log.records, plant),
+        Plant::WatchGap => watch::plant_gap(&mut log.watchers),
+        Plant::LockOverlap => lock::plant_overlap(&mut log.sections),
+    }
+}
+
+/// Corrupts register `records` as `plant` says; describes what it changed.
+fn plant_register(records: &mut [Record], plant: Plant) -> Result<String, String> {
     let (w0, w1, g) = triple(records).ok_or(
         "no two successive acknowledged writes and a later read on one key: nothing to plant",
     )?;
@@ -125,7 +154,45 @@ pub fn history(records: &[Record]) -> Vec<Operation<KvInput, KvOutput>> {
 /// Explanations longer than this are cut on stdout (the whole one goes to a file).
 const EXPLANATION_CHARS: usize = 4000;
 
+/// The verdicts of every workload that ran, then recovery and crashes; whether all passed.
 pub fn verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    let mut ok = true;
+    type Part = fn(&RunLog, &Path) -> (Vec<String>, bool);
+    let parts: [(bool, Part); 3] = [
+        (log.workloads.register, register_verdicts),
+        (log.workloads.watch, watch_verdicts),
+        (log.workloads.lease, lease_verdicts),
+    ];
+    for (ran, part) in parts {
+        if ran {
+            let (more, passed) = part(log, dir);
+            lines.extend(more);
+            ok &= passed;
+        }
+    }
+    if log.dropped > 0 {
+        lines.push(format!(
+            "note: {} operations not kept (over the bound)",
+            log.dropped
+        ));
+    }
+    match log.recovery {
+        Some(us) => lines.push(format!("recovered {:.2} s after the final heal", secs(us))),
+        None => {
+            ok = false;
+            lines.push("NOT RECOVERED: no write succeeded after the final heal".into());
+        }
+    }
+    for c in &log.crashes {
+        ok = false;
+        lines.push(format!("CRASH: {c}"));
+    }
+    (lines, ok)
+}
+
+/// The register workload: each key's history linearizable, the final reads agreeing.
+fn register_verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
     let ops = history(&log.records);
     let keys = log.finals.first().map_or(0, |f| f.len() as u64);
     let mut lines = Vec::new();
@@ -144,7 +211,7 @@ pub fn verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
             good += 1;
             continue;
         }
-        let mut line = format!("key {key} ({} ops): {outcome}", part.len());
+        let mut line = format!("register: key {key} ({} ops): {outcome}", part.len());
         if line.len() > EXPLANATION_CHARS {
             let file = dir.join(format!("violation-key-{key}.txt"));
             let _ = std::fs::write(&file, &line);
@@ -158,23 +225,103 @@ pub fn verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
     }
     lines.insert(
         0,
-        format!("{good} of {keys} keys linearizable (the largest history: {biggest} ops)"),
+        format!(
+            "register: {good} of {keys} keys linearizable (the largest history: {biggest} ops)"
+        ),
     );
     let (agree, line) = agreement(log, keys);
     ok &= agree;
-    lines.push(line);
-    match log.recovery {
-        Some(us) => lines.push(format!("recovered {:.2} s after the final heal", secs(us))),
-        None => {
-            ok = false;
-            lines.push("NOT RECOVERED: no write succeeded after the final heal".into());
-        }
-    }
-    for c in &log.crashes {
-        ok = false;
-        lines.push(format!("CRASH: {c}"));
-    }
+    lines.push(format!("register: {line}"));
     (lines, ok)
+}
+
+/// The watch workload: the members' final histories agree, acknowledged puts are in them,
+/// every watcher received a prefix of them.
+fn watch_verdicts(log: &RunLog, _dir: &Path) -> (Vec<String>, bool) {
+    let history = match watch::check_finals(&log.final_watch) {
+        Ok(h) => h,
+        Err(e) => return (vec![format!("watch: FINAL HISTORIES: {e}")], false),
+    };
+    let mut lines = vec![format!(
+        "watch: every member's final watch from revision 1 agrees ({} events through revision {})",
+        history.events.len(),
+        history.through
+    )];
+    let faults = watch::check_writes(&watch::puts(&log.ops), &history.events);
+    let mut ok = faults.is_empty();
+    if ok {
+        lines.push("watch: every acknowledged put is in the history at its revision".into());
+    }
+    lines.extend(faults.into_iter().map(|f| format!("watch: {f}")));
+    let mut good = 0;
+    for w in &log.watchers {
+        let who = format!("watch: watcher {} (n{})", w.client, w.member + 1);
+        match watch::check_watcher(&w.events, &history.events) {
+            Ok(()) => good += 1,
+            Err(fault) => lines.push(format!("{who}: {fault}")),
+        }
+        for why in w.canceled.iter().take(watch::FAULTS_SHOWN_MAX) {
+            lines.push(format!(
+                "{who}: CANCELED by the server (compaction is off): {why}"
+            ));
+        }
+        ok &= w.canceled.is_empty();
+    }
+    ok &= good == log.watchers.len();
+    let counts: Vec<usize> = log.watchers.iter().map(|w| w.events.len()).collect();
+    let breaks: usize = log.watchers.iter().map(|w| w.breaks.len()).sum();
+    lines.insert(
+        1,
+        format!(
+            "watch: {good} of {} watchers received exactly the history's first events, in \
+             order ({}-{} events each, {breaks} reconnects)",
+            log.watchers.len(),
+            counts.iter().min().unwrap_or(&0),
+            counts.iter().max().unwrap_or(&0)
+        ),
+    );
+    (lines, ok)
+}
+
+/// The lease workload: no two known critical sections overlap.
+fn lease_verdicts(log: &RunLog, _dir: &Path) -> (Vec<String>, bool) {
+    let sections = &log.sections;
+    let known = sections.iter().filter(|s| s.unknown.is_none()).count();
+    let unknown = sections.len() - known;
+    let overlaps = lock::check_sections(sections);
+    let mut lines = Vec::new();
+    if overlaps.is_empty() {
+        lines.push(format!(
+            "lease: no two of {known} known critical sections overlap ({unknown} unknown: \
+             the lease not proven alive throughout, left out)"
+        ));
+    }
+    for &(a, b) in &overlaps {
+        lines.push(format!(
+            "lease: OVERLAP: {} and {}",
+            sections[a], sections[b]
+        ));
+    }
+    let refused = log
+        .ops
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.what,
+                What::LockCounter {
+                    swapped: Some(false),
+                    ..
+                }
+            )
+        })
+        .count();
+    if refused > 0 {
+        lines.push(format!(
+            "lease: note: {refused} counter compare-and-swap(s) refused (an earlier \
+             increment of unknown outcome may have landed late)"
+        ));
+    }
+    (lines, overlaps.is_empty())
 }
 
 /// The first line of an explanation, the count of the longest linearizable prefix, and
@@ -224,22 +371,11 @@ pub fn summary(log: &RunLog) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:>8} {:>8} {:>8}",
+        "{:<20} {:>8} {:>8} {:>8}",
         "op", "ok", "unknown", "failed"
     );
-    for (name, is) in [("get", 0), ("put", 1), ("cas", 2)] {
-        let count = |st: Status| {
-            log.records
-                .iter()
-                .filter(|r| r.client < 1000 && kind_index(&r.input) == is && r.status == st)
-                .count()
-        };
-        let (ok, unknown, failed) = (
-            count(Status::Ok),
-            count(Status::Unknown),
-            count(Status::Failed),
-        );
-        let _ = writeln!(s, "{name:<10} {ok:>8} {unknown:>8} {failed:>8}");
+    for (name, ok, unknown, failed) in rows(log) {
+        let _ = writeln!(s, "{name:<20} {ok:>8} {unknown:>8} {failed:>8}");
     }
     let _ = writeln!(s, "\n{:<11} {:>8} {:>12}", "fault", "count", "total s");
     for kind in Kind::ALL {
@@ -255,6 +391,54 @@ pub fn summary(log: &RunLog) -> String {
     }
     s.push_str(&super::availability::Availability::of(log).summary());
     s
+}
+
+/// The summary's rows: `(workload kind, ok, unknown, failed)`, for the workloads that ran
+/// (a lock section is ok when known, unknown otherwise).
+fn rows(log: &RunLog) -> Vec<(String, usize, usize, usize)> {
+    let tally = |statuses: &mut dyn Iterator<Item = Status>| {
+        let mut c = (0, 0, 0);
+        for st in statuses {
+            match st {
+                Status::Ok => c.0 += 1,
+                Status::Unknown => c.1 += 1,
+                Status::Failed => c.2 += 1,
+            }
+        }
+        c
+    };
+    let mut rows = Vec::new();
+    if log.workloads.register {
+        for (name, is) in [("get", 0), ("put", 1), ("cas", 2)] {
+            let (ok, unknown, failed) = tally(&mut log.records.iter().filter_map(|r| {
+                (r.client < FINAL_CLIENTS && kind_index(&r.input) == is).then_some(r.status)
+            }));
+            rows.push((format!("register {name}"), ok, unknown, failed));
+        }
+    }
+    let mut kinds: Vec<(&str, &str)> = log.ops.iter().map(|o| o.what.kind()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for kind in kinds {
+        let (ok, unknown, failed) = tally(
+            &mut log
+                .ops
+                .iter()
+                .filter(|o| o.what.kind() == kind)
+                .map(|o| o.status),
+        );
+        rows.push((format!("{} {}", kind.0, kind.1), ok, unknown, failed));
+    }
+    if log.workloads.lease {
+        let unknown = log.sections.iter().filter(|s| s.unknown.is_some()).count();
+        rows.push((
+            "lease section".into(),
+            log.sections.len() - unknown,
+            unknown,
+            0,
+        ));
+    }
+    rows
 }
 
 fn kind_index(input: &KvInput) -> usize {
@@ -282,6 +466,23 @@ pub fn write_history(dir: &Path, log: &RunLog) -> std::io::Result<()> {
             r.error.as_deref().unwrap_or("")
         );
     }
+    for o in &log.ops {
+        let _ = writeln!(
+            s,
+            "{} n{} {:?} {} {} {:?} {}",
+            o.client,
+            o.member + 1,
+            o.status,
+            o.call,
+            o.end,
+            o.what,
+            o.error.as_deref().unwrap_or("")
+        );
+    }
+    for c in &log.sections {
+        let why = c.unknown.as_deref().unwrap_or("known");
+        let _ = writeln!(s, "# section {c}: {why}");
+    }
     for f in &log.faults {
         let _ = writeln!(
             s,
@@ -292,7 +493,45 @@ pub fn write_history(dir: &Path, log: &RunLog) -> std::io::Result<()> {
             f.detail
         );
     }
-    std::fs::write(dir.join("history.txt"), s)
+    std::fs::write(dir.join("history.txt"), s)?;
+    if log.workloads.watch {
+        write_watch_events(dir, log)?;
+    }
+    Ok(())
+}
+
+/// Writes `watch-events.txt`: each member's final history, then each watcher's events and
+/// the times its stream broke.
+fn write_watch_events(dir: &Path, log: &RunLog) -> std::io::Result<()> {
+    let mut s = String::new();
+    for (m, h) in log.final_watch.iter().enumerate() {
+        match h {
+            Some(h) => {
+                let _ = writeln!(
+                    s,
+                    "# final history of n{} through revision {}",
+                    m + 1,
+                    h.through
+                );
+                for e in &h.events {
+                    let _ = writeln!(s, "{e}");
+                }
+            }
+            None => {
+                let _ = writeln!(s, "# no final history from n{}", m + 1);
+            }
+        }
+    }
+    for w in &log.watchers {
+        let _ = writeln!(s, "# watcher {} on n{}", w.client, w.member + 1);
+        for (at, why) in &w.breaks {
+            let _ = writeln!(s, "# broke at {at} us: {why}");
+        }
+        for e in &w.events {
+            let _ = writeln!(s, "{e}");
+        }
+    }
+    std::fs::write(dir.join("watch-events.txt"), s)
 }
 
 #[cfg(test)]
@@ -328,7 +567,7 @@ mod tests {
         assert!(check(&KvModel, &history(&records), 1000).is_linearizable());
         for (p, changed) in [(Plant::StaleRead, 1), (Plant::LostWrite, 2)] {
             let mut planted = records.clone();
-            plant(&mut planted, p).unwrap();
+            plant_register(&mut planted, p).unwrap();
             let stale = planted
                 .iter()
                 .filter(|r| r.output == Some(KvOutput::Value(Some(1))))
@@ -337,7 +576,7 @@ mod tests {
             assert!(!check(&KvModel, &history(&planted), 1000).is_linearizable());
         }
         // Nothing to plant without two successive acknowledged writes before a read.
-        assert!(plant(&mut records[2..].to_vec(), Plant::StaleRead).is_err());
+        assert!(plant_register(&mut records[2..].to_vec(), Plant::StaleRead).is_err());
     }
 
     #[test]

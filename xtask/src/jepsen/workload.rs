@@ -54,10 +54,107 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+/// The first client id of the watch workload's writers (register clients are below).
+pub const WRITER_CLIENTS: u64 = 100;
+/// The first client id of the watch workload's watchers.
+pub const WATCHER_CLIENTS: u64 = 200;
+/// The first client id of the lease workload's lock clients.
+pub const LOCK_CLIENTS: u64 = 300;
+/// The first client id of the final reads and final watches (one per member).
+pub const FINAL_CLIENTS: u64 = 1000;
+
+/// The most operations of the watch and lease workloads kept (later ones are counted in
+/// [`Shared::dropped`] only).
+pub const OPS_MAX: usize = 500_000;
+
+/// What an operation of the watch or lease workloads did (its workload and kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum What {
+    /// A writer's put of `value` (unique) on watched key `key`; `revision` from the answer.
+    WatchPut {
+        key: u64,
+        value: u64,
+        revision: Option<i64>,
+    },
+    /// A writer's delete of watched key `key`.
+    WatchDelete { key: u64 },
+    /// One Watch stream of a watcher, opened from revision `from`, until it broke (failed)
+    /// or the run stopped (ok).
+    WatchStream { from: i64 },
+    /// A lease grant (`lease` is 0 until answered).
+    LeaseGrant { lease: i64 },
+    /// One keep-alive (ok: the lease is alive; failed: no answer or TTL 0).
+    KeepAlive { lease: i64 },
+    /// The Txn putting the lock key of `lease` if absent.
+    LockPut { lease: i64 },
+    /// Waiting (polling the lock keys) until the lock key of `lease` is the oldest.
+    LockWait { lease: i64 },
+    /// The counter's compare-and-swap inside a critical section (ok: answered, whatever
+    /// `swapped` says).
+    LockCounter { lease: i64, swapped: Option<bool> },
+    /// Deleting the lock key of `lease`.
+    LockDelete { lease: i64 },
+    /// Revoking `lease`.
+    LeaseRevoke { lease: i64 },
+}
+
+impl What {
+    /// The workload and the kind of operation (a row of the summary table).
+    pub fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            What::WatchPut { .. } => ("watch", "put"),
+            What::WatchDelete { .. } => ("watch", "delete"),
+            What::WatchStream { .. } => ("watch", "stream"),
+            What::LeaseGrant { .. } => ("lease", "grant"),
+            What::KeepAlive { .. } => ("lease", "keepalive"),
+            What::LockPut { .. } => ("lease", "lock-put"),
+            What::LockWait { .. } => ("lease", "lock-wait"),
+            What::LockCounter { .. } => ("lease", "counter"),
+            What::LockDelete { .. } => ("lease", "unlock"),
+            What::LeaseRevoke { .. } => ("lease", "revoke"),
+        }
+    }
+
+    /// Whether it is one request that changes the store (for the recovery time).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            What::WatchStream { .. } | What::LockWait { .. } | What::KeepAlive { .. }
+        )
+    }
+}
+
+/// One operation of the watch or lease workloads (times in µs since the start).
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// The client (see [`WRITER_CLIENTS`], [`WATCHER_CLIENTS`], [`LOCK_CLIENTS`]).
+    pub client: u64,
+    /// The member it was sent to (from 0).
+    pub member: usize,
+    /// What it was.
+    pub what: What,
+    /// When it was sent.
+    pub call: u64,
+    /// When it ended.
+    pub end: u64,
+    /// How it ended (a write that may have taken effect is unknown).
+    pub status: Status,
+    /// The error, if any.
+    pub error: Option<String>,
+}
+
 /// What the clients share: the records, the clock, the stop flag, unique values.
 pub struct Shared {
-    /// Every operation so far.
+    /// Every register operation so far.
     pub records: RefCell<Vec<Record>>,
+    /// The watch and lease workloads' operations (at most [`OPS_MAX`]).
+    pub ops: RefCell<Vec<Op>>,
+    /// Operations not kept in `ops` (over [`OPS_MAX`]).
+    pub dropped: Cell<u64>,
+    /// What each watcher received.
+    pub watchers: RefCell<Vec<super::watch::WatcherLog>>,
+    /// The lock clients' critical sections (at most [`super::lock::SECTIONS_MAX`]).
+    pub sections: RefCell<Vec<super::lock::Section>>,
     /// The run's start.
     pub start: Instant,
     /// Set to stop the clients.
@@ -70,6 +167,10 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             records: RefCell::new(Vec::new()),
+            ops: RefCell::new(Vec::new()),
+            dropped: Cell::new(0),
+            watchers: RefCell::new(Vec::new()),
+            sections: RefCell::new(Vec::new()),
             start: Instant::now(),
             stop: Cell::new(false),
             next_value: Cell::new(1),
@@ -81,10 +182,68 @@ impl Shared {
         self.start.elapsed().as_micros() as u64
     }
 
-    fn unique(&self) -> u64 {
+    /// A value no other write of the run uses.
+    pub fn unique(&self) -> u64 {
         let v = self.next_value.get();
         self.next_value.set(v + 1);
         v
+    }
+
+    /// Keeps `op` (or counts it, past [`OPS_MAX`]).
+    pub fn push_op(&self, op: Op) {
+        let mut ops = self.ops.borrow_mut();
+        if ops.len() < OPS_MAX {
+            ops.push(op);
+        } else {
+            self.dropped.set(self.dropped.get() + 1);
+        }
+    }
+
+    /// Operations of every workload so far: (ok, unknown, failed).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        let statuses = self
+            .records
+            .borrow()
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>();
+        let ops = self.ops.borrow();
+        for s in statuses.into_iter().chain(ops.iter().map(|o| o.status)) {
+            match s {
+                Status::Ok => c.0 += 1,
+                Status::Unknown => c.1 += 1,
+                Status::Failed => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    /// How long after `heal` the first write of any workload called after it succeeded.
+    pub fn first_write_after(&self, heal: u64) -> Option<u64> {
+        let register = self
+            .records
+            .borrow()
+            .iter()
+            .filter(|r| r.call >= heal && r.status == Status::Ok)
+            .filter(|r| !matches!(r.input, KvInput::Get { .. }))
+            .map(|r| r.end - heal)
+            .min();
+        let other = self
+            .ops
+            .borrow()
+            .iter()
+            .filter(|o| o.call >= heal && o.status == Status::Ok && o.what.is_write())
+            .map(|o| o.end - heal)
+            .min();
+        register.into_iter().chain(other).min()
+    }
+
+    /// Waits until the clients are told to stop.
+    pub async fn stopped(&self) {
+        while !self.stop.get() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -95,6 +254,32 @@ pub fn channel(url: &str) -> Result<Channel, String> {
         .connect_timeout(Duration::from_millis(500))
         .timeout(OP_TIMEOUT)
         .connect_lazy())
+}
+
+/// A lazily connected channel to `url` for long streams (Watch): no deadline per call, and
+/// HTTP/2 pings that break a connection to a member that is gone, paused or cut off.
+pub fn stream_channel(url: &str) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .http2_keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// A gRPC error as the records keep it.
+pub fn status_text(e: &tonic::Status) -> String {
+    format!("{:?}: {}", e.code(), e.message())
+}
+
+/// The outcome of a failed write: failed if it was never sent, unknown otherwise.
+pub fn write_failure(error: &str) -> Status {
+    if never_sent(error) {
+        Status::Failed
+    } else {
+        Status::Unknown
+    }
 }
 
 /// The etcd key of register `k`.
@@ -193,7 +378,7 @@ fn never_sent(error: &str) -> bool {
 
 /// The etcd request for `input`, and its answer as the model's output.
 async fn send(kv: &mut KvClient<Channel>, input: &KvInput) -> Result<KvOutput, String> {
-    let code = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
+    let code = |e: tonic::Status| status_text(&e);
     match *input {
         KvInput::Get { key } => {
             let request = RangeRequest {
