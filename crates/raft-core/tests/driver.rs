@@ -294,6 +294,40 @@ fn proposals_queued_together_leave_in_one_append_per_follower() {
 }
 
 #[test]
+fn a_proposal_in_a_term_is_taken_only_by_the_leader_of_that_term_and_never_forwarded() {
+    let mut c = Cluster::new();
+    let leader = c.elect();
+    let term = c.handles[leader].status().term;
+    let follower = (leader + 1) % 3;
+    let h = c.handles[leader].clone();
+    let here = c.spawn(async move { h.propose_in_term(term, Bytes::from_static(b"a")).await });
+    let h = c.handles[leader].clone();
+    let stale = raftline_proto::Term(term.0 - 1);
+    let old = c.spawn(async move { h.propose_in_term(stale, Bytes::from_static(b"b")).await });
+    let h = c.handles[follower].clone();
+    let there = c.spawn(async move { h.propose_in_term(term, Bytes::from_static(b"c")).await });
+    c.tick(3);
+    assert_eq!(*here.borrow(), Some(Ok(1)));
+    for refused in [old, there] {
+        let refused = refused.borrow_mut().take().expect("answered");
+        assert!(
+            matches!(refused, Err(NodeError::NotLeader { .. })),
+            "{refused:?}"
+        );
+    }
+    let applied: Vec<Bytes> = c.applied[leader]
+        .lock()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(
+        applied,
+        vec![Bytes::from_static(b"a")],
+        "nothing else proposed"
+    );
+}
+
+#[test]
 fn without_forwarding_a_follower_refuses_proposals_naming_the_leader_and_its_address() {
     let driver = DriverConfig {
         forward_proposals: false,

@@ -757,6 +757,64 @@ async fn a_kept_lease_survives_a_leader_kill_and_an_abandoned_one_expires() {
 /// `--quota-backend-bytes` of test 3.
 const QUOTA: u64 = 64 << 10;
 
+/// A leader paused past a lease's TTL and replaced meanwhile wakes with stale deadlines: it
+/// must not revoke the lease (its successor gave it a full TTL and the client kept it alive
+/// through another member), nor have its successor revoke it for it. (A jepsen run found a
+/// woken leader revoking such a lease through forwarding, and answering a keep-alive without
+/// confirming its leadership.)
+#[tokio::test]
+async fn a_paused_and_replaced_leader_does_not_expire_a_lease_kept_alive_meanwhile() {
+    bounded(Duration::from_secs(60), async {
+        let ttl = Duration::from_secs(TTL as u64);
+        let cluster = Cluster::start(3).await;
+        let leader = cluster.wait_leader(&ALL).await;
+        let via = (leader + 1) % 3;
+        let others: Vec<usize> = ALL.into_iter().filter(|&i| i != leader).collect();
+        let kept = grant(&cluster, via, TTL).await;
+        cluster
+            .kv(via)
+            .put(PutRequest {
+                key: "p/kept".into(),
+                value: "v".into(),
+                lease: kept,
+                ..PutRequest::default()
+            })
+            .await
+            .expect("a put with a lease");
+        let ka_log = Arc::new(Mutex::new(KeepAliveLog::default()));
+        let port = cluster.members[via].client_port;
+        let ka = tokio::spawn(keep_alive(port, kept, Arc::clone(&ka_log)));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.pause(leader);
+        let paused = Instant::now();
+        let successor = cluster.wait_leader(&others).await;
+        eprintln!(
+            "paused {}, {} leads",
+            cluster.members[leader].name, cluster.members[successor].name
+        );
+        tokio::time::sleep_until((paused + ttl + Duration::from_secs(2)).into()).await;
+        cluster.resume(leader);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for i in ALL {
+            let r = range_at(&cluster, i, "p/kept", &[], 0, false).await;
+            assert!(
+                matches!(&r, Ok(kvs) if kvs.contains_key("p/kept")),
+                "{}: p/kept, whose lease was kept alive, is gone: {r:?}; keep-alives: {:?}",
+                cluster.members[i].name,
+                ka_log.lock().unwrap()
+            );
+        }
+        let woken = cluster.members[leader].log_text();
+        assert!(
+            !woken.contains("lease expired: revoked"),
+            "the woken leader revoked a lease"
+        );
+        ka.abort();
+        let _ = ka.await;
+    })
+    .await;
+}
+
 async fn alarms(cluster: &Cluster, i: usize) -> Vec<AlarmMember> {
     cluster
         .maintenance(i)

@@ -14,7 +14,7 @@ use super::workload::{Status, What};
 pub const FINAL_READ_CLIENTS: u64 = 1000;
 
 /// The fault kinds, in the order the summary lists them.
-const KINDS: [Kind; 3] = [Kind::Kill, Kind::Pause, Kind::Partition];
+const KINDS: [Kind; 5] = Kind::ALL;
 
 /// Microseconds in a second.
 const US_PER_SEC: f64 = 1e6;
@@ -355,7 +355,9 @@ mod tests {
             vec![
                 (Kind::Kill, 1_000_000, 2),
                 (Kind::Pause, 600_000, 2),
-                (Kind::Partition, 200_000, 1)
+                (Kind::Partition, 200_000, 1),
+                (Kind::Membership, 0, 0),
+                (Kind::Disk, 0, 0)
             ]
         );
         assert_eq!(a.longest_gap, 1_000_000);

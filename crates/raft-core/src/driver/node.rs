@@ -150,6 +150,7 @@ pub struct SnapshotStats {
 
 enum Request<R> {
     Propose(Bytes, oneshot::Sender<Result<R, NodeError>>),
+    ProposeInTerm(Term, Bytes, oneshot::Sender<Result<R, NodeError>>),
     Read(oneshot::Sender<Result<LogIndex, NodeError>>),
     Snapshot(oneshot::Sender<Result<SnapshotMeta, NodeError>>),
     ChangeMembership(
@@ -192,6 +193,21 @@ impl<R: Send + 'static> NodeHandle<R> {
     pub async fn propose(&self, command: Bytes) -> Result<R, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.request(Request::Propose(command, tx)).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Proposes `command` only if this node is the leader of `term` when the driver takes the
+    /// request; otherwise fails at once with [`NodeError::NotLeader`]. Never forwarded.
+    ///
+    /// For decisions a leader takes from its own state, such as expiring a lease by its
+    /// clock: a leader deposed without knowing it yet cannot have its successor propose the
+    /// command for it, and the entry it appends itself commits only if a majority still
+    /// follows it in `term` (else the new leader's log replaces it). Resolves as
+    /// [`propose`](Self::propose) does.
+    pub async fn propose_in_term(&self, term: Term, command: Bytes) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Request::ProposeInTerm(term, command, tx))
+            .await?;
         rx.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
@@ -560,6 +576,16 @@ where
     fn handle_request(&mut self, req: Request<M::Response>) -> bool {
         match req {
             Request::Propose(command, reply) => self.propose(command, reply),
+            Request::ProposeInTerm(term, command, reply) => {
+                if self.raw.term() == term && self.raw.role() == Role::Leader {
+                    self.propose(command, reply);
+                } else {
+                    let not_leader = Error::NotLeader {
+                        leader: self.raw.leader(),
+                    };
+                    let _ = reply.send(Err(self.map_error(not_leader)));
+                }
+            }
             Request::Read(reply) => {
                 if self.reads_pending.len() + self.reads_waiting.len()
                     >= self.config.reads_waiting_max
@@ -1077,7 +1103,7 @@ where
         self.requests.close();
         while let Ok(req) = self.requests.try_recv() {
             match req {
-                Request::Propose(_, reply) => {
+                Request::Propose(_, reply) | Request::ProposeInTerm(_, _, reply) => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 Request::Read(reply) => {

@@ -7,11 +7,17 @@
 //! on each keep-alive; [`expiry_loop`] proposes a revoke for each lease past its deadline, so
 //! every member deletes the same keys at the same revision. A follower forwards keep-alives
 //! and time-to-live questions to the leader.
+//!
+//! A leader paused or cut off may have been replaced without knowing it yet: it confirms its
+//! leadership before answering a keep-alive, and proposes an expiry's revoke only as the
+//! leader of the term its deadlines belong to (`NodeHandle::propose_in_term`, never
+//! forwarded).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::StreamExt;
+use raftline_proto::Term;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -151,13 +157,27 @@ pub async fn expiry_loop(shared: Arc<Shared>, mut stopped: tokio::sync::watch::R
             store.leases().iter().map(|(id, l)| (*id, l.ttl)).collect()
         };
         for id in shared.lessor.expired(status.term.0, &leases) {
-            match shared.execute(Command::LeaseRevoke { id }).await {
+            match revoke_expired(&shared, status.term, id).await {
                 Ok(_) => tracing::info!(lease = %format!("{id:x}"), "lease expired: revoked"),
                 Err(e) => {
                     tracing::debug!(lease = %format!("{id:x}"), "revoking an expired lease: {e}")
                 }
             }
         }
+    }
+}
+
+/// Proposes the revoke of lease `id`, expired by the clock of the leader of `term`, only if
+/// this member still leads in `term`: never forwarded, so a leader that was paused or cut off
+/// and replaced without knowing it yet cannot have its stale deadlines carried out by its
+/// successor (whose lessor gave every lease a full TTL when it took over).
+async fn revoke_expired(shared: &Shared, term: Term, id: i64) -> Result<Outcome, Status> {
+    let command = postcard::to_allocvec(&Command::LeaseRevoke { id })
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let proposed = shared.node.propose_in_term(term, Bytes::from(command));
+    match tokio::time::timeout_at(shared.deadline(), proposed).await {
+        Err(_) => Err(Status::unavailable(ETCD_TIMED_OUT)),
+        Ok(result) => result.map_err(node_error_status),
     }
 }
 
@@ -171,10 +191,17 @@ impl LeaseService {
         let deadline = self.0.deadline();
         let status = self.0.node.status();
         if status.is_leader {
-            let ttl = self.0.store.read().leases().get(&id).map(|l| l.ttl);
-            let Some(ttl) = ttl else { return Ok(0) };
-            self.0.lessor.renew(status.term.0, id, ttl);
-            return Ok(ttl);
+            // A leader that was paused or cut off may have been replaced without knowing it
+            // yet: it confirms its leadership (a heartbeat round) before it promises the client
+            // a full TTL, as etcd does (`ensureLeadership`).
+            self.0.read_barrier().await?;
+            let now = self.0.node.status();
+            if now.is_leader && now.term == status.term {
+                let ttl = self.0.store.read().leases().get(&id).map(|l| l.ttl);
+                let Some(ttl) = ttl else { return Ok(0) };
+                self.0.lessor.renew(status.term.0, id, ttl);
+                return Ok(ttl);
+            }
         }
         let channel = self.0.leader_channel(forwarded, deadline).await?;
         let mut client = LeaseClient::new(channel);

@@ -1,5 +1,5 @@
 //! The disk nemesis: a member's filesystem (a loop-mounted ext4 image, see
-//! [`loopfs`](super::super::loopfs)) filled with a ballast file for 3-5 s, then freed.
+//! [`loopfs`]) filled with a ballast file for 3-5 s, then freed.
 //!
 //! raft-kv's log store is fail-stop: the first write or sync that fails (ENOSPC included)
 //! makes it refuse every later write, and raft-kv exits with status 2. Writes into the blocks
