@@ -23,6 +23,36 @@ const LABEL: usize = 90;
 /// Height of the latency panel.
 const LATENCY: usize = 80;
 
+/// The pictures of the smallest failing sub-histories (`violation-key-K.svg`) in `dir`, each
+/// under a heading.
+fn violations(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return String::new();
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "svg"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("violation-"))
+        })
+        .collect();
+    files.sort();
+    let mut html = String::new();
+    for f in files {
+        if let Ok(svg) = std::fs::read_to_string(&f) {
+            let name = f.file_stem().map(|n| n.to_string_lossy().into_owned());
+            let _ = write!(
+                html,
+                "<h2>{}: the smallest failing sub-history</h2>{svg}",
+                escape(&name.unwrap_or_default())
+            );
+        }
+    }
+    html
+}
+
 /// Writes `report.html` in `dir`.
 pub fn write(dir: &Path, log: &RunLog, text: &str) -> std::io::Result<()> {
     let mut html = String::from(
@@ -33,6 +63,7 @@ pub fn write(dir: &Path, log: &RunLog, text: &str) -> std::io::Result<()> {
     html.push_str(&timeline(log));
     html.push_str(LEGEND);
     html.push_str(&latency(log));
+    html.push_str(&violations(dir));
     let _ = write!(html, "<pre>{}</pre>", escape(text));
     std::fs::write(dir.join("report.html"), html)
 }

@@ -57,6 +57,7 @@ mod nemesis;
 mod net;
 mod nodes;
 mod report;
+mod shrink;
 mod watch;
 mod workload;
 

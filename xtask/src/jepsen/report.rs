@@ -10,6 +10,7 @@ use raftline_core::testing::linearizability::{check, KvInput, KvModel, KvOutput,
 
 use super::lock::{self, Section};
 use super::nemesis::{Fault, Kind};
+use super::shrink;
 use super::watch::{self, FinalHistory, WatcherLog};
 use super::workload::{Op, Record, Status, What, FINAL_CLIENTS};
 use super::Workloads;
@@ -212,6 +213,7 @@ fn register_verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
             continue;
         }
         let mut line = format!("register: key {key} ({} ops): {outcome}", part.len());
+        line.push_str(&write_minimal(dir, key, &part));
         if line.len() > EXPLANATION_CHARS {
             let file = dir.join(format!("violation-key-{key}.txt"));
             let _ = std::fs::write(&file, &line);
@@ -234,6 +236,38 @@ fn register_verdicts(log: &RunLog, dir: &Path) -> (Vec<String>, bool) {
     lines.push(format!("register: {line}"));
     (lines, ok)
 }
+
+/// Shrinks the failing history `part` of register `key` and writes it as text
+/// (`violation-key-K-minimal.txt`) and as a picture (`violation-key-K.svg`, also shown in
+/// `report.html`); what to add to the verdict line.
+fn write_minimal(dir: &Path, key: u64, part: &[Operation<KvInput, KvOutput>]) -> String {
+    let small = shrink::shrink(part);
+    let text = shrink::text(&small);
+    let file = dir.join(format!("violation-key-{key}-minimal.txt"));
+    let picture = dir.join(format!("violation-key-{key}.svg"));
+    let written =
+        std::fs::write(&file, &text).and_then(|()| std::fs::write(&picture, shrink::svg(&small)));
+    let mut out = format!(
+        "\n  the smallest failing sub-history found ({} of {} ops; it fails only if the whole does):\n",
+        small.len(),
+        part.len()
+    );
+    for l in text.lines().take(MINIMAL_LINES_SHOWN) {
+        let _ = writeln!(out, "    {l}");
+    }
+    match written {
+        Ok(()) => {
+            let _ = write!(out, "  (in {} and {})", file.display(), picture.display());
+        }
+        Err(e) => {
+            let _ = write!(out, "  (cannot write {}: {e})", file.display());
+        }
+    }
+    out
+}
+
+/// Lines of the smallest failing sub-history shown in the verdicts (all are in its file).
+const MINIMAL_LINES_SHOWN: usize = 20;
 
 /// The watch workload: the members' final histories agree, acknowledged puts are in them,
 /// every watcher received a prefix of them.
