@@ -64,9 +64,10 @@ pub enum NodeError {
     /// The leadership transfer did not happen.
     #[error("leadership transfer failed: {0}")]
     TransferFailed(TransferFailure),
-    /// The log store failed; the node stopped (fail-stop).
-    #[error("storage failed: {0}")]
-    Storage(#[source] StorageError),
+    /// The log store failed; the node stopped (fail-stop). Displayed as the
+    /// [`StorageError`] itself (`storage failed: ...`), not wrapped in a second prefix.
+    #[error(transparent)]
+    Storage(StorageError),
     /// Restoring the state machine from the received snapshot at `index` failed; the node
     /// stopped.
     #[error("restoring the snapshot at {index} failed: {source}")]
