@@ -570,17 +570,7 @@ async fn stream(
 ) -> Result<(), StreamError> {
     let mut stream = open(channel, from, false).await?;
     loop {
-        let r = stream
-            .message()
-            .await
-            .map_err(|e| StreamError::Broken(workload::status_text(&e)))?
-            .ok_or(StreamError::Ended)?;
-        if r.canceled {
-            return Err(StreamError::Canceled(format!(
-                "compact_revision {}, {}",
-                r.compact_revision, r.cancel_reason
-            )));
-        }
+        let r = next_response(&mut stream).await?;
         let mut logs = shared.watchers.borrow_mut();
         let events = &mut logs[slot].events;
         for e in &r.events {
@@ -590,6 +580,24 @@ async fn stream(
             events.push(event(e));
         }
     }
+}
+
+/// The stream's next response; an error, the stream's end or a cancel is a [`StreamError`].
+async fn next_response(
+    stream: &mut tonic::Streaming<WatchResponse>,
+) -> Result<WatchResponse, StreamError> {
+    let r = stream
+        .message()
+        .await
+        .map_err(|e| StreamError::Broken(workload::status_text(&e)))?
+        .ok_or(StreamError::Ended)?;
+    if r.canceled {
+        return Err(StreamError::Canceled(format!(
+            "compact_revision {}, {}",
+            r.compact_revision, r.cancel_reason
+        )));
+    }
+    Ok(r)
 }
 
 /// Member `url`'s history of the prefix from revision 1: a linearizable read there first
@@ -622,14 +630,7 @@ async fn read_back(channel: Channel) -> Result<FinalHistory, StreamError> {
     let mut stream = open(channel, 1, true).await?;
     let mut events = Vec::new();
     loop {
-        let r = stream
-            .message()
-            .await
-            .map_err(|e| StreamError::Broken(workload::status_text(&e)))?
-            .ok_or(StreamError::Ended)?;
-        if r.canceled {
-            return Err(StreamError::Canceled(r.cancel_reason));
-        }
+        let r = next_response(&mut stream).await?;
         if r.watch_id == -1 && r.events.is_empty() {
             let through = r.header.map_or(0, |h| h.revision);
             return Ok(FinalHistory { events, through });
