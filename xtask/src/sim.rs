@@ -37,6 +37,11 @@ pub struct SimArgs {
     /// simulator.
     #[arg(long)]
     driver: bool,
+    /// Run every seed in lease-read mode with tick rates drifting beyond the lease's bound
+    /// (periods 5 to 15 units for a 10% bound): stale reads become possible, and the
+    /// simulator is expected to report them. Shows that the read check can fail.
+    #[arg(long, conflicts_with = "driver")]
+    drift_beyond_bound: bool,
 }
 
 impl SimArgs {
@@ -51,7 +56,11 @@ impl SimArgs {
 
     /// The command that replays one seed of this run, without the seed.
     pub fn replay_command(&self) -> String {
-        let mode = if self.driver { " --driver" } else { "" };
+        let mode = match (self.driver, self.drift_beyond_bound) {
+            (true, _) => " --driver",
+            (false, true) => " --drift-beyond-bound",
+            (false, false) => "",
+        };
         let store = match self.store {
             Store::Mem => "",
             Store::File => " --store file",
@@ -130,8 +139,8 @@ pub fn run(args: SimArgs) -> bool {
         outcome.failures.len()
     );
     println!(
-        "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} messages delivered, {} lost",
-        t.steps, t.leaders, t.committed, t.proposals, t.reads_ok + t.reads_failed, t.reads_failed, t.crashes, t.partitions, t.delivered, t.lost
+        "totals: {} steps, {} leader terms, {} entries committed, {} proposals, {} reads ({} refused, {} answered at once by a lease), {} crashes, {} partitions, {} messages delivered, {} lost",
+        t.steps, t.leaders, t.committed, t.proposals, t.reads_ok + t.reads_failed, t.reads_failed, t.reads_at_once, t.crashes, t.partitions, t.delivered, t.lost
     );
     println!(
         "snapshots: {} taken, {} installed, {} transfers resumed, {} corrupt ones rejected; configuration: {} changes committed, {} failed, {} leadership transfers asked, {} removed servers reported",
@@ -143,6 +152,9 @@ pub fn run(args: SimArgs) -> bool {
 
 fn configure(args: &SimArgs, seed: u64) -> SimConfig {
     let mut cfg = SimConfig::new(seed);
+    if args.drift_beyond_bound {
+        cfg = cfg.drift_beyond_bound();
+    }
     cfg.verbose = args.verbose;
     if let Some(t) = args.fault_ticks {
         cfg.fault_ticks = t;
@@ -162,6 +174,7 @@ fn add(t: &mut SimReport, r: &SimReport) {
     t.lost += r.lost;
     t.reads_ok += r.reads_ok;
     t.reads_failed += r.reads_failed;
+    t.reads_at_once += r.reads_at_once;
     t.snapshots_taken += r.snapshots_taken;
     t.snapshots_installed += r.snapshots_installed;
     t.snapshot_resumes += r.snapshot_resumes;
@@ -174,8 +187,8 @@ fn add(t: &mut SimReport, r: &SimReport) {
 
 fn print_report(r: &SimReport) {
     println!(
-        "seed {}: ok; {} steps, {} leader terms, {} committed, {} proposals, {} reads ({} refused), {} crashes, {} partitions, {} delivered, {} lost",
-        r.seed, r.steps, r.leaders, r.committed, r.proposals, r.reads_ok + r.reads_failed, r.reads_failed, r.crashes, r.partitions, r.delivered, r.lost
+        "seed {}: ok; {} steps, {} leader terms, {} committed, {} proposals, {} reads ({} refused, {} at once), {} crashes, {} partitions, {} delivered, {} lost",
+        r.seed, r.steps, r.leaders, r.committed, r.proposals, r.reads_ok + r.reads_failed, r.reads_failed, r.reads_at_once, r.crashes, r.partitions, r.delivered, r.lost
     );
     println!(
         "  snapshots: {} taken, {} installed, {} resumed; configuration: {} changes committed, {} failed, {} transfers, {} removed",

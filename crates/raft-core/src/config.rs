@@ -33,6 +33,12 @@ pub struct Config {
     pub uncommitted_entries_max: u64,
     /// The most read-index requests the leader confirms at once; more are refused.
     pub read_requests_max: usize,
+    /// How the leader serves linearizable reads: a heartbeat round per read
+    /// ([`ReadMode::ReadIndex`], the default), or from its state while it holds a lease
+    /// ([`ReadMode::Lease`], which assumes a bound on clock drift). Every member of a cluster
+    /// must use the same mode: the lease is safe only if every node that may become leader
+    /// defers its commits as the lease mode does.
+    pub read_mode: ReadMode,
     /// The most bytes of snapshot data in one chunk of a snapshot transfer.
     pub snapshot_chunk_bytes_max: usize,
     /// The most snapshot chunks in flight to one follower (with 1 MiB chunks, 64 MiB: on
@@ -71,6 +77,7 @@ impl Config {
             apply_entries_max: 4096,
             uncommitted_entries_max: 1 << 16,
             read_requests_max: 4096,
+            read_mode: ReadMode::ReadIndex,
             snapshot_chunk_bytes_max: 1 << 20,
             snapshot_chunks_inflight_max: 64,
             catch_up_rounds_max: 10,
@@ -107,6 +114,125 @@ impl Config {
         if self.election_ticks <= self.heartbeat_ticks {
             return Err(Error::Config(ConfigError::ElectionNotAboveHeartbeat));
         }
+        if let ReadMode::Lease(lease) = self.read_mode {
+            lease.validate(self.election_ticks)?;
+        }
         Ok(())
+    }
+}
+
+/// How the leader serves linearizable reads (the guide's [Reads](crate::guide::reads)
+/// chapter compares them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Each read confirms leadership with a heartbeat round to a majority (§6.4 of the
+    /// dissertation). Assumes nothing about clocks.
+    #[default]
+    ReadIndex,
+    /// LeaseGuard lease reads: while the leader holds a lease it answers reads from its commit
+    /// index at once, without a round; otherwise it falls back to a ReadIndex round. New
+    /// leaders defer their commits until any earlier lease has expired. Safe only while
+    /// every node's tick rate stays within [`Lease::drift_ppm`] of a common rate (see
+    /// [`lease`](crate::lease) for the argument).
+    Lease(Lease),
+}
+
+/// The parameters of [`ReadMode::Lease`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// When an entry the leader created at its tick `t` commits, the leader holds the lease
+    /// until its tick `t + lease_ticks` (exclusive).
+    pub lease_ticks: u32,
+    /// The clock-drift bound, in millionths: every node's tick rate stays within
+    /// `drift_ppm / 1_000_000` of one nominal rate (above or below). Ticks include their
+    /// jitter: a tick the executor delivers late makes that node's clock slow.
+    pub drift_ppm: u32,
+}
+
+impl Lease {
+    /// The largest drift bound accepted (50%).
+    pub const DRIFT_PPM_MAX: u32 = 500_000;
+
+    /// The ticks a new leader waits, after it last heard from a leader, before it commits:
+    /// `ceil(lease_ticks * (1 + ρ) / (1 - ρ))` with `ρ = drift_ppm / 10⁶` (the old leader's
+    /// clock may run slow by `ρ` while the new one's runs fast by `ρ`).
+    pub fn wait_ticks(&self) -> u64 {
+        let million = 1_000_000u64;
+        let ppm = u64::from(self.drift_ppm.min(Self::DRIFT_PPM_MAX));
+        let num = u64::from(self.lease_ticks) * (million + ppm);
+        num.div_ceil(million - ppm)
+    }
+
+    /// The longest lease whose [wait](Lease::wait_ticks) fits in `election_ticks`, for
+    /// `drift_ppm`: a new leader elected after an election timeout of silence then never
+    /// waits. `None` if not even a lease of one tick fits.
+    pub fn within_election(election_ticks: u32, drift_ppm: u32) -> Option<Lease> {
+        (1..election_ticks)
+            .rev()
+            .map(|lease_ticks| Lease {
+                lease_ticks,
+                drift_ppm,
+            })
+            .find(|l| l.wait_ticks() <= u64::from(election_ticks))
+    }
+
+    fn validate(&self, election_ticks: u32) -> Result<()> {
+        if self.lease_ticks == 0 {
+            return Err(Error::Config(ConfigError::Zero("lease_ticks")));
+        }
+        if self.drift_ppm > Self::DRIFT_PPM_MAX {
+            return Err(Error::Config(ConfigError::DriftAboveMax));
+        }
+        if self.wait_ticks() > u64::from(election_ticks) {
+            return Err(Error::Config(ConfigError::LeaseNotBelowElection));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(lease_ticks: u32, drift_ppm: u32) -> Lease {
+        Lease {
+            lease_ticks,
+            drift_ppm,
+        }
+    }
+
+    #[test]
+    fn the_wait_scales_the_lease_by_the_drift_ratio_rounded_up() {
+        assert_eq!(lease(8, 0).wait_ticks(), 8);
+        // 8 * 1.1 / 0.9 = 9.78
+        assert_eq!(lease(8, 100_000).wait_ticks(), 10);
+        // 9 * 1.1 / 0.9 = 11: exact, not rounded up.
+        assert_eq!(lease(9, 100_000).wait_ticks(), 11);
+        assert_eq!(lease(10, 500_000).wait_ticks(), 30);
+    }
+
+    #[test]
+    fn the_longest_lease_within_the_election_timeout_is_found() {
+        assert_eq!(Lease::within_election(10, 100_000), Some(lease(8, 100_000)));
+        assert_eq!(Lease::within_election(10, 0), Some(lease(9, 0)));
+        assert_eq!(Lease::within_election(2, 500_000), None);
+    }
+
+    #[test]
+    fn a_lease_must_fit_the_election_timeout_and_the_drift_bound() {
+        let mut cfg = Config::new(NodeId(1));
+        cfg.read_mode = ReadMode::Lease(lease(8, 100_000));
+        assert!(cfg.validate().is_ok());
+        cfg.read_mode = ReadMode::Lease(lease(9, 100_000));
+        let err = Error::Config(ConfigError::LeaseNotBelowElection);
+        assert_eq!(cfg.validate(), Err(err));
+        cfg.read_mode = ReadMode::Lease(lease(0, 100_000));
+        assert_eq!(
+            cfg.validate(),
+            Err(Error::Config(ConfigError::Zero("lease_ticks")))
+        );
+        cfg.read_mode = ReadMode::Lease(lease(1, 500_001));
+        let err = Error::Config(ConfigError::DriftAboveMax);
+        assert_eq!(cfg.validate(), Err(err));
     }
 }

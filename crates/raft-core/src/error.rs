@@ -141,6 +141,14 @@ pub enum ConfigError {
     /// between heartbeats.
     #[error("election_ticks must be greater than heartbeat_ticks")]
     ElectionNotAboveHeartbeat,
+    /// The lease's wait (`lease_ticks` scaled by the drift bound,
+    /// [`Lease::wait_ticks`](crate::Lease::wait_ticks)) exceeds `election_ticks`: every
+    /// failover would wait for the old lease past the election.
+    #[error("the lease, scaled by the drift bound, must fit within election_ticks")]
+    LeaseNotBelowElection,
+    /// `drift_ppm` is above [`Lease::DRIFT_PPM_MAX`](crate::Lease::DRIFT_PPM_MAX).
+    #[error("drift_ppm must be at most 500000")]
+    DriftAboveMax,
 }
 
 /// The result type of the core.

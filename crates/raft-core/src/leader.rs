@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use raftline_proto::{LogIndex, Membership, NodeId};
 
+use crate::lease::LeaderLease;
 use crate::membership::is_member;
 use crate::progress::{Progress, ProgressState};
 use crate::quorum;
@@ -24,6 +25,8 @@ pub(crate) struct LeaderState {
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// Reads being confirmed.
     pub(crate) reads: LeaderReads,
+    /// The lease (lease reads) and the deferred commit of a new leader.
+    pub(crate) lease: LeaderLease,
     /// The configuration change in progress. At most one at a time.
     pub(crate) change: Option<PendingChange>,
     /// The leadership transfer in progress: no proposals are taken meanwhile.
@@ -41,10 +44,16 @@ pub(crate) struct LeaderState {
 impl LeaderState {
     /// A new leader `id` of `membership` whose log ends before `next`: every peer is probed
     /// from `next`, and counts as active for the first check-quorum round.
-    pub(crate) fn new(id: NodeId, membership: &Membership, next: LogIndex) -> Self {
+    pub(crate) fn new(
+        id: NodeId,
+        membership: &Membership,
+        next: LogIndex,
+        lease: LeaderLease,
+    ) -> Self {
         let mut leader = LeaderState {
             progress: BTreeMap::new(),
             reads: LeaderReads::default(),
+            lease,
             change: None,
             transfer: None,
             heartbeat_elapsed: 0,
@@ -289,6 +298,7 @@ pub(crate) struct Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReadMode;
 
     fn voters(ids: &[u64]) -> Membership {
         Membership::with_voters(ids.iter().map(|&i| NodeId(i)))
@@ -297,7 +307,12 @@ mod tests {
     #[test]
     fn a_new_leader_tracks_every_other_member_as_active() {
         let m = voters(&[1, 2, 3]);
-        let mut l = LeaderState::new(NodeId(1), &m, LogIndex(5));
+        let mut l = LeaderState::new(
+            NodeId(1),
+            &m,
+            LogIndex(5),
+            LeaderLease::new(ReadMode::ReadIndex, 0),
+        );
         assert_eq!(l.peers(), [NodeId(2), NodeId(3)]);
         assert!(l.progress.values().all(|p| p.next_index == LogIndex(5)));
         assert!(
@@ -310,7 +325,12 @@ mod tests {
     #[test]
     fn the_quorum_index_counts_the_leaders_durable_index() {
         let m = voters(&[1, 2, 3]);
-        let mut l = LeaderState::new(NodeId(1), &m, LogIndex(1));
+        let mut l = LeaderState::new(
+            NodeId(1),
+            &m,
+            LogIndex(1),
+            LeaderLease::new(ReadMode::ReadIndex, 0),
+        );
         l.progress.get_mut(&NodeId(2)).unwrap().acked(LogIndex(4));
         assert_eq!(l.quorum_index(NodeId(1), &m, LogIndex(3)), LogIndex(3));
         assert_eq!(l.quorum_index(NodeId(1), &m, LogIndex(9)), LogIndex(4));
@@ -318,7 +338,12 @@ mod tests {
 
     #[test]
     fn a_removed_member_is_dropped_once_it_holds_the_committed_configuration() {
-        let mut l = LeaderState::new(NodeId(1), &voters(&[1, 2, 3]), LogIndex(1));
+        let mut l = LeaderState::new(
+            NodeId(1),
+            &voters(&[1, 2, 3]),
+            LogIndex(1),
+            LeaderLease::new(ReadMode::ReadIndex, 0),
+        );
         let m = voters(&[1, 2]);
         l.sync_progress(NodeId(1), &m, LogIndex(6), LogIndex(5), false);
         assert!(l.tracks_removed(&m));
@@ -350,7 +375,12 @@ mod tests {
     #[test]
     fn the_successor_is_the_most_up_to_date_voter_if_it_holds_everything() {
         let m = voters(&[1, 2, 3]);
-        let mut l = LeaderState::new(NodeId(1), &m, LogIndex(1));
+        let mut l = LeaderState::new(
+            NodeId(1),
+            &m,
+            LogIndex(1),
+            LeaderLease::new(ReadMode::ReadIndex, 0),
+        );
         l.progress.get_mut(&NodeId(2)).unwrap().acked(LogIndex(7));
         l.progress.get_mut(&NodeId(3)).unwrap().acked(LogIndex(8));
         assert_eq!(l.successor(&m, LogIndex(8)), Some(NodeId(3)));

@@ -64,6 +64,7 @@ pub mod driver;
 mod error;
 pub mod guide;
 mod leader;
+pub mod lease;
 mod log;
 mod membership;
 mod node;
@@ -80,7 +81,7 @@ mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::Config;
+pub use config::{Config, Lease, ReadMode};
 pub use error::{ConfigError, Error, Result, SnapshotError, StorageError};
 pub use membership::{ChangeBlocked, MembershipChange, MembershipError, MembershipResult, Refusal};
 pub use node::{PersistAck, RawNode, Ready, SoftState, Status};

@@ -20,6 +20,7 @@ use raftline_proto::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::leader::{CatchUp, CatchUpStep, LeaderState, PendingChange, Stage, Then, Transfer};
+use crate::lease::LeaderLease;
 use crate::log::RaftLog;
 use crate::membership::{
     self, is_member, ChangeBlocked, ConfigLog, MembershipChange, MembershipError, MembershipResult,
@@ -66,6 +67,10 @@ pub(crate) struct Raft<S> {
     pub(crate) snapshot: Option<SnapshotMeta>,
     /// The snapshot this follower is receiving.
     receiving: Option<Receiving>,
+    /// Ticks since this node started (the lease's clock; see [`lease`](crate::lease)).
+    ticks: u64,
+    /// `ticks` when this node last took a message from a leader (a start counts as one).
+    heard: u64,
 }
 
 impl<S: Storage> Raft<S> {
@@ -104,6 +109,8 @@ impl<S: Storage> Raft<S> {
             read_context: 0,
             snapshot: None,
             receiving: None,
+            ticks: 0,
+            heard: 0,
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -211,7 +218,8 @@ impl<S: Storage> Raft<S> {
             "Leader Completeness"
         );
         let next = self.log.last_index().next();
-        let leader = LeaderState::new(self.id, &self.membership, next);
+        let lease = LeaderLease::new(self.cfg.read_mode, self.heard);
+        let leader = LeaderState::new(self.id, &self.membership, next, lease);
         self.role = RoleState::Leader(Box::new(leader));
         self.leader = Some(self.id);
         self.reset_election_timer();
@@ -252,6 +260,7 @@ impl<S: Storage> Raft<S> {
     // ----- inputs -----------------------------------------------------------------------
 
     pub(crate) fn tick(&mut self) {
+        self.ticks += 1;
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         match self.role() {
             Role::Leader => self.tick_leader(),
@@ -277,6 +286,11 @@ impl<S: Storage> Raft<S> {
 
     fn tick_leader(&mut self) {
         self.leader_state().heartbeat_elapsed += 1;
+        let now = self.ticks;
+        if self.leader_state().lease.commit_opens_at(now) {
+            // The deferred commit ends: what a quorum holds may commit now.
+            self.maybe_commit();
+        }
         self.tick_catch_up();
         let election_ticks = self.cfg.election_ticks;
         self.leader_state().tick_transfer(election_ticks);
@@ -398,6 +412,10 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.log.append(entries);
+        let now = self.ticks;
+        if let Some(leader) = self.role.leader_mut() {
+            leader.lease.created(index, now);
+        }
         if let Some((at, m)) = config {
             self.configs.appended(at, m);
             self.config_changed();
@@ -566,6 +584,7 @@ impl<S: Storage> Raft<S> {
 
     fn hear_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed = 0;
+        self.heard = self.ticks;
         self.leader = Some(leader);
     }
 
@@ -1117,8 +1136,15 @@ impl<S: Storage> Raft<S> {
             return;
         };
         let index = leader.quorum_index(self.id, &self.membership, self.log.persisted);
+        let now = self.ticks;
         if index > self.log.committed && self.log.term(index) == Some(self.term) {
+            if !leader.lease.may_commit(now) {
+                // LeaseGuard's deferred commit: an earlier leader may still hold a lease
+                // (see `lease`). The tick that ends the wait commits.
+                return;
+            }
             self.log.commit_to(index);
+            self.leader_state().lease.committed(index, now);
             for (from, request_id) in self.leader_state().reads.take_deferred() {
                 self.handle_read(from, request_id);
             }
@@ -1545,6 +1571,10 @@ impl<S: Storage> Raft<S> {
     fn handle_read(&mut self, from: NodeId, request_id: u64) {
         let (read_requests_max, committed) = (self.cfg.read_requests_max, self.log.committed);
         let settled = self.log.term(committed) == Some(self.term);
+        // A lease read needs no slot: it is answered at once.
+        if settled && self.lease_read(from, request_id) {
+            return;
+        }
         let reads = &mut self.role.leader_mut().expect("only the leader reads").reads;
         if reads.len() >= read_requests_max {
             self.answer_read(from, request_id, None);
@@ -1567,6 +1597,23 @@ impl<S: Storage> Raft<S> {
         if self.leader_state().reads.confirming() {
             self.broadcast_heartbeat();
         }
+    }
+
+    /// In lease mode: answers the read at once if the leader holds the lease (see
+    /// [`lease`](crate::lease)), and renews a lease about to run out with a no-op. Returns
+    /// whether the read was answered.
+    fn lease_read(&mut self, from: NodeId, request_id: u64) -> bool {
+        let (now, committed) = (self.ticks, self.log.committed);
+        let leader = self.leader_state();
+        let holds = leader.lease.holds(now);
+        if leader.lease.wants_renewal(now) && leader.transfer.is_none() {
+            leader.appends_due = true;
+            self.append_own(vec![EntryPayload::Noop]);
+        }
+        if holds {
+            self.answer_read(from, request_id, Some(committed));
+        }
+        holds
     }
 
     /// Answers every read whose heartbeat context a quorum has acknowledged.

@@ -17,8 +17,8 @@ use raftline_proto::{
 
 use super::checker::{digest_step, parse_snapshot, snapshot_data, Checker};
 use crate::{
-    Config, MemStorage, MembershipChange, PersistAck, RawNode, Ready, Rng, Role, SnapshotChunk,
-    Storage, StorageMut,
+    Config, Lease, MemStorage, MembershipChange, PersistAck, RawNode, ReadMode, Ready, Rng, Role,
+    SnapshotChunk, Storage, StorageMut,
 };
 
 /// Where the simulator keeps each node's durable state. A crash drops every handle the node
@@ -52,6 +52,22 @@ impl StoreFactory for MemFactory {
 /// Virtual time units per tick. Message and disk latencies are drawn in these units, so a
 /// message may overtake another sent in the same tick.
 pub const UNITS_PER_TICK: u64 = 10;
+
+/// The lease of the lease-mode seeds: with election timeouts of 10 ticks and a drift bound of
+/// 10%, the longest lease whose wait fits the election timeout.
+pub const SIM_LEASE: Lease = Lease {
+    lease_ticks: 8,
+    drift_ppm: 100_000,
+};
+
+/// The spread of tick periods ([`SimConfig::tick_units_spread`]) that [`SIM_LEASE`]'s bound
+/// allows: periods of 9, 10 and 11 units. Their rates lie within 10% of the nominal rate of
+/// one tick per 9.9 units (11/9 = 1.1/0.9), so the fastest and slowest nodes sit at the
+/// bound's extremes exactly: integral periods keep the drift exact, with no rounding.
+pub const SPREAD_WITHIN_BOUND: u64 = 1;
+
+/// A spread well beyond [`SIM_LEASE`]'s bound: periods of 5 to 15 units (3x apart).
+pub const SPREAD_BEYOND_BOUND: u64 = 5;
 
 /// Fault rates and durations of one simulated run.
 #[derive(Clone, Debug)]
@@ -105,6 +121,10 @@ pub struct SimConfig {
     pub voters_min: usize,
     /// ...and this many.
     pub voters_max: usize,
+    /// Each node ticks every `UNITS_PER_TICK ± spread` units, its own period drawn from the
+    /// seed (0: every node ticks every `UNITS_PER_TICK`). Lease-mode seeds drift within the
+    /// bound ([`SPREAD_WITHIN_BOUND`]).
+    pub tick_units_spread: u64,
     /// Print every event.
     pub verbose: bool,
     /// The configuration template of every node (`id` and `seed` are set per node).
@@ -155,9 +175,16 @@ impl SimConfig {
             },
             voters_min: 3,
             voters_max: 6,
+            tick_units_spread: 0,
             verbose: false,
             node,
         };
+        // Every other pair of seeds serves lease reads on drifting clocks; the pairs cover
+        // both cluster sizes, every profile below and both membership settings.
+        if (seed / 2) % 2 == 1 {
+            cfg.node.read_mode = ReadMode::Lease(SIM_LEASE);
+            cfg.tick_units_spread = SPREAD_WITHIN_BOUND;
+        }
         if cfg.membership_rate > 0.0 {
             // Servers added late start empty and may need a snapshot over a slow, lossy
             // link before the final proposals reach them.
@@ -224,7 +251,17 @@ impl SimConfig {
         cfg.chunk_corrupt_rate = 0.0;
         cfg.snapshot_corrupt_rate = 0.0;
         cfg.membership_rate = 0.0;
+        cfg.node.read_mode = ReadMode::ReadIndex;
+        cfg.tick_units_spread = 0;
         cfg
+    }
+
+    /// Lease reads with tick periods that drift beyond the lease's bound: stale reads can
+    /// happen, and the read check must catch them.
+    pub fn drift_beyond_bound(mut self) -> SimConfig {
+        self.node.read_mode = ReadMode::Lease(SIM_LEASE);
+        self.tick_units_spread = SPREAD_BEYOND_BOUND;
+        self
     }
 }
 
@@ -253,6 +290,9 @@ pub struct SimReport {
     pub reads_ok: u64,
     /// Read-index requests refused (no leader, leadership lost).
     pub reads_failed: u64,
+    /// Reads the node asked answered in the same step, without a round trip (lease reads
+    /// on the leader).
+    pub reads_at_once: u64,
     /// Snapshots nodes took of their own state machines.
     pub snapshots_taken: u64,
     /// Snapshot chunks sent (probes included).
@@ -349,6 +389,8 @@ struct SimNode<S> {
     applied_membership: Membership,
     /// Whether the node already reported that it was removed.
     removed_reported: bool,
+    /// Virtual time units between two of its ticks (its clock's rate).
+    tick_units: u64,
 }
 
 impl<S> SimNode<S> {
@@ -368,6 +410,7 @@ impl<S> SimNode<S> {
             applied_membership: initial.clone(),
             initial,
             removed_reported: false,
+            tick_units: UNITS_PER_TICK,
         }
     }
 }
@@ -388,8 +431,9 @@ pub struct Cluster<F: StoreFactory = MemFactory> {
     quiet: bool,
     checker: Checker,
     next_command: u64,
-    /// Read requests in flight: the node asked and the committed index when it was asked.
-    reads: HashMap<u64, (NodeId, LogIndex)>,
+    /// Read requests in flight: the node asked, the committed index when it was asked, and
+    /// the step it was asked at.
+    reads: HashMap<u64, (NodeId, LogIndex, u64)>,
     next_read: u64,
     /// The id the next added node gets.
     next_node: u64,
@@ -437,7 +481,8 @@ impl<F: StoreFactory> Cluster<F> {
             cfg,
         };
         for (&id, durable) in ids.iter().zip(stores) {
-            let node = SimNode::new(durable, cluster.membership.clone());
+            let mut node = SimNode::new(durable, cluster.membership.clone());
+            node.tick_units = cluster.draw_tick_units();
             cluster.nodes.insert(id, node);
             cluster.start_node(id);
             // Stagger the tick phases so nodes do not tick in lockstep.
@@ -471,6 +516,22 @@ impl<F: StoreFactory> Cluster<F> {
             raw.on_snapshot_stored(meta.clone());
         }
         node.raw = Some(raw);
+    }
+
+    /// A node's tick period: `UNITS_PER_TICK`, or drawn within the configured spread.
+    fn draw_tick_units(&mut self) -> u64 {
+        let spread = self.cfg.tick_units_spread.min(UNITS_PER_TICK - 1);
+        if spread == 0 {
+            return UNITS_PER_TICK;
+        }
+        UNITS_PER_TICK - spread + self.rng.below(2 * spread + 1)
+    }
+
+    /// Makes `id` tick every `units` virtual time units from its next tick on (a test's
+    /// drifting clock).
+    pub fn set_tick_units(&mut self, id: NodeId, units: u64) {
+        assert!(units > 0, "a node must tick");
+        self.nodes.get_mut(&id).expect("known node").tick_units = units;
     }
 
     fn schedule(&mut self, delay: u64, event: Event) {
@@ -639,8 +700,8 @@ impl<F: StoreFactory> Cluster<F> {
         };
         self.next_read += 1;
         raw.read_index(self.next_read);
-        self.reads
-            .insert(self.next_read, (id, self.checker.committed_index()));
+        let asked = (id, self.checker.committed_index(), self.report.steps);
+        self.reads.insert(self.next_read, asked);
         self.drain(id)
     }
 
@@ -688,7 +749,7 @@ impl<F: StoreFactory> Cluster<F> {
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Tick(id) => {
-                self.schedule(UNITS_PER_TICK, Event::Tick(id));
+                self.schedule(self.nodes[&id].tick_units, Event::Tick(id));
                 if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
                     raw.tick();
                     self.drain(id)?;
@@ -773,7 +834,7 @@ impl<F: StoreFactory> Cluster<F> {
                 self.trace(|| format!("{id}: change {} finished: {:?}", r.request_id, r.result));
             }
             for rs in &ready.read_states {
-                let Some((asked, committed)) = self.reads.remove(&rs.request_id) else {
+                let Some((asked, committed, step)) = self.reads.remove(&rs.request_id) else {
                     return Err(format!(
                         "{id} answered read {} that nobody asked it",
                         rs.request_id
@@ -792,7 +853,12 @@ impl<F: StoreFactory> Cluster<F> {
                             rs.request_id
                         ))
                     }
-                    Some(_) => self.report.reads_ok += 1,
+                    Some(_) => {
+                        self.report.reads_ok += 1;
+                        if step == self.report.steps {
+                            self.report.reads_at_once += 1;
+                        }
+                    }
                     None => self.report.reads_failed += 1,
                 }
             }
@@ -1136,7 +1202,9 @@ impl<F: StoreFactory> Cluster<F> {
         self.next_node += 1;
         let initial = Membership::default();
         let durable = self.factory.open(id, &initial);
-        self.nodes.insert(id, SimNode::new(durable, initial));
+        let mut node = SimNode::new(durable, initial);
+        node.tick_units = self.draw_tick_units();
+        self.nodes.insert(id, node);
         self.start_node(id);
         let phase = self.rng.below(UNITS_PER_TICK);
         self.schedule(phase, Event::Tick(id));
