@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use raftline_core::{Lease, ReadMode};
 use raftline_proto::NodeId;
 
 /// Whether this member starts a new cluster or joins an existing one.
@@ -57,6 +58,13 @@ pub struct Flags {
     /// Election timeout in milliseconds (a multiple of the heartbeat interval).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// How linearizable reads (`Range` without `serializable`, read-only `Txn`) are served:
+    /// `read-index` (default, as etcd: a heartbeat round to a majority per read) or `lease`
+    /// (the leader answers from its state while it holds a LeaseGuard lease; assumes every
+    /// member's tick clock runs within 10% of the others', pauses included). Every member
+    /// must use the same mode.
+    #[arg(long, value_enum, default_value_t = ReadModeFlag::ReadIndex)]
+    pub read_mode: ReadModeFlag,
     /// How long a client request may wait for commit before it fails with Unavailable, in ms.
     #[arg(long, default_value_t = 5000)]
     pub request_timeout: u64,
@@ -142,6 +150,35 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// What automatic compaction keeps.
     pub retention: Retention,
+    /// How the core serves linearizable reads.
+    pub read_mode: ReadMode,
+}
+
+/// The clock-drift bound of `--read-mode lease`: 10%, in millionths.
+pub const LEASE_DRIFT_PPM: u32 = 100_000;
+
+/// The values of `--read-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadModeFlag {
+    /// A heartbeat round per read (ReadIndex).
+    ReadIndex,
+    /// Lease reads (LeaseGuard): the longest lease whose wait, scaled by the drift bound
+    /// ([`LEASE_DRIFT_PPM`]), fits the election timeout.
+    Lease,
+}
+
+impl ReadModeFlag {
+    /// The core's read mode for an election timeout of `election_ticks` (at least 5, as
+    /// [`ServerConfig::from_flags`] checks).
+    pub fn read_mode(self, election_ticks: u32) -> ReadMode {
+        match self {
+            ReadModeFlag::ReadIndex => ReadMode::ReadIndex,
+            ReadModeFlag::Lease => ReadMode::Lease(
+                Lease::within_election(election_ticks, LEASE_DRIFT_PPM)
+                    .expect("an election timeout of 5 ticks or more fits a lease"),
+            ),
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: a stable id from names and URLs (never 0).
@@ -377,8 +414,10 @@ impl ServerConfig {
         }
         let retention =
             parse_retention(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
+        let election_ticks = (flags.election_timeout / flags.heartbeat_interval) as u32;
         Ok(ServerConfig {
             retention,
+            read_mode: flags.read_mode.read_mode(election_ticks),
             id: me.id,
             cluster_id: cluster_id(&flags.initial_cluster_token),
             peer_addr,
@@ -386,7 +425,7 @@ impl ServerConfig {
             client_url,
             metrics_addr,
             tick: Duration::from_millis(flags.heartbeat_interval),
-            election_ticks: (flags.election_timeout / flags.heartbeat_interval) as u32,
+            election_ticks,
             request_timeout: Duration::from_millis(flags.request_timeout),
             members,
             flags,
@@ -397,6 +436,19 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_mode_takes_the_longest_lease_that_fits_the_election_timeout() {
+        let lease = |lease_ticks| {
+            ReadMode::Lease(Lease {
+                lease_ticks,
+                drift_ppm: LEASE_DRIFT_PPM,
+            })
+        };
+        assert_eq!(ReadModeFlag::Lease.read_mode(10), lease(8));
+        assert_eq!(ReadModeFlag::Lease.read_mode(5), lease(4));
+        assert_eq!(ReadModeFlag::ReadIndex.read_mode(5), ReadMode::ReadIndex);
+    }
 
     fn flags(args: &[&str]) -> Flags {
         Flags::try_parse_from(std::iter::once("raft-kv").chain(args.iter().copied())).unwrap()
@@ -418,6 +470,7 @@ mod tests {
         assert_eq!(c.members.len(), 3);
         assert_eq!(c.id, c.members[1].id);
         assert_eq!(c.election_ticks, 10);
+        assert_eq!(c.read_mode, ReadMode::ReadIndex);
         assert_ne!(c.members[0].id, c.members[1].id);
     }
 

@@ -504,6 +504,7 @@ fn raft_configs(config: &ServerConfig) -> (Config, DriverConfig) {
     let mut raft = Config::new(config.id);
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = 1;
+    raft.read_mode = config.read_mode;
     // A new seed at each start (forwarded proposals' ids derive from it): the clock and the pid.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     let nanos = now.map_or(0, |d| d.as_nanos() as u64);
