@@ -18,7 +18,8 @@
 //! 5. [Snapshots](snapshots): when they are taken, how they travel, how a node restores them.
 //! 6. [Membership changes and learners](membership): adding, promoting and removing
 //!    members, joint consensus, leadership transfer.
-//! 7. [Reads](reads): ReadIndex, follower reads, and what to do instead of lease reads.
+//! 7. [Reads](reads): ReadIndex, follower reads, LeaseGuard lease reads and their clock
+//!    assumption.
 //! 8. [Tuning](tuning): ticks, batch and window bounds, with their defaults.
 //! 9. [Errors](errors): the failure semantics of every error: what happened, whether the
 //!    command may have been applied, what to do.
