@@ -105,7 +105,7 @@ impl LeaderLease {
 
     /// Whether the leader may commit at tick `now` (every earlier leader's lease expired).
     pub(crate) fn may_commit(&self, now: u64) -> bool {
-        now > self.commit_after
+        self.lease.is_none() || now > self.commit_after
     }
 
     /// The commit index moved to `committed` at tick `now`: the newest entry of this term it

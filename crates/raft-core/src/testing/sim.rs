@@ -251,9 +251,15 @@ impl SimConfig {
         cfg.chunk_corrupt_rate = 0.0;
         cfg.snapshot_corrupt_rate = 0.0;
         cfg.membership_rate = 0.0;
-        cfg.node.read_mode = ReadMode::ReadIndex;
-        cfg.tick_units_spread = 0;
-        cfg
+        cfg.read_index()
+    }
+
+    /// ReadIndex reads with every node ticking every `UNITS_PER_TICK`: the setting of a test
+    /// that changes the election timeout or counts ticks, whatever the seed.
+    pub fn read_index(mut self) -> SimConfig {
+        self.node.read_mode = ReadMode::ReadIndex;
+        self.tick_units_spread = 0;
+        self
     }
 
     /// Lease reads with tick periods that drift beyond the lease's bound: stale reads can
