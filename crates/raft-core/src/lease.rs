@@ -1,5 +1,5 @@
 //! Lease reads after LeaseGuard (Davis et al., SIGMOD 2026: "the log is the lease"), in
-//! ticks, with an explicit clock-drift bound ([`ReadMode::Lease`](crate::ReadMode::Lease)).
+//! ticks, with an explicit clock-drift bound ([`ReadMode::Lease`]).
 //!
 //! # The protocol
 //!
@@ -10,14 +10,14 @@
 //!
 //! - **The log is the lease.** The leader remembers, in memory, the tick at which it created
 //!   each entry of its term. When an entry it created at tick `c` commits, it holds the lease
-//!   until `c + L` (`L` = [`Lease::lease_ticks`](crate::Lease::lease_ticks)): while `t < c +
+//!   until `c + L` (`L` = [`Lease::lease_ticks`]): while `t < c +
 //!   L` it answers a read (its own or one a follower forwarded) at once with its commit
 //!   index. Heartbeats do not extend a lease; only commits do. Without a lease it falls back
 //!   to the ReadIndex round. A read that finds the lease more than half spent, with no entry
 //!   of the term waiting for commit, appends one no-op to renew it (so at most one renewal is
 //!   ever in flight, and none during a leadership transfer).
 //! - **Deferred commit.** A leader elected at term `T` advances its commit index only once
-//!   `t > heard + W`, with `W` = [`Lease::wait_ticks`](crate::Lease::wait_ticks) `=
+//!   `t > heard + W`, with `W` = [`Lease::wait_ticks`] `=
 //!   ceil(L (1 + ρ) / (1 − ρ))`. It appends and replicates meanwhile; only the commit
 //!   waits. Its reads wait too (a leader answers reads only after committing an entry of its
 //!   term). [`Config::validate`](crate::Config::validate) requires `W <= election_ticks`, so
