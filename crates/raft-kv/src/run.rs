@@ -14,7 +14,7 @@ use parking_lot::RwLock;
 use raftline_core::driver::{
     DriverConfig, Node, NodeError, SnapshotSink, SnapshotSource, StateMachine,
 };
-use raftline_core::Config;
+use raftline_core::{Config, ReadMode};
 use raftline_log::{LogFile, Options};
 use raftline_proto::{LogIndex, Membership, NodeId};
 use raftline_snapshot::FileSnapshotStore;
@@ -410,7 +410,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, StartError> {
         handles: Vec::new(),
         stopped,
     };
-    tasks.spawn(drive(node, inbound, config.tick));
+    tasks.spawn(drive(node, inbound, ticking(config)));
     let removed = spawn_loops(&shared, &mut tasks);
     if let Some(addr) = config.metrics_addr {
         serve_metrics(&shared, addr, &mut tasks).await?;
@@ -532,17 +532,34 @@ fn forward_timeout_ticks(config: &ServerConfig) -> u64 {
     (config.request_timeout.as_millis() / tick + 1) as u64
 }
 
+/// The tick interval and what it does with ticks the process missed (paused, descheduled).
+/// With lease reads every missed tick is delivered at once on resume (`Burst`), and the
+/// driver takes ticks before messages and requests: a leader paused past its lease must count
+/// the time it missed before it answers another read from that lease. Otherwise missed ticks
+/// are dropped (`Delay`): a member that was stopped does not time out its peers the moment it
+/// resumes, before it has read what they sent meanwhile.
+fn ticking(config: &ServerConfig) -> (Duration, tokio::time::MissedTickBehavior) {
+    let missed = match config.read_mode {
+        ReadMode::Lease(_) => tokio::time::MissedTickBehavior::Burst,
+        ReadMode::ReadIndex => tokio::time::MissedTickBehavior::Delay,
+    };
+    (config.tick, missed)
+}
+
 /// Runs the raft node with a tick every `tick`; a storage failure stops the process
 /// (fail-stop: such a member must not go on answering clients).
-async fn drive<L, M, T, P>(node: Node<L, M, T, P>, inbound: Inbound, tick: Duration)
-where
+async fn drive<L, M, T, P>(
+    node: Node<L, M, T, P>,
+    inbound: Inbound,
+    (tick, missed): (Duration, tokio::time::MissedTickBehavior),
+) where
     L: raftline_core::driver::LogStore + Clone,
     M: StateMachine,
     T: raftline_core::driver::Transport,
     P: raftline_core::driver::SnapshotStore,
 {
     let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.set_missed_tick_behavior(missed);
     let ticks = IntervalStream::new(interval).map(|_| ()).fuse();
     // The applier (applies, snapshots, restores) runs as its own task: writing a snapshot
     // of a large store takes another core, not the Ready loop's time.

@@ -10,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{bounded, Cluster, Options};
+use raftline_kv::proto::etcdserverpb::RangeRequest;
 use tonic::Code;
 
 const ALL: [usize; 3] = [0, 1, 2];
@@ -68,6 +69,63 @@ async fn lease_reads_see_every_acknowledged_write_across_a_leader_kill() {
                 assert_reads(&cluster, j, "k", &value, revision).await;
             }
         }
+    })
+    .await;
+}
+
+/// A leader paused (SIGSTOP) far longer than its lease while the others elect a new leader
+/// and overwrite a key, then resumed with linearizable reads already queued on it: its clock
+/// stood still during the pause, so unless the ticks it missed reach the core before the reads
+/// do, it would still count itself inside its lease and answer the old value. Each read must
+/// return the new value or fail with Unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_old_leader_serves_no_stale_lease_reads() {
+    bounded(Duration::from_secs(60), async {
+        let options = Options {
+            flags: vec!["--read-mode".into(), "lease".into()],
+            ..Options::default()
+        };
+        let cluster = Cluster::start_with(3, options).await;
+        let old = cluster.wait_leader(&ALL).await;
+        let others: Vec<usize> = ALL.into_iter().filter(|&i| i != old).collect();
+        cluster.put(old, "x", "old").await.unwrap();
+        // A read renews nothing here: the put just committed an entry of the leader's term,
+        // so the old leader holds a fresh lease when it stops.
+        assert_reads(&cluster, old, "x", "old", 0).await;
+
+        cluster.pause(old);
+        let new = cluster.wait_leader(&others).await;
+        let r = cluster.put_retrying(new, "x", "new").await;
+        let new_revision = r.header.unwrap().revision;
+        // Reads sent to the paused member wait in its socket buffers until it resumes.
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let mut kv = cluster.kv(old);
+                tokio::spawn(async move {
+                    let request = RangeRequest {
+                        key: b"x".to_vec(),
+                        ..RangeRequest::default()
+                    };
+                    kv.range(request).await.map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster.resume(old);
+        for read in reads {
+            match read.await.unwrap() {
+                Ok(r) => {
+                    let kv = r.kvs.first().expect("the key exists");
+                    assert_eq!(
+                        kv.value, b"new",
+                        "stale lease read on the resumed old leader"
+                    );
+                    assert!(r.header.unwrap().revision >= new_revision);
+                }
+                Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+            }
+        }
+        assert_reads(&cluster, old, "x", "new", new_revision).await;
     })
     .await;
 }

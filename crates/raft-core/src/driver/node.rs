@@ -509,7 +509,17 @@ where
             }
             self.send_forwards();
             self.forwarder.leader_is(self.raw.leader());
+            // Ticks first: a node that missed ticks (its process paused) counts that time
+            // before it reads a message or a request, so a lease read never trusts a clock
+            // that stood still (raft-kv delivers missed ticks at once in lease mode).
             futures::select_biased! {
+                () = ticks.select_next_some() => {
+                    self.raw.tick();
+                    self.forwarder.tick();
+                    if self.raw.is_removed() != self.status.read(|s| s.removed) {
+                        self.publish_status();
+                    }
+                },
                 done = self.persisting.select_next_some() => match done {
                     Ok(p) => self.on_persisted(p),
                     Err(e) => break Err(NodeError::Storage(e)),
@@ -523,13 +533,6 @@ where
                     self.on_message(msg);
                     if !self.take_queued(&mut inbound) {
                         break Ok(());
-                    }
-                },
-                () = ticks.select_next_some() => {
-                    self.raw.tick();
-                    self.forwarder.tick();
-                    if self.raw.is_removed() != self.status.read(|s| s.removed) {
-                        self.publish_status();
                     }
                 },
                 req = self.requests.select_next_some() => {
