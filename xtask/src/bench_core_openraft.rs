@@ -267,19 +267,22 @@ struct Router {
 }
 
 impl Router {
-    fn get<E: std::error::Error>(
-        &self,
-        target: NodeIdOf,
-    ) -> Result<Raft, RPCError<NodeIdOf, BasicNode, E>> {
-        let nodes = self.nodes.read().expect("router lock");
-        nodes.get(&target).cloned().ok_or_else(|| {
-            let why = std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!("node {target} is not running"),
-            );
-            RPCError::Network(NetworkError::new(&why))
-        })
+    fn get(&self, target: NodeIdOf) -> Option<Raft> {
+        self.nodes
+            .read()
+            .expect("router lock")
+            .get(&target)
+            .cloned()
     }
+}
+
+/// The error of an RPC to a node that is not (or no longer) in the router.
+fn not_running<E: std::error::Error>(target: NodeIdOf) -> RPCError<NodeIdOf, BasicNode, E> {
+    let why = std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        format!("node {target} is not running"),
+    );
+    RPCError::Network(NetworkError::new(&why))
 }
 
 impl RaftNetworkFactory<Bench> for Router {
@@ -308,7 +311,10 @@ impl RaftNetwork<Bench> for Connection {
         rpc: AppendEntriesRequest<Bench>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeIdOf>> {
-        let raft = self.router.get(self.target)?;
+        let raft = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| not_running(self.target))?;
         let target = self.target;
         raft.append_entries(rpc)
             .await
@@ -320,7 +326,10 @@ impl RaftNetwork<Bench> for Connection {
         rpc: InstallSnapshotRequest<Bench>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeIdOf>, InstallSnapshotError> {
-        let raft = self.router.get(self.target)?;
+        let raft = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| not_running(self.target))?;
         let target = self.target;
         raft.install_snapshot(rpc)
             .await
@@ -332,7 +341,10 @@ impl RaftNetwork<Bench> for Connection {
         rpc: VoteRequest<NodeIdOf>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeIdOf>> {
-        let raft = self.router.get(self.target)?;
+        let raft = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| not_running(self.target))?;
         let target = self.target;
         raft.vote(rpc)
             .await
@@ -369,7 +381,7 @@ async fn elected() -> Result<(Router, Raft), String> {
         .map_err(|e| format!("openraft node {id}: {e}"))?;
         router.nodes.write().expect("router lock").insert(id, raft);
     }
-    let first = router.get::<std::io::Error>(1).map_err(|e| e.to_string())?;
+    let first = router.get(1).ok_or("openraft node 1 is not running")?;
     let members: BTreeMap<NodeIdOf, BasicNode> =
         (1..=3).map(|id| (id, BasicNode::default())).collect();
     first
@@ -390,8 +402,8 @@ async fn elected() -> Result<(Router, Raft), String> {
         .map_err(|e| format!("openraft election: {e}"))?;
     let leader_id = metrics.current_leader.expect("waited for it");
     let leader = router
-        .get::<std::io::Error>(leader_id)
-        .map_err(|e| e.to_string())?;
+        .get(leader_id)
+        .ok_or("openraft's leader is not running")?;
     Ok((router, leader))
 }
 

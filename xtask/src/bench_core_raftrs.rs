@@ -205,10 +205,9 @@ fn propose(leader: &mut RawNode<MemStorage>, cmds: usize, payload: &[u8]) -> Res
         m.set_msg_type(MessageType::MsgPropose);
         m.from = LEADER;
         let entries: Vec<Entry> = (0..cmds)
-            .map(|_| {
-                let mut e = Entry::default();
-                e.data = payload.to_vec().into();
-                e
+            .map(|_| Entry {
+                data: payload.to_vec().into(),
+                ..Default::default()
             })
             .collect();
         m.set_entries(entries.into());
