@@ -1,6 +1,7 @@
 //! `cargo xtask bench core`: the throughput and latency of the bare consensus core.
 //!
-//! The workload is the one of openraft's `benchmarks/minimal`, so that the two can be compared:
+//! The workload is the one of openraft's `benchmarks/minimal` (`--driver` runs it through the
+//! async driver, beside openraft itself: `bench_core_driver.rs`); here it is
 //! three [`RawNode`]s in one process, each on its own [`MemStorage`], a state machine that does
 //! nothing, and a "network" that moves each [`Message`] out of one node's [`Ready`] straight
 //! into the addressee's [`RawNode::step`]. There are no threads, no async runtime and no clock
@@ -20,6 +21,9 @@
 //! queued, then `committed_entries` are applied, then [`RawNode::advance`]. Nodes take turns:
 //! each one steps everything queued for it and then handles one `Ready`, so whatever piled up
 //! while the other nodes ran is persisted, sent and applied together (group commit).
+//!
+//! With feature `anchor-raft-rs`, every row is run again right after ours on TiKV's raft-rs
+//! `RawNode` with the same loop (`bench_core_raftrs.rs`), and the table gives the ratio.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -316,9 +316,10 @@ pub(crate) fn driver_row(
     let result = rt.block_on(async {
         let cluster = DriverCluster::elected(config).await?;
         let term = cluster.leader_term();
-        let leader = cluster.handles[0].clone();
+        // Shared, not cloned per proposal: cloning a handle clones its request sender.
+        let leader = Arc::new(cluster.handles[0].clone());
         let measured = closed_loop(plan, move || {
-            let leader = leader.clone();
+            let leader = Arc::clone(&leader);
             async move {
                 leader
                     .propose(Bytes::new())
