@@ -1,6 +1,7 @@
 //! `cargo xtask bench core`: the throughput and latency of the bare consensus core.
 //!
-//! The workload is the one of openraft's `benchmarks/minimal`, so that the two can be compared:
+//! The workload is the one of openraft's `benchmarks/minimal` (`--driver` runs it through the
+//! async driver, beside openraft itself: `bench_core_driver.rs`); here it is
 //! three [`RawNode`]s in one process, each on its own [`MemStorage`], a state machine that does
 //! nothing, and a "network" that moves each [`Message`] out of one node's [`Ready`] straight
 //! into the addressee's [`RawNode::step`]. There are no threads, no async runtime and no clock
@@ -20,6 +21,9 @@
 //! queued, then `committed_entries` are applied, then [`RawNode::advance`]. Nodes take turns:
 //! each one steps everything queued for it and then handles one `Ready`, so whatever piled up
 //! while the other nodes ran is persisted, sent and applied together (group commit).
+//!
+//! With feature `anchor-raft-rs`, every row is run again right after ours on TiKV's raft-rs
+//! `RawNode` with the same loop (`bench_core_raftrs.rs`), and the table gives the ratio.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -55,21 +59,17 @@ pub struct CoreArgs {
     /// Override `Config::append_entries_max` (entries per append message).
     #[arg(long)]
     append_entries_max: Option<usize>,
+    /// Benchmark the async driver (`driver::Node` on a tokio multi-thread runtime) instead
+    /// of the single-threaded `RawNode` loop; beside openraft with feature `anchor-openraft`.
+    #[arg(long)]
+    driver: bool,
+    /// Worker threads of the tokio runtime of `--driver` (default: available parallelism).
+    #[arg(long, requires = "driver")]
+    workers: Option<usize>,
 }
 
 /// The rows of the standard table: (clients, commands per proposal).
 const ROWS: [(usize, usize); 5] = [(1, 1), (64, 1), (256, 1), (4096, 1), (4096, 4)];
-
-/// openraft `benchmarks/minimal` on this kind of machine, from
-/// `/work/shared/reference/performance.md`: (clients, commands per proposal, low, high) in
-/// ops/s.
-const ANCHORS: [(usize, usize, f64, f64); 5] = [
-    (1, 1, 16_600.0, 17_000.0),
-    (64, 1, 423_000.0, 484_000.0),
-    (256, 1, 680_000.0, 722_000.0),
-    (4096, 1, 833_000.0, 1_010_000.0),
-    (4096, 4, 1_180_000.0, 1_350_000.0),
-];
 
 /// The leader the benchmark elects.
 const LEADER: NodeId = NodeId(1);
@@ -87,24 +87,76 @@ pub fn run(args: CoreArgs) -> bool {
         Some(c) => vec![(c, args.cmds.max(1))],
         None => ROWS.to_vec(),
     };
+    if args.driver {
+        let workers = args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        return crate::bench_core_driver::run(
+            &rows,
+            Duration::from_secs_f64(args.warmup_secs),
+            Duration::from_secs_f64(args.secs),
+            workers,
+            |id| bench_config(id, &args),
+        );
+    }
     let cfg = bench_config(NodeId(1), &args);
     print_header(&args, &cfg);
 
-    let mut results = Vec::new();
     for &(clients, cmds) in &rows {
-        match run_row(clients, cmds, &args) {
-            Ok(r) => {
-                print_row(&r);
-                results.push(r);
-            }
+        match run_row(clients, cmds, &args).and_then(|r| Ok((anchor_row(clients, cmds, &args)?, r)))
+        {
+            Ok((anchor, r)) => print_row(&r, anchor.as_ref()),
             Err(why) => {
                 println!("| {clients:>7} | {cmds:>13} | FAILED: {why}");
                 return false;
             }
         }
     }
-    print_anchors(&results);
     true
+}
+
+/// raft-rs's figures on the same row: ops/s, p50 and p99 in µs.
+struct AnchorFigures {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// raft-rs on the same row, when it is built (feature `anchor-raft-rs`).
+fn anchor_row(
+    clients: usize,
+    cmds: usize,
+    args: &CoreArgs,
+) -> Result<Option<AnchorFigures>, String> {
+    #[cfg(feature = "anchor-raft-rs")]
+    {
+        let cfg = bench_config(NodeId(1), args);
+        let c = crate::bench_core_raftrs::RsConfig {
+            inflight_msgs_max: cfg.inflight_msgs_max,
+            msg_bytes_max: cfg.msg_bytes_max as u64,
+            pre_vote: cfg.pre_vote,
+            check_quorum: cfg.check_quorum,
+        };
+        let r = crate::bench_core_raftrs::run_row(
+            clients,
+            cmds,
+            args.payload,
+            Duration::from_secs_f64(args.warmup_secs),
+            Duration::from_secs_f64(args.secs),
+            c,
+        )?;
+        let us = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+        Ok(Some(AnchorFigures {
+            ops_per_sec: r.ops_per_sec(),
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+        }))
+    }
+    #[cfg(not(feature = "anchor-raft-rs"))]
+    {
+        let _ = (clients, cmds, args);
+        Ok(None)
+    }
 }
 
 /// The configuration of node `id`: the defaults, with every bound that could throttle 4096
@@ -449,17 +501,25 @@ fn print_header(args: &CoreArgs, cfg: &Config) {
          (one heartbeat tick while settling, none while measuring)",
         cfg.election_ticks, cfg.heartbeat_ticks, cfg.pre_vote, cfg.check_quorum
     );
+    if cfg!(feature = "anchor-raft-rs") {
+        println!(
+            "anchor:       raft-rs 0.7 (crates.io) RawNode<MemStorage>, the same loop, each row \
+             right after ours (election 10 ticks, heartbeat 1, same in-flight and message bytes)"
+        );
+    } else {
+        println!("anchor:       not built (run with --features anchor-raft-rs)");
+    }
     println!();
     println!(
-        "| clients | cmds/proposal |    total ops | seconds |        ops/s |   p50 µs |   p99 µs | p99.9 µs |   max µs | entries/leader Ready | on-CPU |"
+        "| clients | cmds/proposal |    total ops | seconds |        ops/s |   p50 µs |   p99 µs | p99.9 µs |   max µs | entries/leader Ready | on-CPU | raft-rs ops/s | raft-rs p50 µs | raft-rs p99 µs | ours / raft-rs |"
     );
     println!(
-        "|--------:|--------------:|-------------:|--------:|-------------:|---------:|---------:|---------:|---------:|---------------------:|-------:|"
+        "|--------:|--------------:|-------------:|--------:|-------------:|---------:|---------:|---------:|---------:|---------------------:|-------:|--------------:|---------------:|---------------:|---------------:|"
     );
 }
 
 /// Prints one row of the table.
-fn print_row(r: &RowResult) {
+fn print_row(r: &RowResult, anchor: Option<&AnchorFigures>) {
     let us = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
     let per_ready = if r.leader_readies == 0 {
         0.0
@@ -469,8 +529,17 @@ fn print_row(r: &RowResult) {
     let on_cpu = r
         .on_cpu
         .map_or_else(|| "?".to_string(), |c| format!("{:.0}%", c * 100.0));
+    let (a_ops, a_p50, a_p99, ratio) = match anchor {
+        Some(a) => (
+            format!("{:.0}", a.ops_per_sec),
+            format!("{:.1}", a.p50_us),
+            format!("{:.1}", a.p99_us),
+            format!("{:.2}x", r.ops_per_sec() / a.ops_per_sec.max(1e-9)),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+    };
     println!(
-        "| {:>7} | {:>13} | {:>12} | {:>7.2} | {:>12.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} | {:>20.1} | {on_cpu:>6} |",
+        "| {:>7} | {:>13} | {:>12} | {:>7.2} | {:>12.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} | {:>20.1} | {on_cpu:>6} | {a_ops:>13} | {a_p50:>14} | {a_p99:>14} | {ratio:>14} |",
         r.clients,
         r.cmds,
         r.ops,
@@ -482,44 +551,4 @@ fn print_row(r: &RowResult) {
         r.hist.max() as f64 / 1000.0,
         per_ready
     );
-}
-
-/// Prints openraft's figures next to ours, with the ratio to the upper end of its range.
-fn print_anchors(results: &[RowResult]) {
-    println!();
-    println!(
-        "openraft benchmarks/minimal on this kind of machine (anchor figures from \
-         performance.md, not measured in this run):"
-    );
-    println!(
-        "| clients | cmds/proposal |     openraft ops/s |      ours ops/s | ours / anchor high |"
-    );
-    println!(
-        "|--------:|--------------:|-------------------:|----------------:|-------------------:|"
-    );
-    for &(clients, cmds, low, high) in &ANCHORS {
-        let ours = results
-            .iter()
-            .find(|r| r.clients == clients && r.cmds == cmds);
-        let (ours_s, ratio_s) = match ours {
-            Some(r) => (
-                format!("{:.0}", r.ops_per_sec()),
-                format!("{:.2}x", r.ops_per_sec() / high),
-            ),
-            None => ("-".to_string(), "-".to_string()),
-        };
-        println!(
-            "| {clients:>7} | {cmds:>13} | {:>18} | {ours_s:>15} | {ratio_s:>18} |",
-            format!("{} - {}", si(low), si(high))
-        );
-    }
-}
-
-/// `16.6k`, `1.01M`: a compact rendering of an ops/s figure.
-fn si(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else {
-        format!("{:.1}k", x / 1e3)
-    }
 }

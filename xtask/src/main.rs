@@ -1,6 +1,11 @@
 //! `cargo xtask`: the project's automation. Run `cargo xtask --help`.
 
 mod bench_core;
+mod bench_core_driver;
+#[cfg(feature = "anchor-openraft")]
+mod bench_core_openraft;
+#[cfg(feature = "anchor-raft-rs")]
+mod bench_core_raftrs;
 mod bench_kv;
 mod bench_kv_load;
 mod bench_kv_ops;

@@ -294,6 +294,35 @@ fn proposals_queued_together_leave_in_one_append_per_follower() {
 }
 
 #[test]
+fn proposals_through_one_handle_all_resolve_when_the_request_queue_is_full() {
+    let driver = DriverConfig {
+        request_queue_max: 1,
+        ..DriverConfig::default()
+    };
+    let mut c = Cluster::with(Config::new(NodeId(1)), driver);
+    let leader = c.elect();
+    // One handle shared by every caller (not a clone each): most find the queue full and
+    // wait for room.
+    let h = Rc::new(c.handles[leader].clone());
+    let proposals = (0..64u8).map(move |i| {
+        let h = Rc::clone(&h);
+        async move { h.propose(Bytes::from(vec![i])).await }
+    });
+    let all = c.spawn(futures::future::join_all(proposals));
+    c.tick(3);
+    let results = all.borrow_mut().take().expect("all resolved");
+    let mut responses: Vec<usize> = results
+        .into_iter()
+        .map(|r| r.expect("proposal applied"))
+        .collect();
+    responses.sort_unstable();
+    assert_eq!(responses, (1..=64).collect::<Vec<_>>(), "each applied once");
+    let mut commands: Vec<u8> = c.applied[leader].lock().iter().map(|(_, b)| b[0]).collect();
+    commands.sort_unstable();
+    assert_eq!(commands, (0..64u8).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_proposal_in_a_term_is_taken_only_by_the_leader_of_that_term_and_never_forwarded() {
     let mut c = Cluster::new();
     let leader = c.elect();

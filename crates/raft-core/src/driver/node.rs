@@ -164,14 +164,16 @@ enum Request<R> {
 
 /// A cloneable handle for proposing, reading and observing a running [`Node`].
 pub struct NodeHandle<R> {
-    requests: mpsc::Sender<Request<R>>,
+    /// This handle's own sender, used without cloning while the queue has room (a clone per
+    /// request allocated, and let each caller hold one slot beyond `request_queue_max`).
+    requests: parking_lot::Mutex<mpsc::Sender<Request<R>>>,
     status: Arc<StatusCell>,
 }
 
 impl<R> Clone for NodeHandle<R> {
     fn clone(&self) -> Self {
         NodeHandle {
-            requests: self.requests.clone(),
+            requests: parking_lot::Mutex::new(self.requests.lock().clone()),
             status: Arc::clone(&self.status),
         }
     }
@@ -179,8 +181,15 @@ impl<R> Clone for NodeHandle<R> {
 
 impl<R: Send + 'static> NodeHandle<R> {
     async fn request(&self, req: Request<R>) -> Result<(), NodeError> {
-        self.requests
-            .clone()
+        let sent = self.requests.lock().try_send(req);
+        let req = match sent {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_disconnected() => return Err(NodeError::ShuttingDown),
+            Err(e) => e.into_inner(),
+        };
+        // The queue is full: wait for room on a clone, without holding the lock.
+        let mut requests = self.requests.lock().clone();
+        requests
             .send(req)
             .await
             .map_err(|_| NodeError::ShuttingDown)
@@ -455,7 +464,7 @@ where
         Ok((
             node,
             NodeHandle {
-                requests: tx,
+                requests: parking_lot::Mutex::new(tx),
                 status,
             },
         ))
