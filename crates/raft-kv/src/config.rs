@@ -69,8 +69,11 @@ pub struct Flags {
     #[arg(long, default_value_t = 5000)]
     pub request_timeout: u64,
     /// Applied entries between snapshots: a snapshot is taken whenever the applied index
-    /// reaches a multiple of this, and the log is compacted behind it.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// reaches a multiple of this, and the log is compacted behind it. The default is etcd's
+    /// (100,000 since etcd 3.2): a snapshot encodes the whole store, so its cost per write is
+    /// the store's size divided by this; at 10,000 it took a quarter of a member's CPU under
+    /// load with ~100 MB of keys and values (BENCHMARKS.md, "where the time goes").
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_count: u64,
     /// Entries kept in the log behind a snapshot, so that a slightly lagging follower catches
     /// up from the log rather than by snapshot (etcd's
