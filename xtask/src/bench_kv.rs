@@ -4,7 +4,8 @@
 //! histogram), errors and wrong answers, and the CPU time the members and the client used;
 //! a last table gives raft-kv's figures over etcd's, row by row.
 //!
-//! The workloads (`--workloads put,txn,range,watch`, default all):
+//! The workloads (`--workloads put,go-put,txn,range,go-range,watch,open,failover`, default
+//! all):
 //! - `put`, etcd's `benchmark put` of etcd's performance documentation: 8 B sequential keys
 //!   (put `i` writes the big-endian key `i`, so keys are distinct), one 256 B random value
 //!   throughout; 1 connection and 1 client making 10,000 puts, and 100 connections and 1000
@@ -27,6 +28,13 @@
 //!   ops/s is the events delivered (to all watchers) per second, from the first put to the
 //!   last event. Every watcher must receive every put exactly once in revision order (see
 //!   [`crate::bench_kv_watch`]); a violation is a wrong result.
+//! - `go-put`, `go-range`: the put and range rows made with etcd's official Go client instead
+//!   of the Rust one (see [`crate::bench_kv_go`]); left out with a note without Go.
+//! - `open`: puts at the fixed rates of `--rates`, 5 s each, latency from each put's due time
+//!   (see [`crate::bench_kv_open`]); drawn as SVG pictures in `--plot-dir`
+//!   ([`crate::bench_kv_plot`]).
+//! - `failover`: SIGKILL the leader under write load 20 times, time to the first write and
+//!   to a new leader (see [`crate::bench_kv_failover`]); runs last, as it kills members.
 //!
 //! Clients of the put, txn and range rows are closed-loop: one request outstanding at a
 //! time, the next sent as soon as the answer arrives; client `c` uses connection `c % conns`.
@@ -101,7 +109,7 @@ pub struct KvArgs {
     /// The rates of the open-loop rows, puts per second, comma-separated (one row each).
     #[arg(long, value_delimiter = ',', default_values_t = [1000.0, 2000.0, 4000.0, 8000.0, 12000.0, 16000.0])]
     rates: Vec<f64>,
-    /// Where the latency-vs-throughput pictures of the open-loop rows go [default: `docs/bench`
+    /// Where the latency-vs-throughput pictures of the open-loop rows go [default: `bench`
     /// in the workspace, beside BENCHMARKS.md].
     #[arg(long)]
     plot_dir: Option<PathBuf>,
@@ -457,8 +465,9 @@ fn plot(args: &KvArgs, runs: &[SystemRun]) {
                 .rows
                 .iter()
                 .filter(|row| row.spec.kind == Kind::Open)
-                .filter_map(|row| row.load.as_ref().ok())
-                .map(|l| Point {
+                .filter_map(|row| Some((row.spec.rate?, row.load.as_ref().ok()?)))
+                .map(|(asked, l)| Point {
+                    asked,
                     ops_per_sec: l.ops_per_sec(),
                     ms: [l.ms(0.5), l.ms(0.99), l.ms(0.999)],
                 })
@@ -468,7 +477,7 @@ fn plot(args: &KvArgs, runs: &[SystemRun]) {
     let dir = args
         .plot_dir
         .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench"));
     match crate::bench_kv_plot::write(&dir, &series) {
         Ok(paths) => {
             for p in paths {

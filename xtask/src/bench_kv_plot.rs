@@ -13,6 +13,8 @@ const SIZE: (u32, u32) = (760, 460);
 /// One open-loop row of one system.
 #[derive(Clone, Copy, Debug)]
 pub struct Point {
+    /// Puts asked per second (the row's rate), written beside its p50 point.
+    pub asked: f64,
     /// Puts answered per second.
     pub ops_per_sec: f64,
     /// Latency at p50, p99 and p99.9, ms.
@@ -114,6 +116,15 @@ fn draw(
                 .map(|p| Circle::new(at(p), 3, colour.filled())),
         )?;
     }
+    // Each point's asked rate beside its p50, so that a row past saturation (fewer puts
+    // answered than asked) can be told from its neighbours.
+    chart.draw_series(s.points.iter().map(|p| {
+        Text::new(
+            format!("{:.0}/s asked", p.asked),
+            (p.ops_per_sec, p.ms[0]),
+            ("sans-serif", 12).into_font().color(&BLACK),
+        )
+    }))?;
     for o in others {
         let grey = RGBColor(150, 150, 150);
         chart
@@ -144,6 +155,7 @@ mod tests {
     fn one_picture_per_system_with_points() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let point = |x: f64, ms: f64| Point {
+            asked: x,
             ops_per_sec: x,
             ms: [ms, ms * 2.0, ms * 3.0],
         };
