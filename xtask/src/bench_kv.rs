@@ -4,7 +4,8 @@
 //! histogram), errors and wrong answers, and the CPU time the members and the client used;
 //! a last table gives raft-kv's figures over etcd's, row by row.
 //!
-//! The workloads (`--workloads put,txn,range,watch`, default all):
+//! The workloads (`--workloads put,go-put,txn,range,go-range,watch,open,failover`, default
+//! all):
 //! - `put`, etcd's `benchmark put` of etcd's performance documentation: 8 B sequential keys
 //!   (put `i` writes the big-endian key `i`, so keys are distinct), one 256 B random value
 //!   throughout; 1 connection and 1 client making 10,000 puts, and 100 connections and 1000
@@ -27,6 +28,13 @@
 //!   ops/s is the events delivered (to all watchers) per second, from the first put to the
 //!   last event. Every watcher must receive every put exactly once in revision order (see
 //!   [`crate::bench_kv_watch`]); a violation is a wrong result.
+//! - `go-put`, `go-range`: the put and range rows made with etcd's official Go client instead
+//!   of the Rust one (see [`crate::bench_kv_go`]); left out with a note without Go.
+//! - `open`: puts at the fixed rates of `--rates`, 5 s each, latency from each put's due time
+//!   (see [`crate::bench_kv_open`]); drawn as SVG pictures in `--plot-dir`
+//!   ([`crate::bench_kv_plot`]).
+//! - `failover`: SIGKILL the leader under write load 20 times, time to the first write and
+//!   to a new leader (see [`crate::bench_kv_failover`]); runs last, as it kills members.
 //!
 //! Clients of the put, txn and range rows are closed-loop: one request outstanding at a
 //! time, the next sent as soon as the answer arrives; client `c` uses connection `c % conns`.
@@ -65,8 +73,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::bench_kv_failover::failover_row;
+use crate::bench_kv_go::go_row;
 use crate::bench_kv_load::{drive, Load, PutClient, RowError};
+use crate::bench_kv_open::{open_row, OPEN_SECS};
 use crate::bench_kv_ops::{cas_row, range_row, RANGE_KEYS};
+use crate::bench_kv_plot::{Point, Series};
 use crate::bench_kv_watch::{watch_row, WATCH_DRAIN};
 use crate::machine::{cpu_model, file_system_of, mem_total, utc_now};
 use clap::{Args, ValueEnum};
@@ -88,8 +100,19 @@ pub struct KvArgs {
     #[arg(long, default_value_t = 1.0)]
     puts_scale: f64,
     /// The workloads to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values = ["put", "txn", "range", "watch"])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = ["put", "go-put", "txn", "range", "go-range", "watch", "open", "failover"]
+    )]
     workloads: Vec<Kind>,
+    /// The rates of the open-loop rows, puts per second, comma-separated (one row each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000.0, 2000.0, 4000.0, 8000.0, 12000.0, 16000.0])]
+    rates: Vec<f64>,
+    /// Where the latency-vs-throughput pictures of the open-loop rows go [default: `bench`
+    /// in the workspace, beside BENCHMARKS.md].
+    #[arg(long)]
+    plot_dir: Option<PathBuf>,
     /// Bound on the whole run, in seconds: rows not started by then are skipped, a row running
     /// then is cut short.
     #[arg(long, default_value_t = 900.0)]
@@ -117,12 +140,20 @@ pub struct KvArgs {
 pub enum Kind {
     /// etcd's `benchmark put`.
     Put,
+    /// The put rows with etcd's Go client (clientv3) instead of the Rust one.
+    GoPut,
     /// Compare-and-swap with `KV.Txn`.
     Txn,
     /// Single-key linearizable `KV.Range`.
     Range,
+    /// The range rows with etcd's Go client.
+    GoRange,
     /// One writer, 1000 watchers.
     Watch,
+    /// Open-loop puts at the fixed rates of `--rates`.
+    Open,
+    /// SIGKILL the leader under write load, 20 times: time to the first write.
+    Failover,
 }
 
 /// One row's workload.
@@ -137,7 +168,7 @@ pub struct Spec {
     pub ops: u64,
     /// Keys the clients share (txn).
     pub keys: usize,
-    /// Puts per second of the watch writer (`None`: closed-loop).
+    /// Puts per second of the watch writer or of an open-loop row (`None`: closed-loop).
     pub rate: Option<f64>,
 }
 
@@ -157,6 +188,11 @@ impl Spec {
     fn label(&self) -> String {
         match (self.kind, self.rate) {
             (Kind::Put, _) => "put".to_string(),
+            (Kind::GoPut, _) => "put, Go client".to_string(),
+            (Kind::GoRange, _) => "range, Go client".to_string(),
+            (Kind::Open, Some(r)) => format!("put open-loop {r:.0}/s"),
+            (Kind::Open, None) => "put open-loop".to_string(),
+            (Kind::Failover, _) => "failover, ms to 1st write".to_string(),
             (Kind::Txn, _) if self.keys < self.clients => {
                 format!("txn CAS, {} clients/key", self.clients / self.keys)
             }
@@ -182,10 +218,16 @@ const WATCHERS: usize = 1000;
 /// sustains closed-loop here, so latency is delivery's, not a backlog's.
 const WATCH_RATE: f64 = 50.0;
 
-/// Every row's workload, before `--puts-scale`.
-const SPECS: [Spec; 9] = [
+/// Kills of the failover row (before `--puts-scale`).
+const KILLS: u64 = 20;
+
+/// Every row's workload but the open-loop ones, before `--puts-scale`, in the order they run
+/// (the failover row last: it kills members).
+const SPECS: [Spec; 15] = [
     Spec::new(Kind::Put, 1, 1, 10_000),
     Spec::new(Kind::Put, 100, 1000, 100_000),
+    Spec::new(Kind::GoPut, 1, 1, 10_000),
+    Spec::new(Kind::GoPut, 100, 1000, 100_000),
     Spec::new(Kind::Txn, 1, 1, 10_000),
     Spec::new(Kind::Txn, 100, 1000, 50_000),
     Spec {
@@ -194,11 +236,18 @@ const SPECS: [Spec; 9] = [
     },
     Spec::new(Kind::Range, 1, 1, 10_000),
     Spec::new(Kind::Range, 100, 1000, 100_000),
+    Spec::new(Kind::GoRange, 1, 1, 10_000),
+    Spec::new(Kind::GoRange, 100, 1000, 100_000),
     Spec::new(Kind::Watch, 100, WATCHERS, 2_000),
     Spec {
         rate: Some(WATCH_RATE),
         ..Spec::new(Kind::Watch, 100, WATCHERS, 500)
     },
+    // The open-loop rows, here one per rate of `--rates` (`rows` makes them from this one):
+    // 1000 workers on 100 connections, `OPEN_SECS` of schedule each.
+    Spec::new(Kind::Open, 100, 1000, 0),
+    // 10 writers on 10 connections to the two followers.
+    Spec::new(Kind::Failover, 10, 10, KILLS),
 ];
 
 /// Where a row's connections go.
@@ -243,7 +292,7 @@ const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// separate process, raft-kv or etcd) accepts writes again: it announces no such event.
 const WARM_UP_RETRY: Duration = Duration::from_millis(100);
 /// How long a cluster may take to start and elect a leader.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the benchmark and prints its report. Returns false if a row failed.
 pub fn run(args: KvArgs) -> bool {
@@ -281,8 +330,12 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
             args.etcd.display()
         ))
     };
-    let rows = rows(args.puts_scale, &args.workloads);
+    let mut rows = rows(args.puts_scale, &args.workloads, &args.rates);
+    let go_client = go_client(&mut rows);
     print_header(args, &base, &binary, etcd.as_ref(), &rows)?;
+    if let Err(why) = &go_client {
+        println!("Go client:    rows left out: {why}");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -308,11 +361,17 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
             token: format!("bench-{name}"),
         };
         // Members are spawned from this (the main) thread: `setpriv --pdeathsig` ties them to it.
-        runs.push(runtime.block_on(bench_system(name, &server, &base, port, &rows, limits)));
+        let env = Env {
+            server: &server,
+            limits,
+            go_client: go_client.as_deref().ok(),
+        };
+        runs.push(runtime.block_on(bench_system(name, &env, &base, port, &rows)));
     }
     if let [ours, theirs] = &runs[..] {
         print_ratios(ours, theirs, &rows);
     }
+    plot(args, &runs);
     print_reference();
     println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
     // raft-kv's problems fail the command; the anchor's are reported (etcd refuses
@@ -331,25 +390,35 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
 }
 
 /// The rows of the run for `kinds`, with `--puts-scale` applied: put, txn and range rows
-/// against all members then the leader, watch rows against all members.
-fn rows(scale: f64, kinds: &[Kind]) -> Vec<(Spec, Target)> {
+/// (Rust and Go clients) against all members then the leader; watch, open-loop (one per rate
+/// of `rates`) and failover rows against all members.
+fn rows(scale: f64, kinds: &[Kind], rates: &[f64]) -> Vec<(Spec, Target)> {
     SPECS
         .iter()
         .filter(|s| kinds.contains(&s.kind))
+        .flat_map(|s| match s.kind {
+            Kind::Open => rates
+                .iter()
+                .map(|&r| Spec {
+                    ops: (r * OPEN_SECS).round() as u64,
+                    rate: Some(r),
+                    ..*s
+                })
+                .collect(),
+            _ => vec![*s],
+        })
         .flat_map(|s| {
-            let least = if s.kind == Kind::Watch {
-                1
-            } else {
-                s.clients as u64
+            let least = match s.kind {
+                Kind::Watch | Kind::Open | Kind::Failover => 1,
+                _ => s.clients as u64,
             };
             let spec = Spec {
                 ops: ((s.ops as f64 * scale).round() as u64).max(least),
-                ..*s
+                ..s
             };
-            let targets: &[Target] = if s.kind == Kind::Watch {
-                &[Target::All]
-            } else {
-                &[Target::All, Target::Leader]
+            let targets: &[Target] = match s.kind {
+                Kind::Watch | Kind::Open | Kind::Failover => &[Target::All],
+                _ => &[Target::All, Target::Leader],
             };
             targets.iter().map(move |&t| (spec, t))
         })
@@ -361,6 +430,62 @@ fn rows(scale: f64, kinds: &[Kind]) -> Vec<(Spec, Target)> {
 struct Limits {
     deadline: Instant,
     row: Duration,
+}
+
+/// What the rows of one system's run need besides its cluster.
+struct Env<'a> {
+    /// How to start (and restart) a member.
+    server: &'a Server,
+    limits: Limits,
+    /// The Go load program, if built.
+    go_client: Option<&'a Path>,
+}
+
+/// Builds the Go load program if `rows` has Go rows; if it cannot, takes them out of `rows`
+/// and says why.
+fn go_client(rows: &mut Vec<(Spec, Target)>) -> Result<PathBuf, String> {
+    let is_go = |s: &Spec| matches!(s.kind, Kind::GoPut | Kind::GoRange);
+    if !rows.iter().any(|(s, _)| is_go(s)) {
+        return Err("not asked for (--workloads)".to_string());
+    }
+    let built = crate::bench_kv_go::build().map_err(|e| e.to_string());
+    if built.is_err() {
+        rows.retain(|(s, _)| !is_go(s));
+    }
+    built
+}
+
+/// Draws the open-loop rows of each system, if any, as SVG pictures.
+fn plot(args: &KvArgs, runs: &[SystemRun]) {
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|r| Series {
+            name: r.name,
+            points: r
+                .rows
+                .iter()
+                .filter(|row| row.spec.kind == Kind::Open)
+                .filter_map(|row| Some((row.spec.rate?, row.load.as_ref().ok()?)))
+                .map(|(asked, l)| Point {
+                    asked,
+                    ops_per_sec: l.ops_per_sec(),
+                    ms: [l.ms(0.5), l.ms(0.99), l.ms(0.999)],
+                })
+                .collect(),
+        })
+        .collect();
+    let dir = args
+        .plot_dir
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench"));
+    match crate::bench_kv_plot::write(&dir, &series) {
+        Ok(paths) => {
+            for p in paths {
+                println!("picture: {}", p.display());
+            }
+        }
+        Err(e) => println!("pictures not drawn: {e}"),
+    }
 }
 
 /// One system's rows.
@@ -409,6 +534,11 @@ pub struct RowCtx<'a> {
 }
 
 impl RowCtx<'_> {
+    /// The endpoint (host:port) of each of the row's connections.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// The row's connections, each with the request timeout and one untimed put made.
     pub async fn connect(&self) -> Result<Vec<Channel>, RowError> {
         connect(&self.endpoints, Some(REQUEST_TIMEOUT))
@@ -448,11 +578,10 @@ impl RowCtx<'_> {
 /// rows finish, and stops it.
 async fn bench_system(
     name: &'static str,
-    server: &Server,
+    env: &Env<'_>,
     base: &Path,
     base_port: u16,
     rows: &[(Spec, Target)],
-    limits: Limits,
 ) -> SystemRun {
     let mut run = SystemRun {
         name,
@@ -475,7 +604,7 @@ async fn bench_system(
         }
     };
     let result = match layout(MEMBERS, base_port) {
-        Ok(addrs) => run_rows(server, dir.path(), &addrs, rows, limits, &mut run).await,
+        Ok(addrs) => run_rows(env, dir.path(), &addrs, rows, &mut run).await,
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -488,15 +617,14 @@ async fn bench_system(
 
 /// The body of [`bench_system`] once the directory exists.
 async fn run_rows(
-    server: &Server,
+    env: &Env<'_>,
     dir: &Path,
     addrs: &[MemberAddr],
     rows: &[(Spec, Target)],
-    limits: Limits,
     run: &mut SystemRun,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    let mut cluster = Cluster::start(server, dir, addrs)?;
+    let mut cluster = Cluster::start(env.server, dir, addrs)?;
     let settled = cluster.wait_settled(SETTLE_TIMEOUT).await?;
     let version = cluster
         .statuses()
@@ -516,7 +644,7 @@ async fn run_rows(
     );
     print_table_head();
     for (n, &(spec, target)) in rows.iter().enumerate() {
-        let load = measure_row(&mut cluster, addrs, n, spec, target, limits).await?;
+        let load = measure_row(&mut cluster, env, dir, n, (spec, target)).await?;
         print_row(spec, target, &load);
         run.rows.push(Row { spec, target, load });
         cluster.check_alive()?;
@@ -530,27 +658,32 @@ async fn run_rows(
 /// cluster does not settle.
 async fn measure_row(
     cluster: &mut Cluster,
-    addrs: &[MemberAddr],
+    env: &Env<'_>,
+    dir: &Path,
     n: usize,
-    spec: Spec,
-    target: Target,
-    limits: Limits,
+    (spec, target): (Spec, Target),
 ) -> Result<Result<Load, RowError>, String> {
+    let limits = env.limits;
     if Instant::now() >= limits.deadline {
         return Ok(Err(RowError::Failed(
             "skipped: --timeout reached".to_string(),
         )));
     }
+    let deadline = limits.deadline.min(Instant::now() + limits.row);
+    if spec.kind == Kind::Failover {
+        return Ok(failover_row(cluster, env.server, dir, spec, deadline).await);
+    }
     // The leader may have changed since the last row: ask again.
     let leader = cluster.wait_settled(SETTLE_TIMEOUT).await?.leader;
-    let endpoints = endpoints(addrs, leader, target, spec.conns);
+    let addrs: Vec<MemberAddr> = cluster.members.iter().map(|m| m.addr.clone()).collect();
+    let endpoints = endpoints(&addrs, leader, target, spec.conns);
     let conns_on_leader = endpoints
         .iter()
         .filter(|e| **e == addrs[leader].endpoint())
         .count();
     let ctx = RowCtx {
         row: n,
-        deadline: limits.deadline.min(Instant::now() + limits.row),
+        deadline,
         endpoints,
         cluster,
         leader,
@@ -560,6 +693,14 @@ async fn measure_row(
         Kind::Txn => cas_row(&ctx, spec).await,
         Kind::Range => range_row(&ctx, spec).await,
         Kind::Watch => watch_row(&ctx, spec).await,
+        Kind::Open => open_row(&ctx, spec).await,
+        Kind::GoPut | Kind::GoRange => match env.go_client {
+            Some(go) => go_row(&ctx, spec, go).await,
+            None => Err(RowError::Failed("the Go client was not built".to_string())),
+        },
+        Kind::Failover => Err(RowError::Failed(
+            "a failover row in the wrong place".to_string(),
+        )),
     };
     if let Ok(l) = &mut load {
         l.conns_on_leader = conns_on_leader;
@@ -618,7 +759,10 @@ fn cpu_snapshot(cluster: &Cluster, leader: usize) -> Option<Vec<f64>> {
 /// Opens one connection per endpoint, all at once, and makes one untimed put on each;
 /// `timeout` bounds every request on them (`None` for connections carrying streams that last
 /// a row).
-async fn connect(endpoints: &[String], timeout: Option<Duration>) -> Result<Vec<Channel>, String> {
+pub async fn connect(
+    endpoints: &[String],
+    timeout: Option<Duration>,
+) -> Result<Vec<Channel>, String> {
     let value = random_bytes(VALUE_BYTES);
     join_all(endpoints.iter().map(|ep| connect_one(ep, timeout, &value)))
         .await
@@ -695,10 +839,10 @@ fn print_row(spec: Spec, target: Target, load: &Result<Load, RowError>) {
         Ok(l) => l,
     };
     println!(
-        "{head} {:>15} | {:>7.2} | {:>9.0} | {:>6.2} | {:>6.2} | {:>6.2} | {:>8.2} | {:>6.2} | {:>6} | {:>5} | {:>18} | {:<34} |{}",
+        "{head} {:>15} | {:>7.2} | {:>9} | {:>6.2} | {:>6.2} | {:>6.2} | {:>8.2} | {:>6.2} | {:>6} | {:>5} | {:>18} | {:<34} |{}",
         format!("{} / {}", l.conns_on_leader, spec.conns),
         l.secs,
-        l.ops_per_sec(),
+        rate_cell(spec, l),
         l.ms(0.5),
         l.ms(0.9),
         l.ms(0.99),
@@ -753,7 +897,7 @@ fn print_ratios(ours: &SystemRun, theirs: &SystemRun, rows: &[(Spec, Target)]) {
             spec.clients
         );
         match (ours.row(spec, target), theirs.row(spec, target)) {
-            (Some(Ok(a)), Some(Ok(b))) => println!("{head} {}", ratio_cells(a, b)),
+            (Some(Ok(a)), Some(Ok(b))) => println!("{head} {}", ratio_cells(spec, a, b)),
             (Some(Err(RowError::Unserved(_))), _) => println!("{head} raft-kv: unserved"),
             (_, Some(Err(RowError::Unserved(_)))) => println!("{head} etcd: unserved"),
             _ => println!("{head} (a row is missing or failed: see above)"),
@@ -766,8 +910,18 @@ fn print_ratios(ours: &SystemRun, theirs: &SystemRun, rows: &[(Spec, Target)]) {
     }
 }
 
+/// The ops/s cell of a row: `-` for the failover row (its operations are kills).
+fn rate_cell(spec: Spec, l: &Load) -> String {
+    if spec.kind == Kind::Failover {
+        "-".to_string()
+    } else {
+        format!("{:.0}", l.ops_per_sec())
+    }
+}
+
 /// The cells of a ratio row: `a`'s figures, `b`'s, and their ratios.
-fn ratio_cells(a: &Load, b: &Load) -> String {
+fn ratio_cells(spec: Spec, a: &Load, b: &Load) -> String {
+    let kills = spec.kind == Kind::Failover;
     let ratio = |x: f64, y: f64| {
         if y > 0.0 && x.is_finite() {
             format!("{:.2}x", x / y)
@@ -776,10 +930,14 @@ fn ratio_cells(a: &Load, b: &Load) -> String {
         }
     };
     format!(
-        "{:>13.0} | {:>10.0} | {:>11} | {:>9} | {:>9} | {:>9} | {:>11} | {:>12} |",
-        a.ops_per_sec(),
-        b.ops_per_sec(),
-        ratio(a.ops_per_sec(), b.ops_per_sec()),
+        "{:>13} | {:>10} | {:>11} | {:>9} | {:>9} | {:>9} | {:>11} | {:>12} |",
+        rate_cell(spec, a),
+        rate_cell(spec, b),
+        if kills {
+            "-".to_string()
+        } else {
+            ratio(a.ops_per_sec(), b.ops_per_sec())
+        },
         ratio(a.ms(0.5), b.ms(0.5)),
         ratio(a.ms(0.9), b.ms(0.9)),
         ratio(a.ms(0.99), b.ms(0.99)),
@@ -882,10 +1040,14 @@ fn print_machine(raft_kv: &Path, given: bool, etcd: Result<&PathBuf, &String>) {
 
 /// The workload lines of the header.
 fn print_workloads(args: &KvArgs, rows: &[(Spec, Target)]) {
-    let kinds: Vec<String> = args.workloads.iter().map(|k| format!("{k:?}")).collect();
+    let kinds: Vec<String> = args
+        .workloads
+        .iter()
+        .filter_map(|k| Some(k.to_possible_value()?.get_name().to_string()))
+        .collect();
     println!(
         "workloads:    {} (--workloads), operations per row {} (--puts-scale {})",
-        kinds.join(", ").to_lowercase(),
+        kinds.join(", "),
         rows.iter()
             .map(|(s, _)| s.ops.to_string())
             .collect::<Vec<_>>()
@@ -1014,15 +1176,36 @@ mod tests {
 
     #[test]
     fn rows_follow_the_workloads_and_the_scale() {
-        let all = rows(1.0, &[Kind::Put, Kind::Txn, Kind::Range, Kind::Watch]);
+        let rates = [1000.0, 2000.0];
+        let all = rows(
+            1.0,
+            &[Kind::Put, Kind::Txn, Kind::Range, Kind::Watch],
+            &rates,
+        );
         assert_eq!(all.len(), 16);
-        let watch = rows(0.01, &[Kind::Watch]);
+        let watch = rows(0.01, &[Kind::Watch], &rates);
         assert_eq!(watch.len(), 2);
         assert!(watch.iter().all(|(s, t)| *t == Target::All && s.ops >= 1));
         assert_eq!(watch[0].0.ops, 20);
-        let txn = rows(0.01, &[Kind::Txn]);
+        let txn = rows(0.01, &[Kind::Txn], &rates);
         assert_eq!(txn.len(), 6);
         // Every client makes at least one operation.
         assert!(txn.iter().all(|(s, _)| s.ops >= s.clients as u64));
+        // One open-loop row per rate, OPEN_SECS of schedule each, then the failover row.
+        let open = rows(1.0, &[Kind::Failover, Kind::Open], &rates);
+        let kinds: Vec<(Kind, Option<f64>, u64)> =
+            open.iter().map(|(s, _)| (s.kind, s.rate, s.ops)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Kind::Open, Some(1000.0), 5000),
+                (Kind::Open, Some(2000.0), 10_000),
+                (Kind::Failover, None, 20)
+            ]
+        );
+        assert!(open.iter().all(|(_, t)| *t == Target::All));
+        assert_eq!(rows(0.01, &[Kind::Failover], &rates)[0].0.ops, 1);
+        let go = rows(1.0, &[Kind::GoPut, Kind::GoRange], &rates);
+        assert_eq!(go.len(), 8);
     }
 }

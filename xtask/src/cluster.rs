@@ -1213,6 +1213,41 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILLs member `pos` (if it runs) and reaps it; it stays in [`Cluster::members`],
+    /// exited, until [`Cluster::restart`].
+    pub fn kill(&mut self, pos: usize) -> Result<(), String> {
+        let m = &mut self.members[pos];
+        if m.exited.is_none() {
+            // `Child::kill` sends SIGKILL.
+            m.child
+                .kill()
+                .map_err(|e| format!("cannot kill {}: {e}", m.addr.name))?;
+            m.exited = Some(
+                m.child
+                    .wait()
+                    .map_err(|e| format!("cannot reap {}: {e}", m.addr.name))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts member `pos` again, on its data directory in `dir`, after it has exited (as
+    /// [`Cluster::kill`] leaves it), keeping its place in [`Cluster::members`].
+    pub fn restart(&mut self, pos: usize, server: &Server, dir: &Path) -> Result<(), String> {
+        let addr = self.members[pos].addr.clone();
+        if self.members[pos].exited.is_none() {
+            return Err(format!("{} still runs: cannot restart it", addr.name));
+        }
+        let all = initial_cluster(self.members.iter().map(|m| &m.addr));
+        // On an existing data directory, `--initial-cluster-state` is not read (raft-kv and
+        // etcd both restart from what the directory holds).
+        self.spawn(server, dir, &addr, &all, "new")?;
+        if let Some(m) = self.members.pop() {
+            self.members[pos] = m;
+        }
+        Ok(())
+    }
+
     /// Takes member `pos` out of the cluster once its process has exited by itself (a
     /// removed member does), stopping it after `grace` if it has not. Says how it ended.
     pub async fn retire(&mut self, pos: usize, grace: Duration) -> String {
@@ -1409,7 +1444,7 @@ fn settle(answers: &[Result<StatusResponse, String>]) -> Option<Settled> {
 }
 
 /// One member's `Maintenance.Status`, with a connection of its own and short timeouts.
-async fn status(addr: &MemberAddr) -> Result<StatusResponse, String> {
+pub async fn status(addr: &MemberAddr) -> Result<StatusResponse, String> {
     let channel = Endpoint::from_shared(addr.client_url())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(1))

@@ -7,8 +7,12 @@ mod bench_core_openraft;
 #[cfg(feature = "anchor-raft-rs")]
 mod bench_core_raftrs;
 mod bench_kv;
+mod bench_kv_failover;
+mod bench_kv_go;
 mod bench_kv_load;
+mod bench_kv_open;
 mod bench_kv_ops;
+mod bench_kv_plot;
 mod bench_kv_watch;
 mod bench_log;
 mod bench_snapshot;
@@ -55,7 +59,8 @@ enum Bench {
     Core(bench_core::CoreArgs),
     /// raftline-log appends, reads and open time, beside a plain write + fdatasync loop.
     Log(bench_log::LogArgs),
-    /// A 3-member raft-kv cluster over gRPC (put, txn, range, watch), beside etcd.
+    /// A 3-member raft-kv cluster over gRPC (put, txn, range, watch; Go client; open loop;
+    /// leader failover), beside etcd.
     Kv(bench_kv::KvArgs),
     /// A 1 GiB raft snapshot sent between two members on loopback, beside a plain TCP copy.
     Snapshot(bench_snapshot::SnapshotArgs),
