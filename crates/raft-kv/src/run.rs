@@ -410,7 +410,7 @@ pub async fn run(config: ServerConfig) -> Result<Running, StartError> {
         handles: Vec::new(),
         stopped,
     };
-    tasks.spawn(drive(node, inbound, ticking(config)));
+    tasks.spawn(drive(node, inbound, ticking(&config)));
     let removed = spawn_loops(&shared, &mut tasks);
     if let Some(addr) = config.metrics_addr {
         serve_metrics(&shared, addr, &mut tasks).await?;
