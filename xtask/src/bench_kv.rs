@@ -129,6 +129,10 @@ pub struct KvArgs {
     /// A raft-kv binary to run instead of building the workspace's (e.g. an older build).
     #[arg(long)]
     raft_kv: Option<PathBuf>,
+    /// raft-kv's `--read-mode` (how its linearizable reads are served; etcd has only
+    /// read-index): `lease` measures lease reads beside etcd's read-index reads.
+    #[arg(long, default_value = "read-index", value_parser = ["read-index", "lease"])]
+    read_mode: String,
     /// Parent of both clusters' temporary data directories [default: `bench-kv` in the
     /// target directory].
     #[arg(long)]
@@ -346,6 +350,11 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
         Ok(("raft-kv", binary, "info", RAFT_KV_BASE_PORT)),
         etcd.map(|b| ("etcd", b, "error", ETCD_BASE_PORT)),
     ];
+    let raft_kv_args = vec!["--read-mode".to_string(), args.read_mode.clone()];
+    let extra_args = |name: &str| match name {
+        "raft-kv" => raft_kv_args.clone(),
+        _ => Vec::new(),
+    };
     let mut runs = Vec::new();
     for system in systems {
         let (name, binary, log_level, port) = match system {
@@ -359,6 +368,7 @@ fn run_bench(args: &KvArgs) -> Result<bool, String> {
             binary,
             log_level: log_level.to_string(),
             token: format!("bench-{name}"),
+            extra_args: extra_args(name),
         };
         // Members are spawned from this (the main) thread: `setpriv --pdeathsig` ties them to it.
         let env = Env {

@@ -171,6 +171,7 @@ fn run_cluster(args: &ClusterArgs) -> Result<(), String> {
         binary,
         log_level: args.log_level.clone(),
         token: roster.token.clone(),
+        extra_args: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1080,6 +1081,8 @@ pub struct Server {
     pub log_level: String,
     /// Its `--initial-cluster-token`.
     pub token: String,
+    /// More flags for every member (e.g. raft-kv's `--read-mode lease`).
+    pub extra_args: Vec<String>,
 }
 
 /// One running (or exited) member.
@@ -1187,7 +1190,8 @@ impl Cluster {
                 .args(["--initial-cluster-state", state])
                 .args(["--initial-cluster-token", &server.token])
                 .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-                .args(["--log-level", &server.log_level]);
+                .args(["--log-level", &server.log_level])
+                .args(&server.extra_args);
             let _ = writeln!(
                 out,
                 "==== cargo xtask: starting {} ({}) at unix time {} ====",
