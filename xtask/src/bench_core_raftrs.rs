@@ -15,6 +15,8 @@ use raft::eraftpb::{ConfState, Entry, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, NO_LIMIT};
 
+use crate::bench_core_driver::Measured;
+
 /// The leader the benchmark elects.
 const LEADER: u64 = 1;
 
@@ -24,20 +26,6 @@ const NODES: u64 = 3;
 /// Compact the stores once this many entries are applied everywhere beyond the last
 /// compaction (as in our loop).
 const COMPACT_EVERY: u64 = 1 << 16;
-
-/// What a row of raft-rs measured.
-pub(crate) struct RsRow {
-    pub ops: u64,
-    pub secs: f64,
-    /// Latency per command in nanoseconds.
-    pub hist: Histogram<u64>,
-}
-
-impl RsRow {
-    pub fn ops_per_sec(&self) -> f64 {
-        self.ops as f64 / self.secs
-    }
-}
 
 /// The knobs of ours that raft-rs has too.
 #[derive(Clone, Copy)]
@@ -225,7 +213,7 @@ pub(crate) fn run_row(
     warmup: Duration,
     measure: Duration,
     c: RsConfig,
-) -> Result<RsRow, String> {
+) -> Result<Measured, String> {
     let mut cluster = Cluster::elected(c)?;
     let term_before = cluster.leader_term();
     let payload = vec![0u8; payload];
@@ -271,7 +259,7 @@ pub(crate) fn run_row(
             "raft-rs leadership changed: {term_before:?} -> {term_after:?}"
         ));
     }
-    Ok(RsRow {
+    Ok(Measured {
         ops: state.ops,
         secs: state.secs,
         hist: state.hist,

@@ -18,6 +18,15 @@ const ALL: [usize; 3] = [0, 1, 2];
 /// How long a read may answer Unavailable while a new leader settles.
 const SETTLE: Duration = Duration::from_secs(10);
 
+/// Three members with `--read-mode lease`.
+async fn lease_cluster() -> Cluster {
+    let options = Options {
+        flags: vec!["--read-mode".into(), "lease".into()],
+        ..Options::default()
+    };
+    Cluster::start_with(3, options).await
+}
+
 /// A linearizable read of `key` on member `i` sees `value` at a revision of at least
 /// `revision` (retried while the member answers Unavailable, during an election).
 async fn assert_reads(cluster: &Cluster, i: usize, key: &str, value: &str, revision: i64) {
@@ -43,11 +52,7 @@ async fn assert_reads(cluster: &Cluster, i: usize, key: &str, value: &str, revis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_reads_see_every_acknowledged_write_across_a_leader_kill() {
     bounded(Duration::from_secs(60), async {
-        let options = Options {
-            flags: vec!["--read-mode".into(), "lease".into()],
-            ..Options::default()
-        };
-        let mut cluster = Cluster::start_with(3, options).await;
+        let mut cluster = lease_cluster().await;
         let leader = cluster.wait_leader(&ALL).await;
         for n in 0..12 {
             let value = format!("v{n}");
@@ -81,11 +86,7 @@ async fn lease_reads_see_every_acknowledged_write_across_a_leader_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_old_leader_serves_no_stale_lease_reads() {
     bounded(Duration::from_secs(60), async {
-        let options = Options {
-            flags: vec!["--read-mode".into(), "lease".into()],
-            ..Options::default()
-        };
-        let cluster = Cluster::start_with(3, options).await;
+        let cluster = lease_cluster().await;
         let old = cluster.wait_leader(&ALL).await;
         let others: Vec<usize> = ALL.into_iter().filter(|&i| i != old).collect();
         cluster.put(old, "x", "old").await.unwrap();
